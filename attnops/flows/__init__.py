@@ -1,0 +1,1 @@
+"""Prefect flows and the `attnops` CLI: orchestration only, no ML logic."""

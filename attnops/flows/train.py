@@ -1,0 +1,105 @@
+"""Prefect flow `train`: load -> fine-tune -> evaluate -> register (alias challenger)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from attnops.models import registry
+from attnops.models.classifier import TrainedClassifier, train_classifier
+from attnops.models.data import LabelledData, load_labelled_data
+from attnops.models.evaluate import Evaluation, evaluate_classifier
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec, load_spec
+
+# Inputs are models and data frames: never hash them for a cache key.
+_task = task(cache_policy=NO_CACHE)
+
+
+@_task(retries=2, retry_delay_seconds=2)
+def open_run(spec: PipelineSpec, spec_path: str, settings: Settings) -> str:
+    client = registry.client_for(settings)
+    return registry.start_run(client, settings, spec, Path(spec_path).read_text())
+
+
+@_task(retries=2, retry_delay_seconds=2)
+def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
+    data = load_labelled_data(spec.data, spec_path)
+    counts = {name: len(frame) for name, frame in data.splits.items()}
+    print(f"data: {counts}, {len(data.label_names)} classes, sha256 {data.data_sha256[:12]}")
+    return data
+
+
+@_task
+def fine_tune(
+    spec: PipelineSpec, data: LabelledData, checkpoint_dir: Path, resume: bool
+) -> TrainedClassifier:
+    return train_classifier(spec, data, checkpoint_dir=checkpoint_dir, resume=resume)
+
+
+@_task
+def evaluate(
+    spec: PipelineSpec, trained: TrainedClassifier, data: LabelledData, out_dir: Path
+) -> Evaluation:
+    return evaluate_classifier(
+        trained.model, trained.tokenizer, data, spec, device=trained.device, out_dir=out_dir
+    )
+
+
+@_task(retries=2, retry_delay_seconds=2)
+def register(
+    spec: PipelineSpec,
+    settings: Settings,
+    run_id: str,
+    trained: TrainedClassifier,
+    data: LabelledData,
+    evaluation: Evaluation,
+) -> registry.RegisteredVersion:
+    client = registry.client_for(settings)
+    registry.log_evidence(client, run_id, data, trained.result, evaluation)
+    return registry.register_version(
+        client,
+        run_id,
+        spec=spec,
+        model=trained.model,
+        tokenizer=trained.tokenizer,
+        data=data,
+        evaluation=evaluation,
+    )
+
+
+@flow(name="train", flow_run_name="train-{spec_path}", log_prints=True)
+def train(spec_path: str, resume: bool = False) -> registry.RegisteredVersion:
+    """Fine-tune and evaluate the spec's model and register it as the `challenger` version.
+
+    The MLflow run is opened first so a failure is visible in the UI as a FAILED run with
+    its reason; a model version is created only when everything before it succeeded.
+    Checkpoints live in .attnops/checkpoints/NAME until the run succeeds, so `resume`
+    continues an interrupted run.
+    """
+    spec = load_spec(spec_path)
+    settings = Settings.from_env()
+    settings.prepare()
+    run_id = open_run(spec, spec_path, settings)
+    checkpoints = settings.home / "checkpoints" / spec.name
+    try:
+        data = load_data(spec, spec_path)
+        trained = fine_tune(spec, data, checkpoints, resume)
+        with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
+            evaluation = evaluate(spec, trained, data, Path(scratch))
+            version = register(spec, settings, run_id, trained, data, evaluation)
+    except BaseException as exc:
+        registry.fail_run(registry.client_for(settings), run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    m = evaluation.metrics
+    print(
+        f"registered {version.name} v{version.version} (alias challenger): "
+        f"test macro-F1 {m['test_macro_f1']:.3f}"
+        + (f" vs TF-IDF baseline {m['baseline_macro_f1']:.3f}" if "baseline_macro_f1" in m else "")
+    )
+    return version

@@ -1,0 +1,144 @@
+"""Attention health: per-head entropy, collapse, and head importance.
+
+Entropy needs the attention weights, which SDPA kernels never materialise, so these
+passes switch the model to eager attention and back. Head importance follows Michel et
+al. (2019), "Are Sixteen Heads Really Better than One?": put a gate of 1.0 on every head
+and take |dLoss/dGate|. transformers 5 dropped `head_mask`, so the gates are applied by a
+hook that scales each head's slice of the input of the attention output projection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnops.models.batching import Encoded, iterate, sequential_batches
+
+# Attention output projections whose input is the concatenation of the heads' outputs,
+# across the encoder families AutoModelForSequenceClassification covers.
+_OUTPUT_PROJECTION = re.compile(
+    r"(attention\.output\.dense|attention\.out_lin|self_attn\.out_proj|attn\.o_proj|attn\.c_proj)$"
+)
+
+
+@dataclass(frozen=True)
+class AttentionReport:
+    """Matrices are layers x heads."""
+
+    entropy: np.ndarray
+    """Mean attention entropy over log(attended tokens): 0 = one token, 1 = uniform."""
+    per_example_entropy: np.ndarray
+    """examples x layers x heads, for the reference profile and later drift checks."""
+    importance: np.ndarray
+    """Head importance, each layer's row scaled to unit L2 norm (Michel et al.)."""
+    collapsed_heads: list[tuple[int, int]]
+
+    @property
+    def collapse(self) -> bool:
+        return bool(self.collapsed_heads)
+
+
+@contextlib.contextmanager
+def eager_attention(model) -> Iterator[None]:
+    """Temporarily compute attention eagerly so `output_attentions=True` returns weights."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@torch.no_grad()
+def attention_entropy(
+    model, data: Encoded, *, pad_id: int, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
+    """Per-example normalised attention entropy, shape (examples, layers, heads).
+
+    For each query token the entropy of its attention over the non-pad keys is divided
+    by log(n_keys); queries are averaged over non-pad positions.
+    """
+    was_training = model.training
+    model.eval()
+    result = None
+    with eager_attention(model):
+        for indices, batch in iterate(
+            data, sequential_batches(data.lengths, batch_size), pad_id, device
+        ):
+            batch.pop("labels", None)
+            attentions = model(**batch, output_attentions=True).attentions
+            mask = batch["attention_mask"].float()  # (B, T)
+            n_keys = mask.sum(1).clamp(min=2)  # log(1) = 0: single-token inputs count as 2
+            per_layer = []
+            for att in attentions:  # (B, H, T, T)
+                p = att.float().clamp_min(1e-12)
+                h = -(p * p.log() * mask[:, None, None, :]).sum(-1)  # (B, H, T)
+                h = (h * mask[:, None, :]).sum(-1) / mask.sum(1)[:, None]
+                per_layer.append(h / n_keys.log()[:, None])
+            values = torch.stack(per_layer, dim=1).cpu().numpy()  # (B, L, H)
+            if result is None:
+                result = np.zeros((len(data), *values.shape[1:]), dtype=np.float32)
+            result[indices] = values
+    model.train(was_training)
+    return result
+
+
+def head_importance(
+    model, data: Encoded, *, pad_id: int, device: torch.device, batch_size: int = 16
+) -> np.ndarray:
+    """|dLoss/dGate| per head summed over `data` (which needs labels), each layer L2-normalised."""
+    projections = [m for name, m in model.named_modules() if _OUTPUT_PROJECTION.search(name)]
+    if not projections:
+        raise ValueError(
+            f"{type(model).__name__}: no attention output projection found for head importance"
+        )
+    n_heads = model.config.num_attention_heads
+    gates = torch.ones(len(projections), n_heads, device=device, requires_grad=True)
+
+    def gate_hook(layer: int):
+        def hook(_module, args):
+            (x,) = args
+            shape = x.shape
+            heads = x.view(*shape[:-1], n_heads, shape[-1] // n_heads)
+            gated = heads * gates[layer].view(*[1] * (len(shape) - 1), n_heads, 1)
+            return (gated.view(shape),)
+
+        return hook
+
+    handles = [p.register_forward_pre_hook(gate_hook(i)) for i, p in enumerate(projections)]
+    was_training = model.training
+    model.eval()  # no dropout: importance of the model as it will serve
+    importance = torch.zeros_like(gates)
+    try:
+        for _, batch in iterate(data, sequential_batches(data.lengths, batch_size), pad_id, device):
+            loss = model(**batch).loss
+            (grad,) = torch.autograd.grad(loss, gates)
+            importance += grad.abs() * len(batch["labels"])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    scores = importance.detach().cpu().numpy()
+    norms = np.linalg.norm(scores, axis=1, keepdims=True)
+    return scores / np.where(norms > 0, norms, 1.0)
+
+
+def attention_report(
+    model, data: Encoded, *, pad_id: int, device: torch.device, collapse_entropy: float
+) -> AttentionReport:
+    """Entropy, importance and collapsed heads on a fixed probe sample."""
+    per_example = attention_entropy(model, data, pad_id=pad_id, device=device)
+    entropy = per_example.mean(axis=0)
+    importance = head_importance(model, data, pad_id=pad_id, device=device)
+    collapsed = [(int(layer), int(head)) for layer, head in np.argwhere(entropy < collapse_entropy)]
+    return AttentionReport(
+        entropy=entropy,
+        per_example_entropy=per_example,
+        importance=importance,
+        collapsed_heads=collapsed,
+    )

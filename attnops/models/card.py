@@ -1,0 +1,67 @@
+"""The model card: a markdown summary a reviewer reads in the MLflow UI."""
+
+from __future__ import annotations
+
+from attnops.models.data import LabelledData
+from attnops.models.evaluate import Evaluation
+from attnops.spec import PipelineSpec
+
+
+def model_card(
+    spec: PipelineSpec, data: LabelledData, evaluation: Evaluation, tags: dict[str, str]
+) -> str:
+    """Markdown: what the model is, how it scores against the baseline, where it is weak."""
+    m = evaluation.metrics
+    report = evaluation.report
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"Fine-tuned `{spec.model.base}` for `{spec.task}` over {len(data.label_names)} classes "
+        f"(max {spec.model.max_length} tokens).",
+        "",
+        "## Results (test split)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+    shown = (
+        "test_macro_f1", "test_accuracy", "baseline_macro_f1", "macro_f1_gain_over_baseline",
+        "test_ece", "unsupported_assertion_rate", "out_of_scope_recall", "latency_ms_p50",
+        "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "peak_memory_mb",
+        "tokens_per_input_p95", "truncation_rate", "attention_collapsed_heads",
+    )  # fmt: skip
+    lines += [f"| {key} | {m[key]:.4g} |" for key in shown if key in m]
+    worst = sorted(report["slices"], key=lambda row: row["macro_f1"])[:5]
+    lines += [
+        "",
+        "## Weakest slices",
+        "",
+        "| slice | value | n | macro-F1 |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {r['slice']} | {r['value']} | {r['n']} | {r['macro_f1']:.3f} |" for r in worst]
+    weakest = sorted(report["per_class"].items(), key=lambda item: item[1]["f1"])[:5]
+    lines += ["", "## Weakest classes", "", "| class | F1 | support |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {s['f1']:.3f} | {s['support']} |" for name, s in weakest]
+    attention = report["attention"]
+    lines += [
+        "",
+        "## Attention health",
+        "",
+        f"Mean normalised head entropy {m['attention_entropy_mean']:.3f} (min "
+        f"{m['attention_entropy_min']:.3f}) on {attention['probe_size']} probe inputs; "
+        f"collapsed heads: {attention['collapsed_heads'] or 'none'}.",
+        "",
+        "## Provenance",
+        "",
+        f"- data sha256: `{data.data_sha256}`",
+        f"- tokenizer sha256: `{tags['attnops.tokenizer_sha256']}`",
+        f"- git: `{tags['attnops.git_sha']}`",
+        "",
+        "## Intended use and limits",
+        "",
+        "Routes inputs to the classes above. Inputs below the out-of-scope confidence "
+        f"threshold ({m.get('out_of_scope_threshold', float('nan')):.3f}) should be treated as "
+        "'no class'. Quality outside the training distribution is unknown; watch drift monitors.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,212 @@
+"""Load the labelled splits a spec names, check them, and fingerprint their content.
+
+Every problem a user can fix in their data or spec becomes a `DataError` that names the
+file, the column or the rows, and says what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from attnops.spec import DataSpec
+
+SPLITS = ("train", "validation", "test")
+TEXT = "text"
+LABEL = "label"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """The three splits with canonical `text` and `label` columns plus slice columns.
+
+    Rows labelled with the spec's out-of-scope label are kept in validation/test (they
+    measure unsupported assertions) but never appear in `train`.
+    """
+
+    splits: dict[str, pd.DataFrame]
+    label_names: tuple[str, ...]
+    out_of_scope_label: str | None
+    sha256: dict[str, str]
+
+    @property
+    def data_sha256(self) -> str:
+        """One fingerprint of all three splits."""
+        joined = "".join(f"{name}:{self.sha256[name]};" for name in SPLITS)
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+    def in_scope(self, split: str) -> pd.DataFrame:
+        """Rows of `split` whose label is one of the trained classes."""
+        frame = self.splits[split]
+        return frame[frame[LABEL].isin(self.label_names)].reset_index(drop=True)
+
+    def out_of_scope(self, split: str) -> pd.DataFrame:
+        """Rows of `split` labelled out-of-scope (empty when the spec declares none)."""
+        frame = self.splits[split]
+        return frame[frame[LABEL] == self.out_of_scope_label].reset_index(drop=True)
+
+    def label_ids(self, frame: pd.DataFrame) -> list[int]:
+        """Class indices of an in-scope frame, in `label_names` order."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return [index[label] for label in frame[LABEL]]
+
+
+def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledData:
+    """Read, validate and fingerprint the train/validation/test splits of `spec`.
+
+    Args:
+        spec: the spec's `data` section.
+        spec_path: shown in error messages so the user knows which file to edit.
+
+    Raises:
+        DataError: a file or column is missing, rows are empty or not text, a split is
+            empty, eval labels are unseen in train, or a class has too few examples.
+    """
+    frames = {name: _read_split(spec, name, spec_path) for name in SPLITS}
+    oos = spec.out_of_scope_label
+    train = frames["train"]
+    frames["train"] = train[train[LABEL] != oos].reset_index(drop=True)
+    counts = frames["train"][LABEL].value_counts()
+    if len(counts) < 2:
+        raise DataError(
+            f"{spec.train} has {len(counts)} class(es) after removing out-of-scope rows; "
+            "classification needs at least 2"
+        )
+    too_few = counts[counts < spec.min_examples_per_class]
+    if len(too_few):
+        listed = ", ".join(f"'{k}' ({v})" for k, v in too_few.sort_index().items())
+        raise DataError(
+            f"{spec.train}: classes with fewer than {spec.min_examples_per_class} examples: "
+            f"{listed}; add examples, merge them, or lower data.min_examples_per_class "
+            f"in {spec_path}"
+        )
+    label_names = tuple(sorted(counts.index))
+    for name in ("validation", "test"):
+        unseen = sorted(set(frames[name][LABEL]) - set(label_names) - {oos})
+        if unseen:
+            hint = (
+                f"or set data.out_of_scope_label in {spec_path} if they mean 'no intent'"
+                if oos is None
+                else "or relabel them"
+            )
+            raise DataError(
+                f"{getattr(spec, name)}: labels not present in train: {unseen[:10]}; add "
+                f"training examples for them {hint}"
+            )
+    return LabelledData(
+        splits=frames,
+        label_names=label_names,
+        out_of_scope_label=oos,
+        sha256={name: fingerprint(frame) for name, frame in frames.items()},
+    )
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of a split's content (column names, then every cell), independent of file format."""
+    digest = hashlib.sha256("\x1f".join(frame.columns).encode())
+    for row in frame.itertuples(index=False):
+        digest.update(("\x1e" + "\x1f".join(str(value) for value in row)).encode())
+    return digest.hexdigest()
+
+
+def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
+    source = getattr(spec, split)
+    raw = _read_table(source, spec.format, split, spec_path)
+    if raw.empty:
+        raise DataError(f"{source} ({split} split) has no rows")
+    wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
+    wanted |= {f"data.slice_columns ({col})": col for col in spec.slice_columns}
+    present = ", ".join(map(str, raw.columns))
+    for field, column in wanted.items():
+        if column not in raw.columns:
+            raise DataError(
+                f"column '{column}' not found in {source} (columns: {present}); "
+                f"set {field} in {spec_path}"
+            )
+    text = raw[spec.text_column]
+    bad_text = ~text.map(lambda v: isinstance(v, str) and bool(v.strip()))
+    if bad_text.any():
+        rows = _row_numbers(bad_text)
+        raise DataError(
+            f"{source}: {int(bad_text.sum())} row(s) with empty or non-text '{spec.text_column}' "
+            f"(rows {rows}); remove or fill them"
+        )
+    labels = raw[spec.label_column]
+    missing = labels.isna() | labels.map(lambda v: str(v).strip() == "")
+    if missing.any():
+        raise DataError(
+            f"{source}: {int(missing.sum())} row(s) without a '{spec.label_column}' label "
+            f"(rows {_row_numbers(missing)}); label or remove them"
+        )
+    frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(_label_str)})
+    for column in spec.slice_columns:
+        frame[column] = raw[column].fillna("").astype(str).to_numpy()
+    return frame
+
+
+def _label_str(value: object) -> str:
+    # Integer labels read back from CSV/Parquet as 1 or 1.0 must give the same class name.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _row_numbers(mask: pd.Series, limit: int = 5) -> str:
+    positions = [int(i) + 1 for i in mask.to_numpy().nonzero()[0][:limit]]
+    more = ", ..." if int(mask.sum()) > limit else ""
+    return ", ".join(map(str, positions)) + more
+
+
+def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFrame:
+    if fmt == "hf":
+        return _read_hf(source, split, spec_path)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(
+            f"{split} data file {source} not found (cwd {Path.cwd()}); set data.{split} in "
+            f"{spec_path}, or run `attnops demo` to generate the demo data"
+        )
+    if fmt == "auto":
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(
+            path.suffix.lower(), ""
+        )
+        if not fmt:
+            raise DataError(
+                f"cannot tell the format of {source} from its extension; use .csv, .jsonl or "
+                f".parquet, or set data.format in {spec_path}"
+            )
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True)
+        return pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {source} as {fmt}: {exc}") from exc
+
+
+def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:
+    """`source` is 'NAME_OR_DIR' or 'NAME_OR_DIR:SPLIT' (default split: the spec's split name)."""
+    import datasets  # slow import; only for specs that use it
+
+    name, _, hf_split = source.partition(":")
+    hf_split = hf_split or split
+    try:
+        if Path(name).is_dir():
+            loaded = datasets.load_from_disk(name)
+            table = loaded[hf_split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            table = datasets.load_dataset(name, split=hf_split)
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError) as exc:
+        raise DataError(
+            f"cannot load Hugging Face dataset '{name}' split '{hf_split}' for data.{split} in "
+            f"{spec_path}: {exc}"
+        ) from exc
+    return table.to_pandas()

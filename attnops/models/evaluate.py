@@ -1,0 +1,187 @@
+"""Evaluate a fine-tuned classifier and write its evidence (metrics, plots, reference profile)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attnops.models import plots
+from attnops.models.attention import attention_report
+from attnops.models.baseline import tfidf_baseline
+from attnops.models.batching import Encoded, encode
+from attnops.models.data import LABEL, TEXT, LabelledData
+from attnops.models.inference import predict
+from attnops.models.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    length_bucket,
+    out_of_scope_threshold,
+    percentiles,
+    slice_metrics,
+    unsupported_assertions,
+)
+from attnops.models.performance import measure_performance
+from attnops.models.profile import EmbeddingProjection, write_reference_profile
+from attnops.spec import PipelineSpec
+
+EVALUATION_JSON = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    """Scalar metrics, flat, as logged to MLflow (test split unless the name says otherwise)."""
+    report: dict[str, object]
+    """Everything, including per-class, per-slice and per-head results."""
+    files: list[Path]
+
+
+def evaluate_classifier(
+    model, tokenizer, data: LabelledData, spec: PipelineSpec, *, device: torch.device, out_dir: Path
+) -> Evaluation:
+    """Score the model on the test split and profile it on the validation split.
+
+    Writes the PNG figures, `evaluation.json` and the reference profile into `out_dir`.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, max_length, pad_id = spec.evaluation, spec.model.max_length, tokenizer.pad_token_id
+    names = data.label_names
+
+    def encoded(frame: pd.DataFrame, labelled: bool = True) -> Encoded:
+        labels = data.label_ids(frame) if labelled else None
+        return encode(tokenizer, frame[TEXT].tolist(), max_length, labels)
+
+    test_frame = data.in_scope("test")
+    test = encoded(test_frame)
+    test_pred = predict(model, test, pad_id=pad_id, device=device)
+    y_true = np.asarray(test.labels)
+    quality = classification_metrics(y_true, test_pred.labels, names)
+    ece, bins = expected_calibration_error(
+        test_pred.confidence, test_pred.labels == y_true, cfg.ece_bins
+    )
+    slices = {"length": length_bucket(np.asarray(test.full_lengths), cfg.length_buckets)}
+    slices |= {col: test_frame[col].to_numpy() for col in spec.data.slice_columns}
+    slice_rows = slice_metrics(y_true, test_pred.labels, slices)
+
+    val_frame = data.splits["validation"]
+    val_in_scope = val_frame[LABEL].isin(names).to_numpy()
+    validation = encoded(val_frame, labelled=False)
+    val_pred = predict(model, validation, pad_id=pad_id, device=device, with_embeddings=True)
+    threshold = out_of_scope_threshold(
+        val_pred.confidence[val_in_scope], cfg.in_scope_rejection_rate
+    )
+    oos = encoded(data.out_of_scope("test"), labelled=False)
+    oos_confidence = (
+        predict(model, oos, pad_id=pad_id, device=device).confidence if len(oos) else np.array([])
+    )
+    hallucination = unsupported_assertions(oos_confidence, threshold)
+
+    all_test = encode(tokenizer, data.splits["test"][TEXT].tolist(), max_length)
+    tokens = {
+        **percentiles(np.asarray(all_test.full_lengths), "tokens_per_input", (50, 95)),
+        "tokens_per_input_max": float(max(all_test.full_lengths)),
+        "truncation_rate": float(all_test.truncated.mean()),
+    }
+    performance = measure_performance(
+        model,
+        test,
+        pad_id=pad_id,
+        device=device,
+        latency_samples=cfg.latency_samples,
+        throughput_batch_size=cfg.throughput_batch_size,
+    )
+    baseline = {}
+    if cfg.baseline:
+        train_frame = data.splits["train"]
+        baseline = tfidf_baseline(
+            train_frame[TEXT], data.label_ids(train_frame), test_frame[TEXT], test.labels
+        )
+
+    val_labelled = data.in_scope("validation")
+    probe_frame = val_labelled.sample(n=min(cfg.probe_size, len(val_labelled)), random_state=0)
+    probe = encoded(probe_frame)
+    attention = attention_report(
+        model, probe, pad_id=pad_id, device=device, collapse_entropy=cfg.collapse_entropy
+    )
+
+    metrics = {
+        "test_accuracy": quality["accuracy"],
+        "test_macro_f1": quality["macro_f1"],
+        "test_ece": ece,
+        **hallucination,
+        **tokens,
+        **performance,
+        **baseline,
+        "attention_entropy_mean": float(attention.entropy.mean()),
+        "attention_entropy_min": float(attention.entropy.min()),
+        "attention_collapsed_heads": float(len(attention.collapsed_heads)),
+    }
+    if baseline:
+        metrics["macro_f1_gain_over_baseline"] = quality["macro_f1"] - baseline["baseline_macro_f1"]
+    for name, scores in quality["per_class"].items():
+        metrics[f"test_f1.{name}"] = scores["f1"]
+    report = {
+        "metrics": metrics,
+        "label_names": list(names),
+        "per_class": quality["per_class"],
+        "confusion_matrix": quality["confusion_matrix"],
+        "calibration_bins": bins.to_dict(orient="records"),
+        "slices": slice_rows,
+        "attention": {
+            "entropy": attention.entropy.tolist(),
+            "importance": attention.importance.tolist(),
+            "collapsed_heads": attention.collapsed_heads,
+            "collapse": attention.collapse,
+            "probe_size": len(probe),
+        },
+    }
+    files = [out_dir / name for name in ("confusion_matrix.png", "reliability.png")]
+    files += [
+        out_dir / "attention_entropy.png",
+        out_dir / "head_importance.png",
+        out_dir / EVALUATION_JSON,
+    ]
+    plots.confusion_matrix_png(quality["confusion_matrix"], names, files[0])
+    plots.reliability_png(bins, ece, files[1])
+    plots.head_matrix_png(
+        attention.entropy, "Attention entropy (normalised)", files[2], vmin=0, vmax=1
+    )
+    plots.head_matrix_png(
+        attention.importance, "Head importance (per-layer L2-normalised)", files[3]
+    )
+    files[4].write_text(json.dumps(report, indent=2))
+
+    profile_frame = pd.DataFrame(
+        {
+            "text_chars": val_frame[TEXT].str.len().to_numpy(),
+            "n_tokens": validation.full_lengths,
+            "truncated": validation.truncated,
+            LABEL: val_frame[LABEL].to_numpy(),
+            "prediction": np.asarray(names, dtype=object)[val_pred.labels],
+            "confidence": val_pred.confidence,
+        }
+    )
+    for col in spec.data.slice_columns:
+        profile_frame[col] = val_frame[col].to_numpy()
+    files += write_reference_profile(
+        out_dir,
+        frame=profile_frame,
+        embeddings=val_pred.embeddings,
+        projection=EmbeddingProjection.fit(val_pred.embeddings[val_in_scope], cfg.embedding_dim),
+        per_example_entropy=attention.per_example_entropy,
+        summary={
+            "label_names": list(names),
+            "out_of_scope_label": data.out_of_scope_label,
+            "out_of_scope_threshold": threshold,
+            "max_length": max_length,
+            "attention_entropy": attention.entropy.tolist(),
+            "attention_importance": attention.importance.tolist(),
+            "validation_sha256": data.sha256["validation"],
+        },
+    )
+    return Evaluation(metrics=metrics, report=report, files=files)

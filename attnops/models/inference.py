@@ -1,0 +1,63 @@
+"""Batched forward passes over an encoded split, in the split's original order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnops.models.batching import Encoded, iterate, sequential_batches
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Class probabilities per input and, when asked for, mean-pooled final hidden states."""
+
+    probs: np.ndarray
+    embeddings: np.ndarray | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+
+@torch.inference_mode()
+def predict(
+    model,
+    data: Encoded,
+    *,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int = 64,
+    with_embeddings: bool = False,
+) -> Predictions:
+    """Run the classifier over `data`; batches are length-sorted, results are not.
+
+    Embeddings are the mask-weighted mean of the last hidden layer: the model's own view
+    of the input, which later drift checks compare without a second model.
+    """
+    was_training = model.training
+    model.eval()
+    probs = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    embeddings = None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for indices, batch in iterate(
+        data, sequential_batches(data.lengths, batch_size), pad_id, device
+    ):
+        batch.pop("labels", None)
+        with autocast:
+            out = model(**batch, output_hidden_states=with_embeddings)
+        probs[indices] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        if with_embeddings:
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
+            if embeddings is None:
+                embeddings = np.zeros((len(data), pooled.shape[1]), dtype=np.float32)
+            embeddings[indices] = pooled.cpu().numpy()
+    model.train(was_training)
+    return Predictions(probs=probs, embeddings=embeddings)

@@ -1,0 +1,228 @@
+"""MLflow registry I/O: one training run per fine-tune, one model version per registration.
+
+A version is created only at the very end, after every artifact is logged, with all of
+its tags in the same call; if anything after that fails the version is deleted again. So
+a failed run never leaves a version behind, and a version never lacks its evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import mlflow
+import pandas as pd
+from huggingface_hub import ModelCard
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
+
+from attnops.models.card import model_card
+from attnops.models.data import LABEL, TEXT, LabelledData
+from attnops.models.evaluate import Evaluation
+from attnops.models.modeling import tokenizer_sha256
+from attnops.models.train import TrainResult
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec
+
+TAG = "attnops."
+CHALLENGER = "challenger"
+_PACKAGES = ("attnops", "torch", "transformers", "mlflow", "prefect", "scikit-learn")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    tags: dict[str, str]
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri)
+
+
+def start_run(client: MlflowClient, settings: Settings, spec: PipelineSpec, spec_text: str) -> str:
+    """Create the experiment (named like the spec) if needed and open a training run."""
+    experiment = client.get_experiment_by_name(spec.name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(spec.name, artifact_location=settings.artifact_root)
+    )
+    run = client.create_run(
+        experiment_id, run_name=f"train-{spec.name}", tags={f"{TAG}stage": "train"}
+    )
+    run_id = run.info.run_id
+    client.log_text(run_id, spec_text, "spec.yaml")
+    client.log_batch(
+        run_id, params=[Param(k, str(v)[:6000]) for k, v in _flatten(spec.model_dump()).items()]
+    )
+    return run_id
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:
+    """Mark the run FAILED with the reason, so the UI shows why nothing was registered."""
+    client.set_tag(run_id, f"{TAG}failure", reason[:5000])
+    client.set_terminated(run_id, status="FAILED")
+
+
+def log_evidence(
+    client: MlflowClient,
+    run_id: str,
+    data: LabelledData,
+    result: TrainResult,
+    evaluation: Evaluation,
+) -> None:
+    """Training curves, run card, evaluation metrics, plots and the reference profile."""
+    history = [
+        Metric(key, float(value), 0, int(row["step"]))
+        for row in result.history
+        for key, value in row.items()
+        if key != "step"
+    ]
+    scalars = {
+        **evaluation.metrics,
+        "train_tokens_per_s": result.tokens_per_s,
+        "train_seconds": result.train_seconds,
+        "optimizer_steps": result.optimizer_steps,
+        "best_val_macro_f1": result.best_val_macro_f1,
+    }
+    metrics = history + [Metric(k, float(v), 0, 0) for k, v in scalars.items()]
+    for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[start : start + 900])
+    client.log_dict(
+        run_id, {**result.run_card, "stopped_early": result.stopped_early}, "run_card.json"
+    )
+    client.log_dict(
+        run_id, {"data_sha256": data.data_sha256, **data.sha256}, "data_fingerprint.json"
+    )
+    for path in evaluation.files:
+        folder = "reference_profile" if path.name.startswith("reference_") else "evaluation"
+        client.log_artifact(run_id, str(path), folder)
+
+
+def register_version(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    spec: PipelineSpec,
+    model,
+    tokenizer,
+    data: LabelledData,
+    evaluation: Evaluation,
+) -> RegisteredVersion:
+    """Log the model with its tokenizer, create the version with its tags, alias it challenger."""
+    tok_hash = tokenizer_sha256(tokenizer)
+    _check_tokenizer_roundtrip(tokenizer, tok_hash)
+    tags = {
+        f"{TAG}tokenizer_sha256": tok_hash,
+        f"{TAG}data_sha256": data.data_sha256,
+        f"{TAG}git_sha": git_sha(),
+        f"{TAG}base_model": spec.model.base,
+        f"{TAG}task": spec.task,
+        f"{TAG}labels": json.dumps(list(data.label_names)),
+        f"{TAG}test_macro_f1": f"{evaluation.metrics['test_macro_f1']:.4f}",
+        **{f"{TAG}version.{pkg}": _version(pkg) for pkg in _PACKAGES},
+    }
+    examples = _input_example(data)
+    signature = infer_signature(
+        examples,
+        pd.DataFrame(
+            {"label": [data.label_names[0]] * len(examples), "score": [0.5] * len(examples)}
+        ),
+    )
+    card = model_card(spec, data, evaluation, tags)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tags(tags)
+        mlflow.log_text(card, "model_card.md")
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-classification",
+            signature=signature,
+            input_example=examples,
+            pip_requirements=[
+                f"{pkg}=={_version(pkg)}" for pkg in ("torch", "transformers", "accelerate")
+            ],
+            metadata={"label_names": list(data.label_names)},
+            model_card=ModelCard(card),
+        )
+    if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
+        client.create_registered_model(spec.name, description=f"attnops pipeline '{spec.name}'")
+    created = client.create_model_version(
+        spec.name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+    )
+    try:
+        client.update_model_version(spec.name, created.version, description=card)
+        client.set_registered_model_alias(spec.name, CHALLENGER, created.version)
+    except Exception:
+        client.delete_model_version(spec.name, created.version)
+        raise
+    return RegisteredVersion(
+        name=spec.name,
+        version=str(created.version),
+        run_id=run_id,
+        model_uri=f"models:/{spec.name}/{created.version}",
+        tags=tags,
+    )
+
+
+def git_sha() -> str:
+    """HEAD of the current repository ('-dirty' with uncommitted changes; 'unknown' outside git)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def _check_tokenizer_roundtrip(tokenizer, expected: str) -> None:
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        reloaded = tokenizer_sha256(AutoTokenizer.from_pretrained(folder))
+    if reloaded != expected:
+        raise RuntimeError(
+            f"tokenizer hash changes across save/load ({expected[:12]} -> {reloaded[:12]}); "
+            "refusing to register a version whose tokenizer cannot be verified when served"
+        )
+
+
+def _input_example(data: LabelledData, n: int = 2) -> list[str]:
+    """Short validation texts without digits or '@', so the example carries no PII."""
+    frame = data.in_scope("validation")
+    clean = frame[~frame[TEXT].str.contains(r"[\d@]", regex=True)]
+    chosen = (clean if len(clean) >= n else frame).sort_values(LABEL).head(n)
+    return chosen[TEXT].tolist()
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package).split("+")[0]
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

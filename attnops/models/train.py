@@ -1,0 +1,258 @@
+"""Fine-tune a sequence classifier: setup, loop, evaluate, stop early, checkpoint, resume.
+
+Runs on CPU or one CUDA device with torch and transformers only (no MLflow, no Prefect),
+so the same code trains on a laptop and on a GPU box. Multi-GPU wraps `model` and
+shards `length_grouped_batches`; nothing below assumes one process beyond that.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from attnops.models.batching import Encoded, iterate, length_grouped_batches
+from attnops.models.inference import predict
+from attnops.models.modeling import count_parameters
+from attnops.spec import TrainingSpec
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizer moments that a resumed run needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    best_macro_f1: float = -1.0
+    evals_without_improvement: int = 0
+    real_tokens: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_val_macro_f1: float
+    optimizer_steps: int
+    real_tokens: int
+    train_seconds: float
+    stopped_early: bool
+    history: list[dict[str, float]]
+    run_card: dict[str, object]
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Real (non-pad) training tokens per second of training time."""
+        return self.real_tokens / max(self.train_seconds, 1e-9)
+
+
+def fine_tune(
+    model,
+    train: Encoded,
+    validation: Encoded,
+    cfg: TrainingSpec,
+    *,
+    pad_id: int,
+    device: torch.device,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place and leave it holding the best validation weights.
+
+    Args:
+        model: a `*ForSequenceClassification` model; moved to `device`.
+        train, validation: encoded splits with labels.
+        cfg: the spec's `training` section.
+        pad_id: the tokenizer's padding id.
+        device: where to train.
+        checkpoint_dir: after each evaluation the state needed to resume is written here.
+        resume: continue from the checkpoint in `checkpoint_dir` if there is one.
+        on_step: called after every optimizer step with (step, metrics); may raise to stop.
+        progress: show a progress bar.
+    """
+    cuda = device.type == "cuda"
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, fused=cuda
+    )
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * total_steps), total_steps
+    )
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+    state, best_weights = TrainState(), None
+    if resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+        best_weights = _load_best(checkpoint_dir, model)
+        print(f"resumed from {checkpoint_dir / 'last'} at step {state.step}")
+
+    card = {
+        "examples": len(train),
+        "classes": model.config.num_labels,
+        "parameters": count_parameters(model),
+        "device": str(device),
+        "dtype": "bf16 autocast" if cuda and cfg.bf16 else "fp32",
+        "batch_size": cfg.batch_size,
+        "grad_accum_steps": cfg.grad_accum_steps,
+        "effective_batch": cfg.batch_size * cfg.grad_accum_steps,
+        "optimizer_steps": total_steps,
+        "epochs": cfg.epochs,
+        "learning_rate": cfg.learning_rate,
+        "seed": cfg.seed,
+        "compile": cfg.compile,
+        "resumed_at_step": state.step,
+    }
+    print("run card: " + ", ".join(f"{k}={v}" for k, v in card.items()))
+
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16)
+    labels = np.asarray(validation.labels)
+    bar = tqdm(total=total_steps, initial=state.step, disable=not progress, desc="fine-tune")
+    stopped_early = False
+    model.train()
+    while state.step < total_steps and not stopped_early:
+        batches = length_grouped_batches(
+            train.lengths, cfg.batch_size, seed=cfg.seed * 1_000 + state.epoch
+        )
+        started = time.perf_counter()
+        for b in range(state.batches_done_in_epoch, len(batches)):
+            _, batch = next(iterate(train, [batches[b]], pad_id, device))
+            # Scale so an accumulated step averages over its micro-batches; the last group
+            # of an epoch can be shorter than grad_accum_steps.
+            group_start = b - b % cfg.grad_accum_steps
+            group_size = min(cfg.grad_accum_steps, len(batches) - group_start)
+            with autocast:
+                loss = forward(**batch).loss / group_size
+            loss.backward()
+            state.real_tokens += int(batch["attention_mask"].sum())
+            if (b + 1) % cfg.grad_accum_steps and b + 1 < len(batches):
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batches_done_in_epoch = b + 1
+            metrics = {"train_loss": loss.item() * group_size, "grad_norm": float(grad_norm)}
+            metrics["learning_rate"] = scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
+            if on_step:
+                on_step(state.step, metrics)
+            last_of_epoch = b + 1 == len(batches)
+            if state.step % eval_every == 0 or state.step == total_steps or last_of_epoch:
+                if last_of_epoch:
+                    state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
+                state.train_seconds += time.perf_counter() - started
+                score = _val_macro_f1(model, validation, labels, pad_id, device)
+                state.history.append({"step": state.step, "val_macro_f1": score, **metrics})
+                if score > state.best_macro_f1:
+                    state.best_macro_f1, state.evals_without_improvement = score, 0
+                    best_weights = _cpu_copy(model)
+                    if checkpoint_dir:
+                        _save_best(checkpoint_dir, model)
+                else:
+                    state.evals_without_improvement += 1
+                if checkpoint_dir:
+                    _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                patience = cfg.early_stopping_patience
+                stopped_early = bool(patience and state.evals_without_improvement >= patience)
+                started = time.perf_counter()
+            if stopped_early or state.step >= total_steps:
+                break
+    bar.close()
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    model.eval()
+    return TrainResult(
+        best_val_macro_f1=state.best_macro_f1,
+        optimizer_steps=state.step,
+        real_tokens=state.real_tokens,
+        train_seconds=state.train_seconds,
+        stopped_early=stopped_early,
+        history=state.history,
+        run_card=card,
+    )
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    # No decay on biases and LayerNorm weights: decaying them only hurts (BERT recipe).
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _val_macro_f1(model, validation: Encoded, labels, pad_id: int, device) -> float:
+    predicted = predict(model, validation, pad_id=pad_id, device=device).labels
+    return float(f1_score(labels, predicted, average="macro", zero_division=0))
+
+
+def _cpu_copy(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _save_best(folder: Path, model) -> None:
+    (folder / "best").mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / "best" / "model.safetensors"))
+
+
+def _load_best(folder: Path, model) -> dict[str, torch.Tensor]:
+    """Read the best weights without disturbing the weights the run continues from."""
+    current = _cpu_copy(model)
+    load_model(model, str(folder / "best" / "model.safetensors"))
+    best = _cpu_copy(model)
+    model.load_state_dict(current)
+    return best
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState) -> None:
+    # Write to a temporary folder and rename, so a crash mid-write leaves the old one intact.
+    tmp, last = folder / "last.tmp", folder / "last"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "state": asdict(state),
+        },
+        tmp / "trainer_state.pt",
+    )
+    shutil.rmtree(last, ignore_errors=True)
+    tmp.rename(last)
+
+
+def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+    last = folder / "last"
+    load_model(model, str(last / "model.safetensors"))
+    saved = torch.load(last / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return TrainState(**saved["state"])

@@ -1,0 +1,65 @@
+"""Where attnops keeps its state: embedded defaults under `.attnops/`, overridable by env.
+
+Nothing here runs at import; `Settings.from_env()` reads the environment when called.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    tracking_uri: str
+    artifact_root: str | None
+    """Artifact location for new experiments; None lets a tracking server decide."""
+    inference_db: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Embedded defaults in ./.attnops unless ATTNOPS_HOME / MLFLOW_TRACKING_URI /
+        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB say otherwise."""
+        home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve()
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        embedded = tracking_uri.startswith("sqlite:")
+        artifact_root = os.environ.get("ATTNOPS_ARTIFACT_ROOT") or (
+            (home / "artifacts").as_uri() if embedded else None
+        )
+        return cls(
+            home=home,
+            tracking_uri=tracking_uri,
+            artifact_root=artifact_root,
+            inference_db=os.environ.get("ATTNOPS_INFERENCE_DB")
+            or f"sqlite:///{home / 'inference.db'}",
+        )
+
+    def prepare(self) -> None:
+        """Create the local folders the embedded defaults need."""
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def mlflow_ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def configure_process_env(home: Path | None = None) -> None:
+    """Environment for Prefect and Hugging Face that must be set before they are imported.
+
+    Keeps Prefect's state under .attnops (unless PREFECT_HOME / PREFECT_API_URL are set)
+    and turns off telemetry. Existing values always win.
+    """
+    home = (home or Path(os.environ.get("ATTNOPS_HOME", ".attnops"))).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    # Prefect's SQLite database cannot be created in a missing folder, and its temporary
+    # server then only reports a start-up timeout.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start migrates a fresh database: on a busy 2-core laptop that takes longer
+    # than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

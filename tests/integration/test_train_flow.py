@@ -1,0 +1,101 @@
+"""The train flow end to end: real Prefect server, real MLflow on SQLite, tiny BERT."""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from attnops.flows.train import train
+from attnops.models.modeling import tokenizer_sha256
+from attnops.settings import Settings
+from tests.conftest import tiny_spec_dict
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _client() -> MlflowClient:
+    settings = Settings.from_env()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri)
+
+
+def test_train_registers_model_with_tokenizer_and_evidence(
+    attnops_home, demo_dir, write_spec, tokenizer
+):
+    version = train(str(write_spec(tiny_spec_dict(demo_dir))))
+    client = _client()
+
+    assert version.version == "1"
+    assert client.get_model_version_by_alias("tiny-tickets", "challenger").version == 1
+    tags = client.get_model_version("tiny-tickets", "1").tags
+    assert tags["attnops.tokenizer_sha256"] == tokenizer_sha256(tokenizer)
+    assert len(tags["attnops.data_sha256"]) == 64
+    assert tags["attnops.git_sha"]
+    assert tags["attnops.version.torch"] != "unknown"
+
+    # The version holds weights (safetensors only) and the tokenizer files.
+    model_dir = Path(mlflow.artifacts.download_artifacts(version.model_uri))
+    files = {p.name for p in model_dir.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+
+    # Loadable as a pyfunc that answers with the spec's labels, and with its tokenizer.
+    labels = set(pd.read_csv(demo_dir / "train.csv")["intent"])
+    predictions = mlflow.pyfunc.load_model(version.model_uri).predict(["where is my parcel?"])
+    assert set(predictions["label"]) <= labels
+    components = mlflow.transformers.load_model(version.model_uri, return_type="components")
+    assert tokenizer_sha256(components["tokenizer"]) == tags["attnops.tokenizer_sha256"]
+
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("test_macro_f1", "baseline_macro_f1", "test_ece", "unsupported_assertion_rate",
+                "latency_ms_p95", "throughput_per_s", "peak_memory_mb", "truncation_rate",
+                "attention_entropy_mean", "train_tokens_per_s"):  # fmt: skip
+        assert key in run.data.metrics, key
+    assert 0 <= run.data.metrics["test_macro_f1"] <= 1
+    artifacts = {a.path for folder in ("", "evaluation", "reference_profile")
+                 for a in client.list_artifacts(version.run_id, folder)}  # fmt: skip
+    assert {
+        "spec.yaml", "model_card.md", "run_card.json", "evaluation/confusion_matrix.png",
+        "evaluation/reliability.png", "evaluation/attention_entropy.png",
+        "evaluation/head_importance.png", "evaluation/evaluation.json",
+        "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
+        "reference_profile/reference_attention.parquet",
+    } <= artifacts  # fmt: skip
+    profile_path = "reference_profile/reference_profile.parquet"
+    profile = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=profile_path)
+    )
+    assert len(profile) == len(pd.read_csv(demo_dir / "validation.csv"))
+    assert len(profile["embedding"].iloc[0]) == 8
+    assert not (attnops_home / "checkpoints" / "tiny-tickets").exists()
+
+
+def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spec):
+    path = str(write_spec(tiny_spec_dict(demo_dir, epochs=1)))
+    train(path)
+    second = train(path)
+    assert second.version == "2"
+    assert _client().get_model_version_by_alias("tiny-tickets", "challenger").version == 2
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ({"data": {"text_column": "body"}}, "column 'body' not found"),
+        ({"model": {"base": "/no/such/model"}}, "no/such/model"),
+    ],
+)
+def test_failed_run_registers_nothing(attnops_home, demo_dir, write_spec, breakage, message):
+    spec = tiny_spec_dict(demo_dir)
+    for section, change in breakage.items():
+        spec[section] = {**spec[section], **change}
+    with pytest.raises(Exception, match=message):
+        train(str(write_spec(spec)))
+    client = _client()
+    assert client.search_model_versions("name = 'tiny-tickets'") == []
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-tickets").experiment_id])
+    assert run.info.status == "FAILED"
+    assert message in run.data.tags["attnops.failure"]

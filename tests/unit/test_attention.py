@@ -1,0 +1,74 @@
+"""Attention health on tiny models whose attention we shape by hand."""
+
+import numpy as np
+import torch
+
+from attnops.models.attention import attention_entropy, attention_report, head_importance
+from attnops.models.batching import encode
+from attnops.models.modeling import build_classifier
+from attnops.spec import ModelSpec
+from tests.conftest import TINY_BERT
+
+CPU = torch.device("cpu")
+HEAD_DIM = TINY_BERT["hidden_size"] // TINY_BERT["num_attention_heads"]
+TEXTS = ["where is my order", "refund me now please", "the parcel arrived broken and late", "hi"]
+
+
+def _model():
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec(config_overrides=TINY_BERT), ("a", "b"))
+    return model.eval()
+
+
+def _probe(tokenizer):
+    return encode(tokenizer, TEXTS, 32, [0, 1, 1, 0])
+
+
+def _head_slice(head: int) -> slice:
+    return slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+
+
+def test_uniform_attention_has_entropy_one(tokenizer):
+    model = _model()
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            for proj in (layer.attention.self.query, layer.attention.self.key):
+                proj.weight.zero_()
+                proj.bias.zero_()
+    entropy = attention_entropy(model, _probe(tokenizer), pad_id=0, device=CPU)
+    assert entropy.shape == (len(TEXTS), 2, 4)
+    np.testing.assert_allclose(entropy, 1.0, atol=1e-5)
+
+
+def test_sharpened_head_is_flagged_as_collapsed(tokenizer):
+    model = _model()
+    with torch.no_grad():
+        attn = model.bert.encoder.layer[0].attention.self
+        for proj in (attn.query, attn.key):
+            proj.weight[_head_slice(0)] *= 200
+            proj.bias[_head_slice(0)] *= 200
+    report = attention_report(model, _probe(tokenizer), pad_id=0, device=CPU, collapse_entropy=0.05)
+    assert report.entropy[0, 0] < 0.05
+    assert report.collapsed_heads == [(0, 0)]
+    assert report.collapse
+    others = np.delete(report.entropy.ravel(), 0)
+    assert others.min() > 0.3
+    assert model.config._attn_implementation == "sdpa", "eager attention must be switched back"
+
+
+def test_head_with_zero_output_has_zero_importance(tokenizer):
+    model = _model()
+    with torch.no_grad():
+        value = model.bert.encoder.layer[1].attention.self.value
+        value.weight[_head_slice(2)] = 0
+        value.bias[_head_slice(2)] = 0
+    probe = _probe(tokenizer)
+    batch = {"input_ids": torch.tensor([probe.input_ids[0]])}
+    before = model(**batch).logits
+    importance = head_importance(model, probe, pad_id=0, device=CPU)
+    assert importance.shape == (2, 4)
+    assert importance[1, 2] == 0
+    assert (np.delete(importance.ravel(), 6) > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(importance, axis=1), 1.0, rtol=1e-5)
+    # The gates are removed again: the model computes exactly what it did before.
+    torch.testing.assert_close(model(**batch).logits, before)

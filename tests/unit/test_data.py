@@ -1,0 +1,134 @@
+"""Data loading: the formats users have, and errors that say what to fix."""
+
+import pandas as pd
+import pytest
+
+from attnops.models.data import DataError, load_labelled_data
+from attnops.spec import DataSpec
+
+
+def _write(tmp_path, frames: dict[str, pd.DataFrame], fmt: str = "csv") -> dict[str, str]:
+    paths = {}
+    for split, frame in frames.items():
+        path = tmp_path / f"{split}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        else:
+            frame.to_parquet(path, index=False)
+        paths[split] = str(path)
+    return paths
+
+
+def _frame(labels, texts=None, **extra) -> pd.DataFrame:
+    texts = texts or [f"message number {i} about {label}" for i, label in enumerate(labels)]
+    return pd.DataFrame({"body": texts, "intent": labels, **extra})
+
+
+def _spec(paths, **kw) -> DataSpec:
+    return DataSpec(
+        **paths, text_column="body", label_column="intent", min_examples_per_class=2, **kw
+    )
+
+
+def _splits(train=None, validation=None, test=None):
+    base = _frame(["a", "a", "b", "b", "c", "c"])
+    return {
+        "train": train if train is not None else base,
+        "validation": validation if validation is not None else base,
+        "test": test if test is not None else base,
+    }
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_formats_load_to_same_content_and_fingerprint(tmp_path, fmt):
+    folder = tmp_path / fmt
+    folder.mkdir()
+    data = load_labelled_data(_spec(_write(folder, _splits(), fmt)))
+    assert data.label_names == ("a", "b", "c")
+    assert list(data.splits["train"].columns) == ["text", "label"]
+    # The fingerprint is of the content, so the same rows in another format match.
+    reference = load_labelled_data(_spec(_write(tmp_path, _splits(), "csv")))
+    assert data.sha256 == reference.sha256
+
+
+def test_fingerprint_changes_when_one_label_changes(tmp_path):
+    before = load_labelled_data(_spec(_write(tmp_path, _splits()))).data_sha256
+    changed = _frame(["a", "a", "b", "b", "c", "a"])
+    after = load_labelled_data(_spec(_write(tmp_path, _splits(test=changed)))).data_sha256
+    assert before != after
+
+
+def test_missing_file_names_split_and_field(tmp_path):
+    paths = _write(tmp_path, _splits())
+    paths["validation"] = str(tmp_path / "missing.csv")
+    with pytest.raises(
+        DataError, match=r"validation data file .*missing\.csv not found.*data\.validation"
+    ):
+        load_labelled_data(_spec(paths))
+
+
+def test_missing_column_lists_columns_and_field(tmp_path):
+    paths = _write(tmp_path, _splits())
+    spec = DataSpec(**paths, text_column="text", label_column="intent", min_examples_per_class=2)
+    with pytest.raises(DataError) as err:
+        load_labelled_data(spec, "configs/x.yaml")
+    assert "column 'text' not found" in str(err.value)
+    assert "columns: body, intent" in str(err.value)
+    assert "set data.text_column in configs/x.yaml" in str(err.value)
+
+
+def test_missing_slice_column_is_named(tmp_path):
+    paths = _write(tmp_path, _splits())
+    with pytest.raises(DataError, match=r"column 'channel'.*data\.slice_columns"):
+        load_labelled_data(_spec(paths, slice_columns=("channel",)))
+
+
+def test_empty_and_non_text_rows_are_reported_with_row_numbers(tmp_path):
+    bad = _frame(["a", "a", "b", "b", "c", "c"], texts=["ok", "  ", "fine", "", "x", "y"])
+    with pytest.raises(DataError, match=r"2 row\(s\) with empty or non-text 'body' \(rows 2, 4\)"):
+        load_labelled_data(_spec(_write(tmp_path, _splits(train=bad))))
+
+
+def test_missing_labels_are_reported(tmp_path):
+    bad = _frame(["a", "a", "b", None, "c", "c"])
+    with pytest.raises(DataError, match=r"1 row\(s\) without a 'intent' label \(rows 4\)"):
+        load_labelled_data(_spec(_write(tmp_path, _splits(train=bad))))
+
+
+def test_unseen_eval_labels_point_to_out_of_scope_setting(tmp_path):
+    test = _frame(["a", "b", "c", "zzz"])
+    with pytest.raises(
+        DataError, match=r"labels not present in train: \['zzz'\].*out_of_scope_label"
+    ):
+        load_labelled_data(_spec(_write(tmp_path, _splits(test=test))))
+
+
+def test_out_of_scope_rows_stay_out_of_training(tmp_path):
+    train = _frame(["a", "a", "b", "b", "none"])
+    test = _frame(["a", "b", "none", "none"])
+    paths = _write(tmp_path, _splits(train=train, validation=train, test=test))
+    data = load_labelled_data(_spec(paths, out_of_scope_label="none"))
+    assert data.label_names == ("a", "b")
+    assert "none" not in set(data.splits["train"]["label"])
+    assert len(data.out_of_scope("test")) == 2
+    assert len(data.in_scope("test")) == 2
+
+
+def test_too_few_examples_per_class(tmp_path):
+    train = _frame(["a", "a", "a", "b", "c", "c"])
+    with pytest.raises(
+        DataError, match=r"fewer than 2 examples: 'b' \(1\).*min_examples_per_class"
+    ):
+        load_labelled_data(_spec(_write(tmp_path, _splits(train=train))))
+
+
+def test_integer_labels_match_across_formats(tmp_path):
+    train = _frame([0, 0, 1, 1])
+    test = pd.DataFrame({"body": ["x", "y"], "intent": [0.0, 1.0]})
+    paths = _write(tmp_path, {"train": train, "validation": train})
+    paths |= {"test": _write(tmp_path, {"test": test}, "parquet")["test"]}
+    data = load_labelled_data(_spec(paths))
+    assert data.label_names == ("0", "1")
+    assert data.label_ids(data.in_scope("test")) == [0, 1]

@@ -1,0 +1,52 @@
+"""Spec validation: a spec that loads can run; one that cannot says which field and why."""
+
+from pathlib import Path
+
+import pytest
+
+from attnops.spec import DEFAULT_BASE_MODEL, SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_spec_loads_with_offline_base_model():
+    spec = load_spec(REPO / "configs" / "support-tickets.yaml")
+    assert spec.name == "support-tickets"
+    assert spec.task == "classification"
+    assert spec.model.base == DEFAULT_BASE_MODEL
+    assert spec.data.out_of_scope_label == "out_of_scope"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"training": {"learning_rate": -1}}, "training.learning_rate", "greater than 0"),
+        ({"training": {"epoch": 3}}, "training.epoch", "unknown field"),
+        ({"task": "regression"}, "task", "'classification' or 'seq2seq'"),
+        ({"task": "seq2seq"}, "(top level)", "not implemented yet"),
+        ({"name": "bad name!"}, "name", "pattern"),
+        ({"evaluation": {"length_buckets": [64, 16]}}, "evaluation.length_buckets", "increasing"),
+        ({"data": {"train": "a.csv", "validation": "b.csv"}}, "data.test", "Field required"),
+    ],
+)
+def test_invalid_spec_names_field_and_reason(write_spec, change, field, reason):
+    raw = {"name": "x", "data": {"train": "a.csv", "validation": "b.csv", "test": "c.csv"}}
+    path = write_spec({**raw, **change})
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"{field}:" in message
+    assert reason in message
+
+
+def test_missing_file_and_bad_yaml_are_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(SpecError, match="mapping"):
+        load_spec(bad)
