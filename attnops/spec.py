@@ -65,6 +65,14 @@ class TrainingSpec(_Section):
     batch_size: int = Field(32, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0, lt=1)
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Learning rate of the new classification head and the pooler; a higher "
+        "one than the encoder's lets a small dataset converge in fewer epochs. "
+        "Default: learning_rate.",
+    )
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -77,6 +85,9 @@ class TrainingSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     compile: bool = False
+    calibrate: bool = Field(
+        True, description="Fit a temperature on validation and fold it into the output layer."
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
 
 

@@ -60,7 +60,7 @@ def register(
     evaluation: Evaluation,
 ) -> registry.RegisteredVersion:
     client = registry.client_for(settings)
-    registry.log_evidence(client, run_id, data, trained.result, evaluation)
+    registry.log_evidence(client, run_id, data, trained, evaluation)
     return registry.register_version(
         client,
         run_id,

@@ -36,7 +36,10 @@ class AttentionReport:
     """examples x layers x heads, for the reference profile and later drift checks."""
     importance: np.ndarray
     """Head importance, each layer's row scaled to unit L2 norm (Michel et al.)."""
+    base_entropy: np.ndarray
+    """The same entropy for the model before fine-tuning."""
     collapsed_heads: list[tuple[int, int]]
+    """(layer, head) whose entropy fell below the threshold during fine-tuning."""
 
     @property
     def collapse(self) -> bool:
@@ -129,16 +132,29 @@ def head_importance(
 
 
 def attention_report(
-    model, data: Encoded, *, pad_id: int, device: torch.device, collapse_entropy: float
+    model,
+    base_model,
+    data: Encoded,
+    *,
+    pad_id: int,
+    device: torch.device,
+    collapse_entropy: float,
 ) -> AttentionReport:
-    """Entropy, importance and collapsed heads on a fixed probe sample."""
+    """Entropy, importance and collapsed heads on a fixed probe sample.
+
+    Pretrained encoders have heads that are sharp by design (e.g. attend to the next
+    token); a head counts as collapsed only if fine-tuning pushed it below
+    `collapse_entropy` from above, which `base_model` (the model before fine-tuning) tells.
+    """
     per_example = attention_entropy(model, data, pad_id=pad_id, device=device)
     entropy = per_example.mean(axis=0)
+    base_entropy = attention_entropy(base_model, data, pad_id=pad_id, device=device).mean(axis=0)
     importance = head_importance(model, data, pad_id=pad_id, device=device)
-    collapsed = [(int(layer), int(head)) for layer, head in np.argwhere(entropy < collapse_entropy)]
+    collapsed = (entropy < collapse_entropy) & (base_entropy >= collapse_entropy)
     return AttentionReport(
         entropy=entropy,
         per_example_entropy=per_example,
         importance=importance,
-        collapsed_heads=collapsed,
+        base_entropy=base_entropy,
+        collapsed_heads=[(int(layer), int(head)) for layer, head in np.argwhere(collapsed)],
     )

@@ -50,7 +50,7 @@ def model_card(
         "",
         f"Mean normalised head entropy {m['attention_entropy_mean']:.3f} (min "
         f"{m['attention_entropy_min']:.3f}) on {attention['probe_size']} probe inputs; "
-        f"collapsed heads: {attention['collapsed_heads'] or 'none'}.",
+        f"heads collapsed by fine-tuning (layer, head): {attention['collapsed_heads'] or 'none'}.",
         "",
         "## Provenance",
         "",

@@ -6,10 +6,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from attnops.models.batching import encode
+from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
+from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, pick_device, seed_everything
 from attnops.models.train import StepCallback, TrainResult, fine_tune
 from attnops.spec import PipelineSpec
@@ -21,6 +24,8 @@ class TrainedClassifier:
     tokenizer: object
     result: TrainResult
     device: torch.device
+    temperature: float
+    """Calibration temperature folded into the output layer (1.0: not calibrated)."""
 
 
 def train_classifier(
@@ -57,10 +62,11 @@ def train_classifier(
         frame = data.in_scope(split)
         return encode(tokenizer, frame[TEXT].tolist(), spec.model.max_length, data.label_ids(frame))
 
+    validation = encoded("validation")
     result = fine_tune(
         model,
         encoded("train"),
-        encoded("validation"),
+        validation,
         spec.training,
         pad_id=tokenizer.pad_token_id,
         device=device,
@@ -69,4 +75,12 @@ def train_classifier(
         on_step=on_step,
         progress=progress,
     )
-    return TrainedClassifier(model=model, tokenizer=tokenizer, result=result, device=device)
+    temperature = 1.0
+    if spec.training.calibrate:
+        probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
+        temperature = fit_temperature(probs, np.asarray(validation.labels))
+        fold_temperature(model, temperature)
+        print(f"calibration: temperature {temperature:.3f} folded into the output layer")
+    return TrainedClassifier(
+        model=model, tokenizer=tokenizer, result=result, device=device, temperature=temperature
+    )

@@ -25,6 +25,7 @@ from attnops.models.metrics import (
     slice_metrics,
     unsupported_assertions,
 )
+from attnops.models.modeling import build_classifier
 from attnops.models.performance import measure_performance
 from attnops.models.profile import EmbeddingProjection, write_reference_profile
 from attnops.spec import PipelineSpec
@@ -105,9 +106,17 @@ def evaluate_classifier(
     val_labelled = data.in_scope("validation")
     probe_frame = val_labelled.sample(n=min(cfg.probe_size, len(val_labelled)), random_state=0)
     probe = encoded(probe_frame)
+    torch.manual_seed(spec.training.seed)  # the same initial weights as before fine-tuning
+    base_model = build_classifier(spec.model, names).to(device)
     attention = attention_report(
-        model, probe, pad_id=pad_id, device=device, collapse_entropy=cfg.collapse_entropy
+        model,
+        base_model,
+        probe,
+        pad_id=pad_id,
+        device=device,
+        collapse_entropy=cfg.collapse_entropy,
     )
+    del base_model
 
     metrics = {
         "test_accuracy": quality["accuracy"],
@@ -135,26 +144,32 @@ def evaluate_classifier(
         "attention": {
             "entropy": attention.entropy.tolist(),
             "importance": attention.importance.tolist(),
+            "base_entropy": attention.base_entropy.tolist(),
             "collapsed_heads": attention.collapsed_heads,
             "collapse": attention.collapse,
             "probe_size": len(probe),
         },
     }
-    files = [out_dir / name for name in ("confusion_matrix.png", "reliability.png")]
-    files += [
-        out_dir / "attention_entropy.png",
-        out_dir / "head_importance.png",
-        out_dir / EVALUATION_JSON,
-    ]
+    names_png = ("confusion_matrix", "reliability", "attention_entropy", "attention_entropy_change")
+    files = [out_dir / f"{name}.png" for name in (*names_png, "head_importance")]
     plots.confusion_matrix_png(quality["confusion_matrix"], names, files[0])
     plots.reliability_png(bins, ece, files[1])
     plots.head_matrix_png(
         attention.entropy, "Attention entropy (normalised)", files[2], vmin=0, vmax=1
     )
     plots.head_matrix_png(
-        attention.importance, "Head importance (per-layer L2-normalised)", files[3]
+        attention.entropy - attention.base_entropy,
+        "Attention entropy change during fine-tuning",
+        files[3],
+        cmap="RdBu",
+        vmin=-1,
+        vmax=1,
     )
-    files[4].write_text(json.dumps(report, indent=2))
+    plots.head_matrix_png(
+        attention.importance, "Head importance (per-layer L2-normalised)", files[4]
+    )
+    files.append(out_dir / EVALUATION_JSON)
+    files[-1].write_text(json.dumps(report, indent=2))
 
     profile_frame = pd.DataFrame(
         {

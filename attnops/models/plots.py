@@ -58,19 +58,20 @@ def head_matrix_png(
     title: str,
     path: Path,
     *,
+    cmap: str = "viridis",
     vmin: float | None = None,
     vmax: float | None = None,
 ) -> None:
     """Heatmap of a layers x heads matrix with the value in each cell."""
     layers, heads = matrix.shape
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * heads + 2), max(3, 0.45 * layers + 1.5)))
-    im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="black")
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
     _save(fig, path)

@@ -21,10 +21,10 @@ from mlflow.entities import Metric, Param
 from mlflow.models import infer_signature
 
 from attnops.models.card import model_card
+from attnops.models.classifier import TrainedClassifier
 from attnops.models.data import LABEL, TEXT, LabelledData
 from attnops.models.evaluate import Evaluation
 from attnops.models.modeling import tokenizer_sha256
-from attnops.models.train import TrainResult
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -76,10 +76,11 @@ def log_evidence(
     client: MlflowClient,
     run_id: str,
     data: LabelledData,
-    result: TrainResult,
+    trained: TrainedClassifier,
     evaluation: Evaluation,
 ) -> None:
     """Training curves, run card, evaluation metrics, plots and the reference profile."""
+    result = trained.result
     history = [
         Metric(key, float(value), 0, int(row["step"]))
         for row in result.history
@@ -92,6 +93,7 @@ def log_evidence(
         "train_seconds": result.train_seconds,
         "optimizer_steps": result.optimizer_steps,
         "best_val_macro_f1": result.best_val_macro_f1,
+        "calibration_temperature": trained.temperature,
     }
     metrics = history + [Metric(k, float(v), 0, 0) for k, v in scalars.items()]
     for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics

@@ -87,9 +87,7 @@ def fine_tune(
     """
     cuda = device.type == "cuda"
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, fused=cuda
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=cuda)
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -192,15 +190,26 @@ def fine_tune(
     )
 
 
-def _param_groups(model, weight_decay: float) -> list[dict]:
-    # No decay on biases and LayerNorm weights: decaying them only hurts (BERT recipe).
-    decay, no_decay = [], []
-    for param in model.parameters():
+def param_groups(model, cfg: TrainingSpec) -> list[dict]:
+    """Encoder vs head (classifier + pooler) x decay vs no decay.
+
+    No decay on biases and LayerNorm weights: decaying them only hurts (BERT recipe). The
+    head starts from random weights, so it may take a larger step than the encoder.
+    """
+    encoder = f"{model.base_model_prefix}."
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
+            is_head = not name.startswith(encoder) or ".pooler." in name
+            groups.setdefault((is_head, param.ndim >= 2), []).append(param)
+    head_lr = cfg.head_learning_rate or cfg.learning_rate
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "lr": head_lr if is_head else cfg.learning_rate,
+            "weight_decay": cfg.weight_decay if decays else 0.0,
+        }
+        for (is_head, decays), params in sorted(groups.items())
     ]
 
 

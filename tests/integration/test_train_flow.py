@@ -61,6 +61,7 @@ def test_train_registers_model_with_tokenizer_and_evidence(
         "spec.yaml", "model_card.md", "run_card.json", "evaluation/confusion_matrix.png",
         "evaluation/reliability.png", "evaluation/attention_entropy.png",
         "evaluation/head_importance.png", "evaluation/evaluation.json",
+        "evaluation/attention_entropy_change.png",
         "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
         "reference_profile/reference_attention.parquet",
     } <= artifacts  # fmt: skip

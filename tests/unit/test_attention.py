@@ -40,20 +40,38 @@ def test_uniform_attention_has_entropy_one(tokenizer):
     np.testing.assert_allclose(entropy, 1.0, atol=1e-5)
 
 
-def test_sharpened_head_is_flagged_as_collapsed(tokenizer):
-    model = _model()
+def _sharpen(model, layer: int, head: int) -> None:
     with torch.no_grad():
-        attn = model.bert.encoder.layer[0].attention.self
+        attn = model.bert.encoder.layer[layer].attention.self
         for proj in (attn.query, attn.key):
-            proj.weight[_head_slice(0)] *= 200
-            proj.bias[_head_slice(0)] *= 200
-    report = attention_report(model, _probe(tokenizer), pad_id=0, device=CPU, collapse_entropy=0.05)
-    assert report.entropy[0, 0] < 0.05
+            proj.weight[_head_slice(head)] *= 200
+            proj.bias[_head_slice(head)] *= 200
+
+
+def test_head_sharpened_by_fine_tuning_is_flagged_as_collapsed(tokenizer):
+    base, tuned = _model(), _model()
+    _sharpen(tuned, 0, 0)
+    report = attention_report(
+        tuned, base, _probe(tokenizer), pad_id=0, device=CPU, collapse_entropy=0.05
+    )
+    assert report.entropy[0, 0] < 0.05 <= report.base_entropy[0, 0]
     assert report.collapsed_heads == [(0, 0)]
     assert report.collapse
     others = np.delete(report.entropy.ravel(), 0)
     assert others.min() > 0.3
-    assert model.config._attn_implementation == "sdpa", "eager attention must be switched back"
+    assert tuned.config._attn_implementation == "sdpa", "eager attention must be switched back"
+
+
+def test_head_already_sharp_in_the_base_model_is_not_a_collapse(tokenizer):
+    """Pretrained encoders have deliberately sharp heads; only a change is a finding."""
+    base, tuned = _model(), _model()
+    _sharpen(base, 1, 3)
+    _sharpen(tuned, 1, 3)
+    report = attention_report(
+        tuned, base, _probe(tokenizer), pad_id=0, device=CPU, collapse_entropy=0.05
+    )
+    assert report.entropy[1, 3] < 0.05
+    assert report.collapsed_heads == []
 
 
 def test_head_with_zero_output_has_zero_importance(tokenizer):

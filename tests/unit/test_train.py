@@ -130,3 +130,17 @@ def test_truncation_keeps_the_end_token_and_counts_full_length(tokenizer):
     assert data.full_lengths[0] == 102
     assert data.input_ids[0][-1] == tokenizer.sep_token_id
     assert data.truncated.tolist() == [True, False]
+
+
+def test_head_learning_rate_applies_to_new_head_and_pooler_only():
+    from attnops.models.train import param_groups
+
+    model = _model()
+    groups = param_groups(model, _cfg(learning_rate=1e-4, head_learning_rate=2e-3))
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_id[id(named["classifier.weight"])]["lr"] == 2e-3
+    assert by_id[id(named["bert.pooler.dense.weight"])]["lr"] == 2e-3
+    assert by_id[id(named["bert.encoder.layer.0.attention.self.query.weight"])]["lr"] == 1e-4
+    assert by_id[id(named["bert.encoder.layer.0.output.LayerNorm.weight"])]["weight_decay"] == 0
+    assert sum(len(g["params"]) for g in groups) == len(named)

@@ -1,0 +1,1 @@
+"""Deterministic demo data: synthetic customer-support tickets with drift scenarios."""

@@ -1,0 +1,1 @@
+"""The inference service (FastAPI), canary routing and the inference log store."""
