@@ -37,4 +37,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf .attnops data
+	rm -rf .attnops data/support-tickets

@@ -6,6 +6,7 @@ Nothing here runs at import; `Settings.from_env()` reads the environment when ca
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,20 +42,32 @@ class Settings:
         self.home.mkdir(parents=True, exist_ok=True)
 
     def mlflow_ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        """How to look at the results: the server's URL, or the command that starts a UI."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri
+        mlflow = Path(sys.executable).with_name("mlflow")
+        return (
+            f"{mlflow if mlflow.exists() else 'mlflow'} ui --backend-store-uri {self.tracking_uri}"
+        )
 
 
 def configure_process_env(home: Path | None = None) -> None:
     """Environment for Prefect and Hugging Face that must be set before they are imported.
 
-    Keeps Prefect's state under .attnops (unless PREFECT_HOME / PREFECT_API_URL are set)
-    and turns off telemetry. Existing values always win.
+    Keeps Prefect's state under .attnops unless the user points Prefect elsewhere
+    (PREFECT_HOME, PREFECT_API_URL, or a profile in ~/.prefect), and turns off telemetry.
+    Existing values always win.
     """
     home = (home or Path(os.environ.get("ATTNOPS_HOME", ".attnops"))).resolve()
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    # Prefect's SQLite database cannot be created in a missing folder, and its temporary
-    # server then only reports a start-up timeout.
-    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    configured = (
+        os.environ.get("PREFECT_API_URL") or Path("~/.prefect/profiles.toml").expanduser().exists()
+    )
+    if not configured:
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    if "PREFECT_HOME" in os.environ:
+        # Prefect's SQLite database cannot be created in a missing folder, and its temporary
+        # server then only reports a start-up timeout.
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The first start migrates a fresh database: on a busy 2-core laptop that takes longer
     # than Prefect's default 20 s.

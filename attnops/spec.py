@@ -61,7 +61,9 @@ class DataSpec(_Section):
 
 class TrainingSpec(_Section):
     epochs: int = Field(3, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (at most `epochs`)."
+    )
     batch_size: int = Field(32, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0, lt=1)
@@ -80,7 +82,7 @@ class TrainingSpec(_Section):
         2, ge=1, description="Stop after this many evaluations without a better macro-F1."
     )
     eval_every_steps: int | None = Field(None, ge=1, description="Default: once per epoch.")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")

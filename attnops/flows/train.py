@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,17 +17,29 @@ from attnops.models.evaluate import Evaluation, evaluate_classifier
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
+
+def _transient(_task, _task_run, state) -> bool:
+    """Retry I/O hiccups (file system, network, a busy tracking server), nothing else."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, MlflowException):
+        return exc.get_http_status_code() >= 500
+    return isinstance(exc, OSError)
+
+
 # Inputs are models and data frames: never hash them for a cache key.
 _task = task(cache_policy=NO_CACHE)
+_io_task = task(
+    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient
+)
 
 
-@_task(retries=2, retry_delay_seconds=2)
+@_io_task
 def open_run(spec: PipelineSpec, spec_path: str, settings: Settings) -> str:
     client = registry.client_for(settings)
     return registry.start_run(client, settings, spec, Path(spec_path).read_text())
 
 
-@_task(retries=2, retry_delay_seconds=2)
+@_io_task
 def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
     data = load_labelled_data(spec.data, spec_path)
     counts = {name: len(frame) for name, frame in data.splits.items()}
@@ -50,7 +63,7 @@ def evaluate(
     )
 
 
-@_task(retries=2, retry_delay_seconds=2)
+@_io_task
 def register(
     spec: PipelineSpec,
     settings: Settings,
@@ -93,7 +106,11 @@ def train(spec_path: str, resume: bool = False) -> registry.RegisteredVersion:
             evaluation = evaluate(spec, trained, data, Path(scratch))
             version = register(spec, settings, run_id, trained, data, evaluation)
     except BaseException as exc:
-        registry.fail_run(registry.client_for(settings), run_id, f"{type(exc).__name__}: {exc}")
+        try:
+            client = registry.client_for(settings)
+            registry.fail_run(client, run_id, spec.name, f"{type(exc).__name__}: {exc}")
+        except Exception as cleanup:  # never hide the original error behind this one
+            print(f"could not mark MLflow run {run_id} failed: {cleanup}")
         raise
     shutil.rmtree(checkpoints, ignore_errors=True)
     m = evaluation.metrics

@@ -91,10 +91,13 @@ def attention_entropy(
     return result
 
 
-def head_importance(
-    model, data: Encoded, *, pad_id: int, device: torch.device, batch_size: int = 16
-) -> np.ndarray:
-    """|dLoss/dGate| per head summed over `data` (which needs labels), each layer L2-normalised."""
+def head_importance(model, data: Encoded, *, pad_id: int, device: torch.device) -> np.ndarray:
+    """Mean over inputs of |dLoss(x)/dGate| per head, each layer's row L2-normalised.
+
+    One input per backward pass: the absolute value must be taken per input, or gradients
+    of opposite sign from different inputs would cancel (Michel et al., eq. 2).
+    `data` needs labels.
+    """
     projections = [m for name, m in model.named_modules() if _OUTPUT_PROJECTION.search(name)]
     if not projections:
         raise ValueError(
@@ -118,10 +121,10 @@ def head_importance(
     model.eval()  # no dropout: importance of the model as it will serve
     importance = torch.zeros_like(gates)
     try:
-        for _, batch in iterate(data, sequential_batches(data.lengths, batch_size), pad_id, device):
-            loss = model(**batch).loss
-            (grad,) = torch.autograd.grad(loss, gates)
-            importance += grad.abs() * len(batch["labels"])
+        singles = [np.array([i]) for i in range(len(data))]
+        for _, batch in iterate(data, singles, pad_id, device):
+            (grad,) = torch.autograd.grad(model(**batch).loss, gates)
+            importance += grad.abs()
     finally:
         for handle in handles:
             handle.remove()

@@ -27,7 +27,7 @@ def model_card(
     shown = (
         "test_macro_f1", "test_accuracy", "baseline_macro_f1", "macro_f1_gain_over_baseline",
         "test_ece", "unsupported_assertion_rate", "out_of_scope_recall", "latency_ms_p50",
-        "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "peak_memory_mb",
+        "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "model_size_mb",
         "tokens_per_input_p95", "truncation_rate", "attention_collapsed_heads",
     )  # fmt: skip
     lines += [f"| {key} | {m[key]:.4g} |" for key in shown if key in m]

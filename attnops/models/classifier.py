@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +42,22 @@ def train_classifier(
     """Build the spec's model over the data's labels and fine-tune it on the train split.
 
     With `resume`, training continues from the checkpoint in `checkpoint_dir`, which must
-    have been written for the same data; without it, any old checkpoint is discarded.
+    have been written for the same data and the same model and training settings; without
+    it, any old checkpoint is discarded.
     """
     if checkpoint_dir is not None:
-        marker = checkpoint_dir / "data_sha256"
-        if resume and marker.is_file() and marker.read_text() != data.data_sha256:
+        marker = checkpoint_dir / "run_fingerprint"
+        settings = json.dumps([spec.model.model_dump(), spec.training.model_dump()], sort_keys=True)
+        fingerprint = hashlib.sha256(f"{data.data_sha256}|{settings}".encode()).hexdigest()
+        if resume and marker.is_file() and marker.read_text() != fingerprint:
             raise ValueError(
-                f"checkpoint in {checkpoint_dir} was written for different data; "
-                "run without --resume to start over"
+                f"checkpoint in {checkpoint_dir} was written for other data or other model/"
+                "training settings; run without --resume to start over"
             )
         if not resume:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(data.data_sha256)
+        marker.write_text(fingerprint)
     seed_everything(spec.training)
     device = pick_device(spec.training.device)
     tokenizer = load_tokenizer(spec.model)

@@ -183,18 +183,27 @@ def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFra
                 f".parquet, or set data.format in {spec_path}"
             )
     try:
+        # Read text as text: "007" must stay a label, and a ticket "12345" must stay a string.
         if fmt == "csv":
-            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if fmt == "jsonl":
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
         return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"cannot read {source} as {fmt}: {exc}") from exc
 
 
 def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:
-    """`source` is 'NAME_OR_DIR' or 'NAME_OR_DIR:SPLIT' (default split: the spec's split name)."""
-    import datasets  # slow import; only for specs that use it
+    """`source` is 'NAME_OR_DIR' or 'NAME_OR_DIR:SPLIT' (default split: the spec's split name).
+
+    ClassLabel columns come back as their names, not their integer codes.
+    """
+    try:
+        import datasets  # slow import; only for specs that use it
+    except ImportError:
+        raise DataError(
+            f"data.format 'hf' in {spec_path} needs the datasets package: pip install 'attnops[hf]'"
+        ) from None
 
     name, _, hf_split = source.partition(":")
     hf_split = hf_split or split
@@ -209,4 +218,8 @@ def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:
             f"cannot load Hugging Face dataset '{name}' split '{hf_split}' for data.{split} in "
             f"{spec_path}: {exc}"
         ) from exc
-    return table.to_pandas()
+    frame = table.to_pandas()
+    for column, feature in table.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            frame[column] = [feature.int2str(int(code)) for code in frame[column]]
+    return frame

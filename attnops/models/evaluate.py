@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from attnops.models.profile import EmbeddingProjection, write_reference_profile
 from attnops.spec import PipelineSpec
 
 EVALUATION_JSON = "evaluation.json"
+_METRIC_KEY_UNSAFE = re.compile(r"[^\w.\- ]")
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def evaluate_classifier(
     if baseline:
         metrics["macro_f1_gain_over_baseline"] = quality["macro_f1"] - baseline["baseline_macro_f1"]
     for name, scores in quality["per_class"].items():
-        metrics[f"test_f1.{name}"] = scores["f1"]
+        # MLflow metric keys allow only [/\w.\- :]; the exact names stay in evaluation.json.
+        metrics["test_f1." + _METRIC_KEY_UNSAFE.sub("_", name)[:200]] = scores["f1"]
     report = {
         "metrics": metrics,
         "label_names": list(names),

@@ -51,11 +51,17 @@ def build_classifier(spec: ModelSpec, label_names: tuple[str, ...]):
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
     }
+    config = AutoConfig.from_pretrained(base, **spec.config_overrides, **labels)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and spec.max_length > positions:
+        raise ValueError(
+            f"model.max_length {spec.max_length} exceeds the {positions} positions "
+            f"{spec.base} was built for; set model.max_length <= {positions}"
+        )
     if spec.config_overrides:
-        config = AutoConfig.from_pretrained(base, **spec.config_overrides, **labels)
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     return AutoModelForSequenceClassification.from_pretrained(
-        base, attn_implementation="sdpa", **labels
+        base, config=config, attn_implementation="sdpa"
     )
 
 

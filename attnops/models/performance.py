@@ -23,45 +23,47 @@ def measure_performance(
     latency_samples: int,
     throughput_batch_size: int,
 ) -> dict[str, float]:
-    """Latency percentiles of single requests and examples/s at `throughput_batch_size`.
+    """Latency percentiles of single requests, examples/s at `throughput_batch_size`, memory.
 
-    Uses real inputs of the test split (first `latency_samples` for latency, then whole
-    batches for throughput) after one warm-up pass, with the serving attention kernel.
+    Uses real inputs of the test split with the serving kernel and dtype (SDPA, bf16
+    autocast on CUDA), each pass after a warm-up. Throughput batches are length-sorted,
+    as a batching server forms them.
     """
     model.eval()
     cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    single = [np.array([i]) for i in range(min(latency_samples, len(data)))]
-    timings = []
-    for n, (_, batch) in enumerate(iterate(data, [single[0], *single], pad_id, device)):
-        batch.pop("labels", None)
-        started = time.perf_counter()
-        model(**batch)
-        if cuda:
-            torch.cuda.synchronize(device)
-        if n:  # the first call is a warm-up
-            timings.append((time.perf_counter() - started) * 1000)
 
+    def run(batches: list[np.ndarray]) -> list[float]:
+        seconds = []
+        for _, batch in iterate(data, [batches[0], *batches], pad_id, device):  # [0]: warm-up
+            batch.pop("labels", None)
+            started = time.perf_counter()
+            with autocast:
+                model(**batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - started)
+        return seconds[1:]
+
+    single = run([np.array([i]) for i in range(min(latency_samples, len(data)))])
     batches = sequential_batches(data.lengths, throughput_batch_size)
-    examples, started = 0, time.perf_counter()
-    for indices, batch in iterate(data, batches, pad_id, device):
-        batch.pop("labels", None)
-        model(**batch)
-        examples += len(indices)
-    if cuda:
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - started
-    return {
-        **percentiles(np.asarray(timings), "latency_ms"),
-        "throughput_per_s": examples / elapsed,
-        "peak_memory_mb": peak_memory_mb(device),
+    batched = run(batches)
+    metrics = {
+        **percentiles(np.asarray(single) * 1000, "latency_ms"),
+        "throughput_per_s": len(data) / sum(batched),
+        "model_size_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        / 2**20,
     }
+    if cuda:
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        metrics["process_peak_rss_mb"] = _peak_rss_mb()
+    return metrics
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on CUDA; otherwise the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _peak_rss_mb() -> float:
+    """The process's lifetime peak resident set (it includes training when run after it)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import mlflow
 import pandas as pd
+import yaml
 from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -59,15 +61,28 @@ def start_run(client: MlflowClient, settings: Settings, spec: PipelineSpec, spec
         experiment_id, run_name=f"train-{spec.name}", tags={f"{TAG}stage": "train"}
     )
     run_id = run.info.run_id
-    client.log_text(run_id, spec_text, "spec.yaml")
-    client.log_batch(
-        run_id, params=[Param(k, str(v)[:6000]) for k, v in _flatten(spec.model_dump()).items()]
-    )
+    try:
+        # The resolved spec (every default filled in) is what the run used; keep the file too.
+        resolved = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        client.log_text(run_id, resolved, "spec.yaml")
+        client.log_text(run_id, spec_text, "spec.source.yaml")
+        params = [Param(k, str(v)[:6000]) for k, v in _flatten(spec.model_dump()).items()]
+        client.log_batch(run_id, params=params)
+    except Exception as exc:
+        fail_run(client, run_id, spec.name, f"could not log the spec: {exc}")
+        raise
     return run_id
 
 
-def fail_run(client: MlflowClient, run_id: str, reason: str) -> None:
-    """Mark the run FAILED with the reason, so the UI shows why nothing was registered."""
+def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) -> None:
+    """Mark the run FAILED with the reason and remove any version it registered.
+
+    The UI then shows why nothing was registered, and no alias points at a version whose
+    run did not finish.
+    """
+    query = f"name = '{model_name}' and run_id = '{run_id}'"
+    for stale in client.search_model_versions(query):
+        client.delete_model_version(model_name, stale.version)
     client.set_tag(run_id, f"{TAG}failure", reason[:5000])
     client.set_terminated(run_id, status="FAILED")
 
@@ -81,8 +96,9 @@ def log_evidence(
 ) -> None:
     """Training curves, run card, evaluation metrics, plots and the reference profile."""
     result = trained.result
+    now_ms = int(time.time() * 1000)
     history = [
-        Metric(key, float(value), 0, int(row["step"]))
+        Metric(key, float(value), now_ms, int(row["step"]))
         for row in result.history
         for key, value in row.items()
         if key != "step"
@@ -95,7 +111,7 @@ def log_evidence(
         "best_val_macro_f1": result.best_val_macro_f1,
         "calibration_temperature": trained.temperature,
     }
-    metrics = history + [Metric(k, float(v), 0, 0) for k, v in scalars.items()]
+    metrics = history + [Metric(k, float(v), now_ms, 0) for k, v in scalars.items()]
     for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[start : start + 900])
     client.log_dict(
@@ -152,9 +168,11 @@ def register_version(
             pip_requirements=[
                 f"{pkg}=={_version(pkg)}" for pkg in ("torch", "transformers", "accelerate")
             ],
-            metadata={"label_names": list(data.label_names)},
+            metadata={"label_names": list(data.label_names), "spec": spec.model_dump(mode="json")},
             model_card=ModelCard(card),
         )
+        # MLflow 3 shows a logged model's own metrics on its page and the version's.
+        mlflow.log_metrics(evaluation.metrics, model_id=info.model_id)
     if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
         client.create_registered_model(spec.name, description=f"attnops pipeline '{spec.name}'")
     created = client.create_model_version(

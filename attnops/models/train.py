@@ -1,8 +1,9 @@
 """Fine-tune a sequence classifier: setup, loop, evaluate, stop early, checkpoint, resume.
 
 Runs on CPU or one CUDA device with torch and transformers only (no MLflow, no Prefect),
-so the same code trains on a laptop and on a GPU box. Multi-GPU wraps `model` and
-shards `length_grouped_batches`; nothing below assumes one process beyond that.
+so the same code trains on a laptop and on a GPU box. Batches are a pure function of
+(seed, epoch) and the step logic is rank-free, which is what DDP sharding will build on;
+checkpointing and logging will then move to rank 0.
 """
 
 from __future__ import annotations
@@ -90,16 +91,19 @@ def fine_tune(
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=cuda)
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, round(cfg.warmup_ratio * total_steps), total_steps
     )
     eval_every = cfg.eval_every_steps or steps_per_epoch
+    patience = cfg.early_stopping_patience
     state, best_weights = TrainState(), None
     if resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
         state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
         best_weights = _load_best(checkpoint_dir, model)
         print(f"resumed from {checkpoint_dir / 'last'} at step {state.step}")
+    elif resume:
+        print(f"no checkpoint in {checkpoint_dir}: starting from scratch")
 
     card = {
         "examples": len(train),
@@ -123,7 +127,8 @@ def fine_tune(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16)
     labels = np.asarray(validation.labels)
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress, desc="fine-tune")
-    stopped_early = False
+    # A run that had already stopped early when it was checkpointed stays stopped.
+    stopped_early = bool(patience and state.evals_without_improvement >= patience)
     model.train()
     while state.step < total_steps and not stopped_early:
         batches = length_grouped_batches(
@@ -139,7 +144,7 @@ def fine_tune(
             with autocast:
                 loss = forward(**batch).loss / group_size
             loss.backward()
-            state.real_tokens += int(batch["attention_mask"].sum())
+            state.real_tokens += int(train.lengths[batches[b]].sum())  # host-side: no GPU sync
             if (b + 1) % cfg.grad_accum_steps and b + 1 < len(batches):
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -148,7 +153,9 @@ def fine_tune(
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batches_done_in_epoch = b + 1
-            metrics = {"train_loss": loss.item() * group_size, "grad_norm": float(grad_norm)}
+            # One device sync per optimizer step for both numbers.
+            loss_value, norm_value = torch.stack([loss.detach() * group_size, grad_norm]).tolist()
+            metrics = {"train_loss": loss_value, "grad_norm": norm_value}
             metrics["learning_rate"] = scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
@@ -170,7 +177,6 @@ def fine_tune(
                     state.evals_without_improvement += 1
                 if checkpoint_dir:
                     _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
-                patience = cfg.early_stopping_patience
                 stopped_early = bool(patience and state.evals_without_improvement >= patience)
                 started = time.perf_counter()
             if stopped_early or state.step >= total_steps:

@@ -48,17 +48,25 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     components = mlflow.transformers.load_model(version.model_uri, return_type="components")
     assert tokenizer_sha256(components["tokenizer"]) == tags["attnops.tokenizer_sha256"]
 
+    info = mlflow.models.get_model_info(version.model_uri)
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert info.metadata["label_names"] == sorted(labels - {"out_of_scope"})
+    resolved = mlflow.artifacts.load_text(f"runs:/{version.run_id}/spec.yaml")
+    assert "weight_decay: 0.01" in resolved, "spec.yaml must be the spec with defaults filled in"
+
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     for key in ("test_macro_f1", "baseline_macro_f1", "test_ece", "unsupported_assertion_rate",
-                "latency_ms_p95", "throughput_per_s", "peak_memory_mb", "truncation_rate",
-                "attention_entropy_mean", "train_tokens_per_s"):  # fmt: skip
+                "latency_ms_p95", "throughput_per_s", "model_size_mb", "process_peak_rss_mb",
+                "truncation_rate", "attention_entropy_mean", "train_tokens_per_s",
+                "calibration_temperature"):  # fmt: skip
         assert key in run.data.metrics, key
     assert 0 <= run.data.metrics["test_macro_f1"] <= 1
     artifacts = {a.path for folder in ("", "evaluation", "reference_profile")
                  for a in client.list_artifacts(version.run_id, folder)}  # fmt: skip
     assert {
-        "spec.yaml", "model_card.md", "run_card.json", "evaluation/confusion_matrix.png",
+        "spec.yaml", "spec.source.yaml", "model_card.md", "run_card.json",
+        "evaluation/confusion_matrix.png",
         "evaluation/reliability.png", "evaluation/attention_entropy.png",
         "evaluation/head_importance.png", "evaluation/evaluation.json",
         "evaluation/attention_entropy_change.png",
@@ -100,3 +108,20 @@ def test_failed_run_registers_nothing(attnops_home, demo_dir, write_spec, breaka
     (run,) = client.search_runs([client.get_experiment_by_name("tiny-tickets").experiment_id])
     assert run.info.status == "FAILED"
     assert message in run.data.tags["attnops.failure"]
+
+
+def test_failure_after_the_version_exists_removes_it(
+    attnops_home, demo_dir, write_spec, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+
+    def refuse(*_args, **_kwargs):
+        raise MlflowException("alias store unavailable for this test", error_code="BAD_REQUEST")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
+    with pytest.raises(MlflowException, match="alias store unavailable"):
+        train(str(write_spec(tiny_spec_dict(demo_dir, epochs=1))))
+    client = _client()
+    assert client.search_model_versions("name = 'tiny-tickets'") == []
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-tickets").experiment_id])
+    assert run.info.status == "FAILED"

@@ -132,3 +132,27 @@ def test_integer_labels_match_across_formats(tmp_path):
     data = load_labelled_data(_spec(paths))
     assert data.label_names == ("0", "1")
     assert data.label_ids(data.in_scope("test")) == [0, 1]
+
+
+def test_hugging_face_dataset_on_disk_with_class_labels(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"body": datasets.Value("string"), "intent": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
+    frame = _frame(["a", "a", "b", "b", "c", "c"])
+    frame["intent"] = frame["intent"].map({"a": 0, "b": 1, "c": 2})
+    split = datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+    datasets.DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(
+        tmp_path / "hf"
+    )
+    paths = {name: str(tmp_path / "hf") for name in ("train", "validation", "test")}
+    data = load_labelled_data(_spec(paths, format="hf"))
+    assert data.label_names == ("a", "b", "c")
+    assert len(data.splits["test"]) == 6
+
+
+def test_digit_only_texts_and_zero_padded_labels_stay_strings(tmp_path):
+    frame = _frame(["007", "007", "010", "010"], texts=["12345", "0042", "refund", "track"])
+    data = load_labelled_data(_spec(_write(tmp_path, _splits(frame, frame, frame))))
+    assert data.label_names == ("007", "010")
+    assert data.splits["train"]["text"].tolist()[:2] == ["12345", "0042"]

@@ -144,3 +144,16 @@ def test_head_learning_rate_applies_to_new_head_and_pooler_only():
     assert by_id[id(named["bert.encoder.layer.0.attention.self.query.weight"])]["lr"] == 1e-4
     assert by_id[id(named["bert.encoder.layer.0.output.LayerNorm.weight"])]["weight_decay"] == 0
     assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(tokenizer, tmp_path):
+    data = _data(tokenizer, 2)
+    cfg = _cfg(epochs=40, batch_size=8, early_stopping_patience=1)
+    first = fine_tune(_model(), data, data, cfg, pad_id=0, device=CPU, checkpoint_dir=tmp_path,
+                      progress=False)  # fmt: skip
+    assert first.stopped_early
+    again = fine_tune(_model(seed=5), data, data, cfg, pad_id=0, device=CPU,
+                      checkpoint_dir=tmp_path, resume=True, progress=False)  # fmt: skip
+    assert again.stopped_early
+    assert again.optimizer_steps == first.optimizer_steps
+    assert again.best_val_macro_f1 == first.best_val_macro_f1
