@@ -42,7 +42,7 @@ def test_demo_registers_a_good_model_with_its_tokenizer_in_minutes(tmp_path):
     assert len(version.tags["attnops.tokenizer_sha256"]) == 64
     model_dir = Path(mlflow.artifacts.download_artifacts("models:/support-tickets/1"))
     files = {p.name for p in model_dir.rglob("*") if p.is_file()}
-    assert {"tokenizer.json", "vocab.txt", "model.safetensors"} <= files, files
+    assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= files, files
 
     metrics = client.get_run(version.run_id).data.metrics
     assert metrics["test_macro_f1"] >= 0.90
