@@ -80,7 +80,8 @@ def main() -> None:
     # Same optimizer groups (head learning rate, no decay on norms/biases) and schedule, so
     # the two differ only in how batches are formed and run.
     optimizer = torch.optim.AdamW(param_groups(model, training), lr=training.learning_rate)
-    total_steps = training.epochs * math.ceil(len(train) / training.batch_size)
+    batches = math.ceil(len(train) / training.batch_size)
+    total_steps = training.epochs * math.ceil(batches / training.grad_accum_steps)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, round(training.warmup_ratio * total_steps), total_steps
     )
@@ -89,6 +90,7 @@ def main() -> None:
         args=TrainingArguments(
             output_dir=str(folder / "hf"),
             per_device_train_batch_size=training.batch_size,
+            gradient_accumulation_steps=training.grad_accum_steps,
             num_train_epochs=training.epochs,
             seed=training.seed,
             eval_strategy="no",
@@ -110,6 +112,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if ours.device.type == "cuda" else "cpu"
     print(f"\ndevice: {device}, threads: {torch.get_num_threads()}, train examples: {len(train)}, "
           f"epochs: {training.epochs}, batch: {training.batch_size}")  # fmt: skip
+    # Ours returns its best-validation weights (here, with a decaying learning rate, almost
+    # always the last epoch's); Trainer returns the last epoch's.
     print(f"{'':24}{'real tokens/s':>15}{'test accuracy':>15}")
     print(f"{'attnops trainer':24}{ours_tps:>15.0f}{ours_acc:>15.4f}")
     print(f"{'transformers.Trainer':24}{hf_tps:>15.0f}{hf_acc:>15.4f}")

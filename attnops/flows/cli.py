@@ -63,7 +63,19 @@ def _train(spec_path: str, *, resume: bool):
 
     version = train(spec_path, resume=resume)
     settings = Settings.from_env()
-    print(f"model version: {version.model_uri} (run {version.run_id})")
+    m = version.metrics
+    print(f"\nregistered {version.model_uri} (alias challenger, run {version.run_id})")
+    rows = [
+        ("test macro-F1", m["test_macro_f1"]),
+        ("TF-IDF baseline macro-F1", m.get("baseline_macro_f1")),
+        ("calibration error (ECE)", m["test_ece"]),
+        ("unsupported assertion rate", m.get("unsupported_assertion_rate")),
+        ("latency p95 at batch 1 (ms)", m["latency_ms_p95"]),
+        ("heads collapsed by fine-tuning", m["attention_collapsed_heads"]),
+    ]
+    for label, value in rows:
+        if value is not None:
+            print(f"  {label:<32}{value:>10.3f}")
     print(f"tokenizer sha256: {version.tags['attnops.tokenizer_sha256']}")
     print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
     return version

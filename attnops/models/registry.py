@@ -42,6 +42,7 @@ class RegisteredVersion:
     run_id: str
     model_uri: str
     tags: dict[str, str]
+    metrics: dict[str, float]
 
 
 def client_for(settings: Settings) -> MlflowClient:
@@ -190,6 +191,7 @@ def register_version(
         run_id=run_id,
         model_uri=f"models:/{spec.name}/{created.version}",
         tags=tags,
+        metrics=evaluation.metrics,
     )
 
 
