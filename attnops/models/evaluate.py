@@ -32,6 +32,7 @@ from attnops.models.profile import EmbeddingProjection, write_reference_profile
 from attnops.spec import PipelineSpec
 
 EVALUATION_JSON = "evaluation.json"
+TEST_PREDICTIONS = "test_predictions.parquet"
 _METRIC_KEY_UNSAFE = re.compile(r"[^\w.\- ]")
 
 
@@ -173,6 +174,18 @@ def evaluate_classifier(
     )
     files.append(out_dir / EVALUATION_JSON)
     files[-1].write_text(json.dumps(report, indent=2))
+    # Per-input results (no text: inputs may hold PII), so a reviewer or a paired test
+    # against another version can look beyond the averages.
+    files.append(out_dir / TEST_PREDICTIONS)
+    pd.DataFrame(
+        {
+            LABEL: test_frame[LABEL].to_numpy(),
+            "prediction": np.asarray(names, dtype=object)[test_pred.labels],
+            "confidence": test_pred.confidence,
+            "n_tokens": test.full_lengths,
+            **{f"slice.{column}": values for column, values in slices.items()},
+        }
+    ).to_parquet(files[-1], index=False)
 
     profile_frame = pd.DataFrame(
         {

@@ -69,7 +69,7 @@ def test_train_registers_model_with_tokenizer_and_evidence(
         "evaluation/confusion_matrix.png",
         "evaluation/reliability.png", "evaluation/attention_entropy.png",
         "evaluation/head_importance.png", "evaluation/evaluation.json",
-        "evaluation/attention_entropy_change.png",
+        "evaluation/attention_entropy_change.png", "evaluation/test_predictions.parquet",
         "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
         "reference_profile/reference_attention.parquet",
     } <= artifacts  # fmt: skip
@@ -80,6 +80,16 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     assert len(profile) == len(pd.read_csv(demo_dir / "validation.csv"))
     assert len(profile["embedding"].iloc[0]) == 8
     assert not (attnops_home / "checkpoints" / "tiny-tickets").exists()
+    predictions = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path="evaluation/test_predictions.parquet"
+        )
+    )
+    test = pd.read_csv(demo_dir / "test.csv")
+    assert len(predictions) == (test["intent"] != "out_of_scope").sum()
+    accuracy = (predictions["label"] == predictions["prediction"]).mean()
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"])
+    assert "text" not in predictions.columns
 
 
 def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spec):
