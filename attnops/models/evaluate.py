@@ -85,11 +85,12 @@ def evaluate_classifier(
     )
     hallucination = unsupported_assertions(oos_confidence, threshold)
 
-    all_test = encode(tokenizer, data.splits["test"][TEXT].tolist(), max_length)
+    # The whole test split (in-scope and out-of-scope), from encodings already made.
+    full_lengths = np.asarray(test.full_lengths + oos.full_lengths)
     tokens = {
-        **percentiles(np.asarray(all_test.full_lengths), "tokens_per_input", (50, 95)),
-        "tokens_per_input_max": float(max(all_test.full_lengths)),
-        "truncation_rate": float(all_test.truncated.mean()),
+        **percentiles(full_lengths, "tokens_per_input", (50, 95)),
+        "tokens_per_input_max": float(full_lengths.max()),
+        "truncation_rate": float(np.concatenate([test.truncated, oos.truncated]).mean()),
     }
     performance = measure_performance(
         model,
