@@ -123,17 +123,53 @@ class EvaluationSpec(_Section):
 
 
 class GateSpec(_Section):
-    """Release-gate thresholds (filled in by the gate)."""
+    """Release-gate limits: what a candidate version must meet to go to canary.
+
+    Relative limits compare with the champion measured side by side in the same gate run
+    (same test split, same machine); absolute limits apply with or without a champion.
+    """
 
     min_macro_f1: float = Field(0.8, ge=0, le=1)
+    non_inferiority_margin: float = Field(0.01, ge=0, le=0.5)
+    """Macro-F1 the candidate may lose to the champion before it counts as worse."""
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Confidence level of the paired tests (quality and per slice)."""
+    max_slice_drop: float = Field(0.05, gt=0, le=1)
+    """Largest accuracy drop on any slice, if the drop is also statistically significant."""
+    min_slice_size: int = Field(30, ge=5)
+    max_ece: float = Field(0.08, gt=0, le=1)
+    max_latency_ms_p95: float = Field(250.0, gt=0)
+    max_latency_ms_p99: float = Field(500.0, gt=0)
+    max_latency_increase: float = Field(0.3, ge=0)
+    """Allowed relative increase of p95 and p99 latency over the champion (0.3 = +30%)."""
+    max_model_size_mb: float = Field(2000.0, gt=0)
+    max_model_size_increase: float = Field(0.3, ge=0)
+    max_unsupported_assertion_rate: float = Field(0.4, ge=0, le=1)
+    """On the test split's out-of-scope inputs (confident and far from the reference)."""
+    max_unsupported_assertion_increase: float = Field(0.05, ge=0, le=1)
+    max_collapsed_heads: int = Field(0, ge=0)
+    """Heads fine-tuning drove to near-zero attention entropy."""
+    dead_head_importance: float = Field(0.05, ge=0, lt=1)
+    """A head whose importance is below this share of a uniform head's is reported dead."""
+    max_dead_heads_increase: int = Field(2, ge=0)
     allow_tokenizer_change: bool = False
+    fail_on_pii: bool = True
+    """Fail when the candidate's text artifacts (card, input example, profile) hold PII."""
 
 
 class MonitoringSpec(_Section):
-    """Live-traffic monitoring settings (filled in by the monitor)."""
+    """Drift and hallucination checks on windows of records against the reference profile."""
 
     window_size: int = Field(500, ge=10)
     schedule_cron: str = "*/15 * * * *"
+    false_alarm_rate: float = Field(0.05, gt=0, lt=0.5)
+    """Probability that a same-distribution window raises any drift alarm (all checks)."""
+    bootstrap_resamples: int = Field(2000, ge=200)
+    max_vector_rows: int = Field(2000, ge=100)
+    """Rows of each side the embedding and attention MMD checks use at most."""
+    attention_sample_share: float = Field(0.2, ge=0, le=1)
+    """Share of inputs whose attention entropy is computed (eager attention is slower)."""
+    unsupported_distance_quantile: float = Field(0.95, gt=0.5, lt=1)
 
 
 class ServingSpec(_Section):

@@ -28,6 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
+    gate = commands.add_parser(
+        "gate", help="decide whether the challenger may go to canary (exit 0 only on pass)"
+    )
+    gate.add_argument(
+        "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
+    )
+    gate.add_argument(
+        "--version",
+        default="challenger",
+        help="version number or alias to gate (default: the challenger)",
+    )
+
     demo = commands.add_parser("demo", help="generate the demo data and run the loop on it")
     demo.add_argument(
         "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
@@ -40,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args.spec, resume=args.resume)
+        elif args.command == "gate":
+            if not _gate(args.spec, args.version):
+                return 1
         else:
             _demo(args.spec, regenerate=args.regenerate)
     except KeyboardInterrupt:
@@ -79,6 +94,26 @@ def _train(spec_path: str, *, resume: bool):
     print(f"tokenizer sha256: {version.tags['attnops.tokenizer_sha256']}")
     print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
     return version
+
+
+def _gate(spec_path: str, version: str) -> bool:
+    from attnops.spec import load_spec
+
+    spec = load_spec(spec_path)
+    from attnops.flows.gate import gate
+
+    decision = gate(spec_path, candidate=version)
+    settings = Settings.from_env()
+    verdict = "passed" if decision.passed else "FAILED"
+    print(f"\ngate {verdict} for {spec.name} v{decision.candidate}", end="")
+    print(f" vs champion v{decision.champion}" if decision.champion else " (no champion)")
+    for check in decision.checks:
+        print(f"  {'pass' if check.passed else 'FAIL':<6}{check.name:<24}{check.reason}")
+    print(f"evidence: tags attnops.gate*, artifacts gate/ on {spec.name} v{decision.candidate}")
+    print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
+    if not decision.passed:
+        print(f"attnops gate: failed: {decision.reasons()}", file=sys.stderr)
+    return decision.passed
 
 
 def _demo(spec_path: str, *, regenerate: bool) -> None:

@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
+from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry
 from attnops.models.classifier import TrainedClassifier, train_classifier
 from attnops.models.data import LabelledData, load_labelled_data
 from attnops.models.evaluate import Evaluation, evaluate_classifier
+from attnops.monitors.reference import save_reference
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
 
-def _transient(_task, _task_run, state) -> bool:
-    """Retry I/O hiccups (file system, network, a busy tracking server), nothing else."""
-    exc = state.result(raise_on_failure=False)
-    if isinstance(exc, MlflowException):
-        return exc.get_http_status_code() >= 500
-    return isinstance(exc, OSError)
-
-
-# Inputs are models and data frames: never hash them for a cache key.
-_task = task(cache_policy=NO_CACHE)
-_io_task = task(
-    cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient
-)
-
-
-@_io_task
+@io_task
 def open_run(spec: PipelineSpec, spec_path: str, settings: Settings) -> str:
     client = registry.client_for(settings)
     return registry.start_run(client, settings, spec, Path(spec_path).read_text())
 
 
-@_io_task
+@io_task
 def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
     data = load_labelled_data(spec.data, spec_path)
     counts = {name: len(frame) for name, frame in data.splits.items()}
@@ -47,23 +33,26 @@ def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
     return data
 
 
-@_task
+@compute_task
 def fine_tune(
     spec: PipelineSpec, data: LabelledData, checkpoint_dir: Path, resume: bool
 ) -> TrainedClassifier:
     return train_classifier(spec, data, checkpoint_dir=checkpoint_dir, resume=resume)
 
 
-@_task
+@compute_task
 def evaluate(
     spec: PipelineSpec, trained: TrainedClassifier, data: LabelledData, out_dir: Path
 ) -> Evaluation:
-    return evaluate_classifier(
+    evaluation = evaluate_classifier(
         trained.model, trained.tokenizer, data, spec, device=trained.device, out_dir=out_dir
     )
+    # The reference profile is stored redacted, with its drift thresholds calibrated.
+    profile = save_reference(evaluation.reference, out_dir, spec.monitoring)
+    return dataclasses.replace(evaluation, files=[*evaluation.files, *profile])
 
 
-@_io_task
+@io_task
 def register(
     spec: PipelineSpec,
     settings: Settings,

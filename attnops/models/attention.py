@@ -32,8 +32,6 @@ class AttentionReport:
 
     entropy: np.ndarray
     """Mean attention entropy over log(attended tokens): 0 = one token, 1 = uniform."""
-    per_example_entropy: np.ndarray
-    """examples x layers x heads, for the reference profile and later drift checks."""
     importance: np.ndarray
     """Head importance, each layer's row scaled to unit L2 norm (Michel et al.)."""
     base_entropy: np.ndarray
@@ -156,7 +154,6 @@ def attention_report(
     collapsed = (entropy < collapse_entropy) & (base_entropy >= collapse_entropy)
     return AttentionReport(
         entropy=entropy,
-        per_example_entropy=per_example,
         importance=importance,
         base_entropy=base_entropy,
         collapsed_heads=[(int(layer), int(head)) for layer, head in np.argwhere(collapsed)],

@@ -28,7 +28,8 @@ from attnops.models.metrics import (
 )
 from attnops.models.modeling import build_classifier
 from attnops.models.performance import measure_performance
-from attnops.models.profile import EmbeddingProjection, write_reference_profile
+from attnops.models.profile import EmbeddingProjection, write_profile_summary
+from attnops.models.records import score_records
 from attnops.spec import PipelineSpec
 
 EVALUATION_JSON = "evaluation.json"
@@ -43,6 +44,8 @@ class Evaluation:
     report: dict[str, object]
     """Everything, including per-class, per-slice and per-head results."""
     files: list[Path]
+    reference: pd.DataFrame
+    """Test-split records (`models.records`), raw text included: redact before storing."""
 
 
 def evaluate_classifier(
@@ -188,32 +191,39 @@ def evaluate_classifier(
         }
     ).to_parquet(files[-1], index=False)
 
-    profile_frame = pd.DataFrame(
-        {
-            "text_chars": val_frame[TEXT].str.len().to_numpy(),
-            "n_tokens": validation.full_lengths,
-            "truncated": validation.truncated,
-            LABEL: val_frame[LABEL].to_numpy(),
-            "prediction": np.asarray(names, dtype=object)[val_pred.labels],
-            "confidence": val_pred.confidence,
-        }
+    # The reference profile: the test split (never used to pick weights, temperature or
+    # threshold) as records through the version's own eyes, in and out of scope alike,
+    # as live traffic will be. Text stays in memory here; whoever stores it redacts it.
+    projection = EmbeddingProjection.fit(val_pred.embeddings[val_in_scope], cfg.embedding_dim)
+    full_test = data.splits["test"]
+    reference = score_records(
+        model,
+        tokenizer,
+        full_test[TEXT].tolist(),
+        label_names=names,
+        max_length=max_length,
+        projection=projection,
+        device=device,
+        attention_share=min(1.0, cfg.probe_size / max(len(full_test), 1)),
+        seed=spec.training.seed,
     )
+    reference.insert(0, TEXT, full_test[TEXT].to_numpy())
+    reference[LABEL] = full_test[LABEL].to_numpy()
     for col in spec.data.slice_columns:
-        profile_frame[col] = val_frame[col].to_numpy()
-    files += write_reference_profile(
-        out_dir,
-        frame=profile_frame,
-        embeddings=val_pred.embeddings,
-        projection=EmbeddingProjection.fit(val_pred.embeddings[val_in_scope], cfg.embedding_dim),
-        per_example_entropy=attention.per_example_entropy,
-        summary={
-            "label_names": list(names),
-            "out_of_scope_label": data.out_of_scope_label,
-            "out_of_scope_threshold": threshold,
-            "max_length": max_length,
-            "attention_entropy": attention.entropy.tolist(),
-            "attention_importance": attention.importance.tolist(),
-            "validation_sha256": data.sha256["validation"],
-        },
+        reference[col] = full_test[col].to_numpy()
+    files.append(
+        write_profile_summary(
+            out_dir,
+            projection=projection,
+            summary={
+                "label_names": list(names),
+                "out_of_scope_label": data.out_of_scope_label,
+                "out_of_scope_threshold": threshold,
+                "max_length": max_length,
+                "attention_entropy": attention.entropy.tolist(),
+                "attention_importance": attention.importance.tolist(),
+                "test_sha256": data.sha256["test"],
+            },
+        )
     )
-    return Evaluation(metrics=metrics, report=report, files=files)
+    return Evaluation(metrics=metrics, report=report, files=files, reference=reference)

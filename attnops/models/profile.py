@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 PROFILE_TABLE = "reference_profile.parquet"
-ATTENTION_TABLE = "reference_attention.parquet"
 PROFILE_SUMMARY = "reference_profile.json"
 
 
@@ -43,33 +41,16 @@ class EmbeddingProjection:
         return cls(mean=np.asarray(raw["mean"]), components=np.asarray(raw["components"]))
 
 
-def write_reference_profile(
-    out_dir: Path,
-    *,
-    frame: pd.DataFrame,
-    embeddings: np.ndarray,
-    projection: EmbeddingProjection,
-    per_example_entropy: np.ndarray,
-    summary: dict[str, object],
-) -> list[Path]:
-    """Write the per-input table, the attention-entropy table and the JSON summary.
+def write_profile_summary(
+    out_dir: Path, *, projection: EmbeddingProjection, summary: dict[str, object]
+) -> Path:
+    """Write the JSON summary live records are read against (with the PCA they need)."""
+    path = out_dir / PROFILE_SUMMARY
+    path.write_text(json.dumps({**summary, "embedding_projection": projection.to_dict()}))
+    return path
 
-    Args:
-        frame: one row per validation input: text_chars, n_tokens, truncated, label,
-            prediction, confidence and any slice columns.
-        embeddings: pooled hidden states of those inputs (projected here).
-        projection: the PCA that live traffic must be projected with, stored in the summary.
-        per_example_entropy: (probe examples, layers, heads) normalised attention entropy.
-        summary: label names, thresholds, attention matrices and the like.
-    """
-    table = frame.copy()
-    table["embedding"] = list(projection.transform(embeddings).astype(np.float32))
-    paths = [out_dir / PROFILE_TABLE, out_dir / ATTENTION_TABLE, out_dir / PROFILE_SUMMARY]
-    table.to_parquet(paths[0], index=False)
-    _, layers, heads = per_example_entropy.shape
-    columns = [f"l{layer}h{head}" for layer in range(layers) for head in range(heads)]
-    pd.DataFrame(
-        per_example_entropy.reshape(len(per_example_entropy), -1), columns=columns
-    ).to_parquet(paths[1], index=False)
-    paths[2].write_text(json.dumps({**summary, "embedding_projection": projection.to_dict()}))
-    return paths
+
+def read_profile_summary(path: Path) -> tuple[dict[str, object], EmbeddingProjection]:
+    """The summary written by `write_profile_summary` and its projection."""
+    summary = json.loads(path.read_text())
+    return summary, EmbeddingProjection.from_dict(summary.pop("embedding_projection"))

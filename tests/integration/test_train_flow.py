@@ -71,14 +71,20 @@ def test_train_registers_model_with_tokenizer_and_evidence(
         "evaluation/head_importance.png", "evaluation/evaluation.json",
         "evaluation/attention_entropy_change.png", "evaluation/test_predictions.parquet",
         "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
-        "reference_profile/reference_attention.parquet",
+        "reference_profile/reference_drift_calibration.json",
     } <= artifacts  # fmt: skip
     profile_path = "reference_profile/reference_profile.parquet"
     profile = pd.read_parquet(
         mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=profile_path)
     )
-    assert len(profile) == len(pd.read_csv(demo_dir / "validation.csv"))
+    # The reference is the whole test split (in and out of scope), as live traffic is,
+    # with PII noted and redacted.
+    test_split = pd.read_csv(demo_dir / "test.csv")
+    assert len(profile) == len(test_split)
     assert len(profile["embedding"].iloc[0]) == 8
+    assert profile["has_pii"].sum() >= 1
+    assert not profile["text"].str.contains("@", regex=False).any()
+    assert profile["text"].str.contains("<EMAIL_ADDRESS>|<PHONE_NUMBER>|<CREDIT_CARD>").any()
     assert not (attnops_home / "checkpoints" / "tiny-tickets").exists()
     predictions = pd.read_parquet(
         mlflow.artifacts.download_artifacts(

@@ -1,0 +1,143 @@
+"""Prefect flow `gate`: may the challenger go to canary? Decide and record why on the version."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from prefect import flow
+
+from attnops.flows.tasks import compute_task, io_task
+from attnops.models import registry, versions
+from attnops.models.data import load_labelled_data
+from attnops.models.modeling import pick_device
+from attnops.monitors.gate import GateDecision, decide
+from attnops.monitors.gate_evidence import gather_evidence, slice_columns
+from attnops.monitors.reports import classification_report, drift_report
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec, load_spec
+
+GATE_FOLDER = "gate"
+
+
+@io_task
+def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
+    """The candidate version (number or alias) and the champion, if one is set and differs."""
+    client = registry.client_for(settings)
+    found = versions.resolve(client, spec.name, candidate)
+    if found is None:
+        raise LookupError(
+            f"no version of '{spec.name}' has the alias '{candidate}'; run `attnops train` "
+            "first or pass --version N"
+        )
+    champion = versions.resolve(client, spec.name, "champion")
+    if champion is not None and str(champion.version) == str(found.version):
+        raise ValueError(
+            f"{spec.name} v{found.version} is already the champion; gate a newer version"
+        )
+    return str(found.version), None if champion is None else str(champion.version)
+
+
+@compute_task
+def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, version: str, scratch):
+    """Load the version (tokenizer verified), score it on the test split, time it."""
+    client = registry.client_for(settings)
+    loaded = versions.load_version(client, spec.name, version, scratch)
+    test = load_labelled_data(spec.data, spec_path).splits["test"]
+    card = mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")
+    evidence, records = gather_evidence(
+        loaded, test, spec, device=pick_device(spec.training.device), model_card=card
+    )
+    return evidence, records, loaded.run_id, loaded.label_names
+
+
+@io_task
+def record_decision(
+    settings: Settings, spec: PipelineSpec, run_id: str, decision: GateDecision, folder: Path
+) -> None:
+    """Artifacts first, tags last: a version tagged with a decision always has its evidence."""
+    client = registry.client_for(settings)
+    (folder / "gate.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str))
+    (folder / "gate.md").write_text(f"# Gate: v{decision.candidate}\n\n{decision.table()}\n")
+    client.log_artifacts(run_id, str(folder), GATE_FOLDER)
+    name, version = spec.name, decision.candidate
+    description = client.get_model_version(name, version).description or ""
+    head = description.split("\n<!-- gate -->\n")[-1]
+    verdict = "passed" if decision.passed else "failed"
+    against = f"champion v{decision.champion}" if decision.champion else "absolute limits"
+    client.update_model_version(
+        name,
+        version,
+        description=f"## Gate: {verdict} (vs {against})\n\n{decision.table()}\n"
+        f"\nEvidence: run artifacts `{GATE_FOLDER}/`.\n\n<!-- gate -->\n{head}",
+    )
+    tags = {
+        f"{registry.TAG}gate": verdict,
+        f"{registry.TAG}gate_reasons": decision.reasons()[:5000],
+        f"{registry.TAG}gate_champion": decision.champion or "none",
+        f"{registry.TAG}gate_verdict": decision.verdict,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+@flow(name="gate", flow_run_name="gate-{spec_path}", log_prints=True)
+def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
+    """Gate a version against the champion (or absolute limits when there is none).
+
+    The decision, each check's reason and the Evidently reports go onto the candidate
+    version: tags `attnops.gate` / `attnops.gate_reasons`, artifacts under `gate/`.
+    """
+    spec = load_spec(spec_path)
+    settings = Settings.from_env()
+    settings.prepare()
+    candidate_version, champion_version = find_versions(spec, settings, candidate)
+    print(
+        f"gating {spec.name} v{candidate_version} against "
+        + (f"champion v{champion_version}" if champion_version else "absolute limits")
+    )
+    with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
+        scratch = Path(scratch)
+        cand, cand_records, run_id, labels = score_version(
+            spec, spec_path, settings, candidate_version, scratch
+        )
+        champ = champ_records = None
+        if champion_version is not None:
+            champ, champ_records, *_ = score_version(
+                spec, spec_path, settings, champion_version, scratch
+            )
+        decision = decide(
+            cand,
+            champ,
+            spec.gate,
+            label_names=labels,
+            slice_columns=slice_columns(spec),
+            ece_bins=spec.evaluation.ece_bins,
+        )
+        folder = scratch / "gate"
+        folder.mkdir()
+        versus = f"v{champion_version}" if champion_version else "its reference profile"
+        classification_report(
+            champ_records,
+            cand_records,
+            folder / "classification.html",
+            labels=labels,
+            title=f"{spec.name} v{candidate_version} vs {versus}: test-split quality",
+        )
+        if champ_records is not None:
+            # Same inputs, two versions: how do their outputs differ? (Embeddings live in
+            # each version's own space, so they are left out.)
+            drift_report(
+                champ_records.drop(columns="embedding"),
+                cand_records.drop(columns="embedding"),
+                folder / "drift.html",
+                title=f"{spec.name} v{candidate_version} vs {versus}: outputs on the test split",
+                slice_columns=spec.data.slice_columns,
+                tsne_rows=0,
+            )
+        record_decision(settings, spec, run_id, decision, folder)
+    print(decision.table())
+    print(f"gate {'passed' if decision.passed else 'FAILED'}: {decision.reasons()}")
+    return decision

@@ -1,0 +1,108 @@
+"""Load a registered version back: model, tokenizer, tags and the evidence logged with it.
+
+Whatever loads a version (the gate, the server, the monitor) goes through `load_version`,
+which refuses a version whose tokenizer does not hash to the value recorded at
+registration: a model served with another tokenizer gives wrong answers without an error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from attnops.models.modeling import tokenizer_sha256
+from attnops.models.profile import PROFILE_SUMMARY, PROFILE_TABLE, EmbeddingProjection
+from attnops.models.registry import TAG
+
+EVALUATION_JSON = "evaluation/evaluation.json"
+REFERENCE_FOLDER = "reference_profile"
+
+
+@dataclass
+class LoadedVersion:
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    model: object
+    tokenizer: object
+    folder: Path
+    """Local copy of the run's evaluation and reference-profile artifacts."""
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.tags[f"{TAG}labels"]))
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.tags[f"{TAG}tokenizer_sha256"]
+
+    def evaluation(self) -> dict[str, object]:
+        return json.loads((self.folder / EVALUATION_JSON).read_text())
+
+    def profile_summary(self) -> tuple[dict[str, object], EmbeddingProjection]:
+        summary = json.loads((self.folder / REFERENCE_FOLDER / PROFILE_SUMMARY).read_text())
+        return summary, EmbeddingProjection.from_dict(summary.pop("embedding_projection"))
+
+    def reference_records(self) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / REFERENCE_FOLDER / PROFILE_TABLE)
+
+
+def resolve(client: MlflowClient, name: str, ref: str):
+    """A model version by number ("3") or alias ("champion"); None for an unset alias."""
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        raise LookupError(f"no registered model '{name}' in this MLflow; run `attnops train` first")
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException:
+        if ref.isdigit():
+            raise LookupError(f"model '{name}' has no version {ref}") from None
+        return None
+
+
+def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -> LoadedVersion:
+    """Download version `version` of `name` and its evidence into `scratch`; verify the tokenizer.
+
+    Raises:
+        ValueError: the tokenizer does not hash to the version's `attnops.tokenizer_sha256`
+            tag (or the tag is missing): the version must not be used.
+    """
+    mv = client.get_model_version(name, version)
+    tags = dict(mv.tags)
+    expected = tags.get(f"{TAG}tokenizer_sha256")
+    if not expected or f"{TAG}labels" not in tags:
+        raise ValueError(
+            f"{name} v{version} lacks attnops tags (tokenizer hash, labels); it was not "
+            "registered by `attnops train` and cannot be gated or served"
+        )
+    components = mlflow.transformers.load_model(
+        f"models:/{name}/{version}", return_type="components"
+    )
+    actual = tokenizer_sha256(components["tokenizer"])
+    if actual != expected:
+        raise ValueError(
+            f"{name} v{version}: tokenizer hash {actual[:12]} does not match its tag "
+            f"{expected[:12]}; the stored tokenizer was altered, refusing to use this version"
+        )
+    folder = scratch / f"v{version}"
+    for artifact in ("evaluation", REFERENCE_FOLDER):
+        mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path=artifact, dst_path=str(folder)
+        )
+    return LoadedVersion(
+        name=name,
+        version=str(version),
+        run_id=mv.run_id,
+        tags=tags,
+        model=components["model"],
+        tokenizer=components["tokenizer"],
+        folder=folder,
+    )

@@ -1,0 +1,331 @@
+"""The release gate: may this candidate version go to canary?
+
+Both versions are judged on the same evidence gathered in the same gate run: predictions
+on the same test split, latency measured on the same machine moments apart. With a
+champion, quality is a paired test (a candidate is neither accepted nor rejected on noise);
+without one, absolute limits apply. Every check returns its numbers and a sentence a
+reviewer can act on; the decision passes only when every check does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from attnops.models.metrics import classification_metrics, expected_calibration_error
+from attnops.monitors.attention_health import attention_health
+from attnops.monitors.significance import compare_paired, mcnemar_exact
+from attnops.spec import GateSpec
+
+
+@dataclass(frozen=True)
+class VersionEvidence:
+    """What the gate knows about one version.
+
+    Attributes:
+        predictions: one row per test input (in and out of scope): `label`, `prediction`,
+            `confidence`, `unsupported` (bool: confident and far from the reference) and a
+            column per slice (e.g. `length`, `channel`).
+        performance: measured in this gate run: latency_ms_p95, latency_ms_p99, model_size_mb.
+        attention: the `attention` section of the version's evaluation.json.
+        pii_findings: "artifact: ENTITY" for each PII hit in the version's text artifacts.
+    """
+
+    version: str
+    predictions: pd.DataFrame
+    performance: dict[str, float]
+    attention: dict[str, object]
+    tokenizer_sha256: str
+    pii_findings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    passed: bool
+    reason: str
+    values: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    candidate: str
+    champion: str | None
+    checks: list[GateCheck]
+    verdict: str
+    """Quality vs champion: 'better', 'worse', 'no_difference', or 'no_champion'."""
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed_checks(self) -> list[GateCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def reasons(self) -> str:
+        """One line for the version tag: the failed checks' reasons, or that all passed."""
+        failed = self.failed_checks
+        if not failed:
+            return f"all {len(self.checks)} checks passed; quality vs champion: {self.verdict}"
+        return " | ".join(f"{c.name}: {c.reason}" for c in failed)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "candidate": self.candidate,
+            "champion": self.champion,
+            "verdict": self.verdict,
+            "reasons": self.reasons(),
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def table(self) -> str:
+        """Markdown table of the checks, for the terminal, the version description and CI."""
+        lines = ["| check | result | reason |", "|---|---|---|"]
+        for c in self.checks:
+            lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
+        return "\n".join(lines)
+
+
+def decide(
+    candidate: VersionEvidence,
+    champion: VersionEvidence | None,
+    gate: GateSpec,
+    *,
+    label_names: Sequence[str],
+    slice_columns: Sequence[str],
+    ece_bins: int = 15,
+) -> GateDecision:
+    """Run every gate check on the candidate (against the champion when there is one)."""
+    names = list(label_names)
+    cand_in = _in_scope(candidate.predictions, names)
+    y_true = _codes(cand_in["label"], names)
+    y_cand = _codes(cand_in["prediction"], names)
+    quality = classification_metrics(y_true, y_cand, names)
+    checks = [
+        _check(
+            "quality_floor",
+            quality["macro_f1"] >= gate.min_macro_f1,
+            f"macro-F1 {quality['macro_f1']:.4f} (floor {gate.min_macro_f1})",
+            macro_f1=quality["macro_f1"],
+            accuracy=quality["accuracy"],
+        )
+    ]
+    verdict = "no_champion"
+    if champion is not None:
+        champ_in = _in_scope(champion.predictions, names)
+        if not champ_in["label"].equals(cand_in["label"]):
+            raise ValueError(
+                f"v{candidate.version} and v{champion.version} were not scored on the same "
+                "test inputs; a paired comparison needs both on the same split"
+            )
+        y_champ = _codes(champ_in["prediction"], names)
+        comparison = compare_paired(
+            y_true,
+            y_cand,
+            y_champ,
+            n_classes=len(names),
+            margin=gate.non_inferiority_margin,
+            confidence=gate.confidence,
+        )
+        verdict = comparison.verdict
+        checks.append(
+            _check(
+                "quality_vs_champion",
+                comparison.non_inferior,
+                f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}",
+                **asdict(comparison),
+            )
+        )
+        checks.append(_slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate))
+    ece, _ = expected_calibration_error(
+        cand_in["confidence"].to_numpy(), y_cand == y_true, ece_bins
+    )
+    checks.append(
+        _check("calibration", ece <= gate.max_ece, f"ECE {ece:.4f} (max {gate.max_ece})", ece=ece)
+    )
+    checks += _performance(candidate.performance, champion and champion.performance, gate)
+    checks.append(_unsupported(candidate, champion, names, gate))
+    checks.append(_attention(candidate, champion, gate))
+    checks.append(
+        _check(
+            "pii",
+            not (gate.fail_on_pii and candidate.pii_findings),
+            "PII in " + ", ".join(candidate.pii_findings)
+            if candidate.pii_findings
+            else "no PII in the model card, input example or reference profile",
+            findings=candidate.pii_findings,
+        )
+    )
+    checks.append(_tokenizer(candidate, champion, gate))
+    return GateDecision(
+        candidate=candidate.version,
+        champion=champion.version if champion else None,
+        checks=checks,
+        verdict=verdict,
+    )
+
+
+def _check(name: str, passed: bool, reason: str, **values) -> GateCheck:
+    clean = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+    return GateCheck(name=name, passed=bool(passed), reason=reason, values=clean)
+
+
+def _in_scope(predictions: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    return predictions[predictions["label"].isin(names)].reset_index(drop=True)
+
+
+def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
+    return pd.Categorical(values, categories=names).codes.astype(np.int64)
+
+
+def _slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate: GateSpec):
+    """Block a significant accuracy drop larger than the limit on any slice large enough."""
+    alpha = 1.0 - gate.confidence
+    worst: dict[str, object] = {}
+    regressions = []
+    for column in slice_columns:
+        if column not in cand_in:
+            continue
+        values = cand_in[column].astype(str).to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            if mask.sum() < gate.min_slice_size:
+                continue
+            acc_cand = float((y_cand[mask] == y_true[mask]).mean())
+            acc_champ = float((y_champ[mask] == y_true[mask]).mean())
+            p = mcnemar_exact(y_true[mask], y_cand[mask], y_champ[mask])
+            drop = acc_champ - acc_cand
+            row = {"slice": f"{column}={value}", "n": int(mask.sum()), "drop": drop, "p": p}
+            if not worst or drop > worst["drop"]:
+                worst = row
+            if drop >= gate.max_slice_drop and p < alpha:
+                regressions.append(
+                    f"{column}={value}: accuracy {acc_cand:.3f} vs {acc_champ:.3f} "
+                    f"(-{drop:.3f}, McNemar p={p:.3g}, n={int(mask.sum())})"
+                )
+    if regressions:
+        reason = "significant regression on " + "; ".join(regressions)
+    elif worst:
+        reason = (
+            f"no slice significantly worse by >= {gate.max_slice_drop}; largest drop "
+            f"{worst['drop']:+.3f} on {worst['slice']} (p={worst['p']:.3g})"
+        )
+    else:
+        reason = f"no slice with >= {gate.min_slice_size} inputs"
+    return _check("slices", not regressions, reason, worst=worst, regressions=regressions)
+
+
+def _performance(candidate: dict, champion: dict | None, gate: GateSpec) -> list[GateCheck]:
+    checks = []
+    limits = {
+        "latency_ms_p95": (gate.max_latency_ms_p95, gate.max_latency_increase),
+        "latency_ms_p99": (gate.max_latency_ms_p99, gate.max_latency_increase),
+        "model_size_mb": (gate.max_model_size_mb, gate.max_model_size_increase),
+    }
+    for key, (limit, increase) in limits.items():
+        value = float(candidate[key])
+        problems = [f"{value:.1f} over the budget {limit:g}"] if value > limit else []
+        reason = f"{value:.1f} (budget {limit:g}"
+        if champion is not None:
+            ratio = value / max(float(champion[key]), 1e-9)
+            reason += f"; champion {float(champion[key]):.1f}, x{ratio:.2f}, max x{1 + increase:g}"
+            if ratio > 1 + increase:
+                problems.append(
+                    f"x{ratio:.2f} the champion's {champion[key]:.1f} (max x{1 + increase:g})"
+                )
+        checks.append(
+            _check(
+                key,
+                not problems,
+                "; ".join(problems) if problems else reason + ")",
+                candidate=value,
+                champion=None if champion is None else float(champion[key]),
+            )
+        )
+    return checks
+
+
+def _unsupported(candidate, champion, names, gate: GateSpec) -> GateCheck:
+    def rate(evidence: VersionEvidence) -> tuple[float, int]:
+        oos = evidence.predictions[~evidence.predictions["label"].isin(names)]
+        return (float(oos["unsupported"].mean()) if len(oos) else 0.0), len(oos)
+
+    value, n = rate(candidate)
+    if n == 0:
+        return _check("unsupported_assertions", True, "no out-of-scope inputs in the test split")
+    problems = []
+    if value > gate.max_unsupported_assertion_rate:
+        problems.append(f"{value:.1%} of {n} out-of-scope inputs asserted (max "
+                        f"{gate.max_unsupported_assertion_rate:.0%})")  # fmt: skip
+    champ_value = rate(champion)[0] if champion is not None else None
+    if champ_value is not None and value > champ_value + gate.max_unsupported_assertion_increase:
+        problems.append(f"{value:.1%} vs champion {champ_value:.1%} (max +"
+                        f"{gate.max_unsupported_assertion_increase:.0%})")  # fmt: skip
+    reason = f"{value:.1%} of {n} out-of-scope inputs confidently labelled far from the reference"
+    if champ_value is not None:
+        reason += f" (champion {champ_value:.1%})"
+    return _check(
+        "unsupported_assertions",
+        not problems,
+        "; ".join(problems) or reason,
+        rate=value,
+        champion_rate=champ_value,
+        n=n,
+    )
+
+
+def _attention(candidate, champion, gate: GateSpec) -> GateCheck:
+    health = attention_health(
+        candidate.attention,
+        dead_head_importance=gate.dead_head_importance,
+        champion=champion.attention if champion else None,
+    )
+    problems = []
+    collapsed = health.collapsed_heads
+    if len(collapsed) > gate.max_collapsed_heads:
+        heads = ", ".join(f"layer {layer} head {head}" for layer, head in collapsed)
+        problems.append(f"{len(collapsed)} head(s) collapsed by fine-tuning ({heads})")
+    if champion is not None:
+        before = attention_health(
+            champion.attention, dead_head_importance=gate.dead_head_importance
+        )
+        added = len(health.dead_heads) - len(before.dead_heads)
+        if added > gate.max_dead_heads_increase:
+            problems.append(f"{added} more dead heads than the champion")
+    reason = f"{len(collapsed)} collapsed, {len(health.dead_heads)} dead heads" + (
+        f"; largest entropy change vs champion {health.entropy_change['max_abs']:.3f}"
+        f" (layer {health.entropy_change['layer']} head {health.entropy_change['head']})"
+        if health.entropy_change
+        else ""
+    )
+    return _check("attention_health", not problems, "; ".join(problems) or reason,
+                  **health.to_dict())  # fmt: skip
+
+
+def _tokenizer(candidate, champion, gate: GateSpec) -> GateCheck:
+    if champion is None:
+        return _check("tokenizer", True, "no champion to compare with",
+                      sha256=candidate.tokenizer_sha256)  # fmt: skip
+    same = candidate.tokenizer_sha256 == champion.tokenizer_sha256
+    if same:
+        reason = "same tokenizer as the champion"
+    elif gate.allow_tokenizer_change:
+        reason = "tokenizer changed; allowed by gate.allow_tokenizer_change"
+    else:
+        reason = (
+            f"tokenizer changed ({champion.tokenizer_sha256[:12]} -> "
+            f"{candidate.tokenizer_sha256[:12]}); set gate.allow_tokenizer_change: true "
+            "if the change is intended (clients and caches must change with it)"
+        )
+    return _check(
+        "tokenizer",
+        same or gate.allow_tokenizer_change,
+        reason,
+        candidate=candidate.tokenizer_sha256,
+        champion=champion.tokenizer_sha256,
+    )

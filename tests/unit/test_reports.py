@@ -1,0 +1,145 @@
+"""Evidently drift and classification reports over record frames built in code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnops.demo.tickets import INTENTS, generate_tickets
+from attnops.monitors.reports import classification_report, drift_report
+
+N = 200
+
+
+def record_frame(seed: int, *, shifted: bool = False) -> pd.DataFrame:
+    """One row per model input; `shifted`: n_tokens x3, 3 predicted labels, moved embeddings."""
+    rng = np.random.default_rng(seed)
+    tickets = generate_tickets(N, seed=seed)
+    n_tokens = rng.poisson(40, N) * (3 if shifted else 1)
+    correct = rng.random(N) < 0.8
+    prediction = np.where(correct, tickets["intent"], rng.choice(INTENTS, N))
+    if shifted:
+        prediction = rng.choice(INTENTS[:3], N)
+    frame = pd.DataFrame(
+        {
+            "text": tickets["text"],
+            "text_chars": tickets["text"].str.len(),
+            "n_tokens": n_tokens,
+            "truncated": n_tokens > 128,
+            "unk_rate": rng.beta(1, 60, N),
+            "prediction": prediction,
+            "confidence": rng.beta(5, 2, N),
+            "label": tickets["intent"],
+            "channel": tickets["channel"],
+        }
+    )
+    frame["embedding"] = list(rng.normal(0.5 if shifted else 0.0, 1.0, (N, 32)).astype(np.float32))
+    for layer in range(2):
+        for head in range(2):
+            entropy = rng.beta(5, 3, N)
+            entropy[rng.random(N) < 0.5] = np.nan  # rows whose attention was not sampled
+            frame[f"l{layer}h{head}"] = entropy
+    return frame
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return record_frame(1)
+
+
+@pytest.fixture(scope="module")
+def shifted(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("drift") / "drift.html"
+    summary = drift_report(
+        reference, record_frame(2, shifted=True), out, title="Drift <shifted>", tsne_rows=100
+    )
+    return summary, out
+
+
+def test_drift_report_writes_html_with_columns_and_title(shifted):
+    """The HTML holds the drifted columns, the per-layer entropy and the escaped title."""
+    summary, out = shifted
+    page = out.read_text(encoding="utf-8")
+    assert len(page) > 100_000
+    for name in ("n_tokens", "prediction", "attention_entropy_layer1", "Drift &lt;shifted&gt;"):
+        assert name in page
+    assert [p.name for p in out.parent.iterdir()] == ["drift.html"]  # no temp file left
+    json.dumps(summary)
+
+
+def test_shifted_columns_are_reported_as_drifted(shifted):
+    """n_tokens x3, a 3-label prediction mix and moved embeddings show up as drift."""
+    summary, _ = shifted
+    for column in ("n_tokens", "prediction", "embedding"):
+        assert summary[f"drift.{column}.detected"], column
+    assert summary["drift.n_tokens.p_value"] < 1e-6
+    assert "Value Drift for column n_tokens" in summary["failed_tests"]
+    assert summary["drifted_columns"] >= 3  # n_tokens, truncated, prediction
+    assert summary["tests_failed"] == len(summary["failed_tests"]) > 0
+    assert "drift.attention_entropy_layer0.score" in summary
+    assert not any(key.startswith("drift.l0h0") for key in summary)
+
+
+def test_same_distribution_shows_no_drift(reference, tmp_path):
+    """Another sample of the same generator: no column the shift test relies on drifts."""
+    summary = drift_report(
+        reference, record_frame(3), tmp_path / "same.html", title="same", tsne_rows=100
+    )
+    assert summary["drifted_columns"] <= 1
+    for column in ("n_tokens", "prediction", "label", "text", "embedding"):
+        assert not summary[f"drift.{column}.detected"], column
+    assert summary["rows_reference"] == summary["rows_current"] == N
+
+
+def test_missing_prediction_raises_and_writes_nothing(reference, tmp_path):
+    """A missing required column is named in the error and no HTML is left behind."""
+    current = record_frame(4).drop(columns="prediction")
+    with pytest.raises(ValueError, match="'prediction' not found in the current frame"):
+        drift_report(reference, current, tmp_path / "drift.html", title="x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def classified(seed: int, accuracy: float) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    label = rng.choice(INTENTS, 300)
+    wrong = rng.random(300) > accuracy
+    prediction = np.where(wrong, rng.choice(INTENTS, 300), label)
+    return pd.DataFrame({"label": label, "prediction": prediction, "confidence": rng.random(300)})
+
+
+def test_classification_report_against_champion(tmp_path):
+    """A clearly better candidate passes every non-inferiority test; a worse one fails them."""
+    champion, candidate = classified(0, 0.6), classified(0, 0.9)
+    out = tmp_path / "cls.html"
+    better = classification_report(champion, candidate, out, labels=INTENTS, title="candidate")
+    expected = float((candidate["label"] == candidate["prediction"]).mean())
+    assert better["accuracy_current"] == pytest.approx(expected)
+    assert better["accuracy_reference"] < better["accuracy_current"]
+    assert better["f1_reference"] < better["f1_current"]
+    assert better["tests_failed"] == 0 and better["tests_total"] >= 4
+    assert "track_order" in out.read_text(encoding="utf-8")
+    worse = classification_report(candidate, champion, out, labels=INTENTS, title="candidate")
+    assert any(name.startswith("Accuracy") for name in worse["failed_tests"])
+
+
+def test_classification_report_without_champion(tmp_path):
+    """With no champion the reference side is None and the candidate is still reported."""
+    out = tmp_path / "cls.html"
+    summary = classification_report(None, classified(1, 0.8), out, labels=INTENTS, title="first")
+    assert summary["accuracy_reference"] is None and summary["f1_reference"] is None
+    assert 0.7 < summary["accuracy_current"] < 0.9
+    assert summary[f"f1_current.{INTENTS[0]}"] is not None
+    assert out.stat().st_size > 100_000
+    json.dumps(summary)
+
+
+def test_classification_report_rejects_unknown_labels(tmp_path):
+    """A prediction outside the model's label set is a wiring error, not a class."""
+    current = classified(2, 0.8)
+    current.loc[0, "prediction"] = "not_an_intent"
+    with pytest.raises(ValueError, match="not_an_intent"):
+        classification_report(None, current, tmp_path / "c.html", labels=INTENTS, title="x")
+    assert not (tmp_path / "c.html").exists()
