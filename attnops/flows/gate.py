@@ -119,9 +119,11 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
         folder = scratch / "gate"
         folder.mkdir()
         versus = f"v{champion_version}" if champion_version else "its reference profile"
+        in_scope = [
+            r if r is None else r[r["label"].isin(labels)] for r in (champ_records, cand_records)
+        ]
         classification_report(
-            champ_records,
-            cand_records,
+            *in_scope,
             folder / "classification.html",
             labels=labels,
             title=f"{spec.name} v{candidate_version} vs {versus}: test-split quality",

@@ -156,9 +156,10 @@ class DriftDetector:
             )
         quantile = 1.0 - self.false_alarm_rate / len(names)
         rng = np.random.default_rng(self.seed)
+        weights = _Weights(self.resamples, rng)
         results = []
         for name in names:
-            kind, statistic, null, n_ref, n_cur = self._run(name, current, rng)
+            kind, statistic, null, n_ref, n_cur = self._run(name, current, weights, rng)
             threshold = float(np.quantile(null, quantile))
             results.append(
                 CheckResult(
@@ -167,14 +168,13 @@ class DriftDetector:
             )
         return DriftResult(results, self.false_alarm_rate)
 
-    def _run(self, name: str, current: pd.DataFrame, rng: np.random.Generator):
-        b = self.resamples
+    def _run(self, name: str, current: pd.DataFrame, weights: _Weights, rng):
         if name in self._numeric:
             ref = self._numeric[name]
             cur = current[name].to_numpy(dtype=float)
             cur = cur[~np.isnan(cur)]
             stat = stats.ks_2samp(ref, cur).statistic if len(cur) else 0.0
-            return "KS D", stat, _ks_null(ref, len(cur), b, rng), len(ref), len(cur)
+            return "KS D", stat, _ks_null(ref, len(cur), weights), len(ref), len(cur)
         if name in self._categorical:
             ref = self._categorical[name]
             cats, ref_codes = np.unique(ref, return_inverse=True)
@@ -189,13 +189,13 @@ class DriftDetector:
                 np.bincount(ref_codes, minlength=len(cats) + 1)[None],
                 np.bincount(cur_codes, minlength=len(cats) + 1)[None],
             )[0]
-            return "chi-square", stat, _chi2_null(onehot, len(cur), b, rng), len(ref), len(cur)
+            return "chi-square", stat, _chi2_null(onehot, len(cur), weights), len(ref), len(cur)
         if name == TEXT_CHECK:
             bag = self._text
             texts = current["text"].fillna("").astype(str)
             cur_counts = bag.count(texts)
             stat = _chi2(bag.total[None], cur_counts[None])[0]
-            return "chi-square", stat, _chi2_null(bag.docs, len(texts), b, rng), bag.n, len(texts)
+            return "chi-square", stat, _chi2_null(bag.docs, len(texts), weights), bag.n, len(texts)
         kernel = self._vectors[name]
         if name == EMBEDDING_CHECK:
             vectors = _stack(current["embedding"])
@@ -205,7 +205,7 @@ class DriftDetector:
         if len(vectors) > self.max_vector_rows:
             vectors = vectors[rng.choice(len(vectors), self.max_vector_rows, replace=False)]
         stat = kernel.mmd(vectors) if len(vectors) >= 2 else 0.0
-        return "MMD^2", stat, kernel.null(len(vectors), b, rng), kernel.n, len(vectors)
+        return "MMD^2", stat, kernel.null(len(vectors), weights), kernel.n, len(vectors)
 
 
 def _stack(column: pd.Series) -> np.ndarray:
@@ -216,12 +216,25 @@ def _stack(column: pd.Series) -> np.ndarray:
     )
 
 
-def _weights(m: int, n: int, b: int, rng: np.random.Generator) -> np.ndarray:
-    """b bootstrap samples of size n from m rows, as counts per row (b x m)."""
-    return rng.multinomial(max(n, 1), np.full(m, 1.0 / m), size=b).astype(np.float64)
+class _Weights:
+    """Bootstrap samples of size n from m rows, as counts per row (resamples x m).
+
+    Drawn once per (m, n) and shared by the checks of one window: sampling dominates the
+    cost of calibration otherwise.
+    """
+
+    def __init__(self, resamples: int, rng: np.random.Generator) -> None:
+        self.resamples, self.rng, self._drawn = resamples, rng, {}
+
+    def __call__(self, m: int, n: int, which: int) -> np.ndarray:
+        key = (m, max(n, 1), which)
+        if key not in self._drawn:
+            counts = self.rng.multinomial(key[1], np.full(m, 1.0 / m), size=self.resamples)
+            self._drawn[key] = counts.astype(np.float64)
+        return self._drawn[key]
 
 
-def _ks_null(ref: np.ndarray, n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+def _ks_null(ref: np.ndarray, n: int, weights: _Weights) -> np.ndarray:
     """KS D between two bootstrap samples of the reference, sizes len(ref) and n."""
     order = np.argsort(ref, kind="stable")
     _, starts = np.unique(ref[order], return_index=True)
@@ -231,7 +244,7 @@ def _ks_null(ref: np.ndarray, n: int, b: int, rng: np.random.Generator) -> np.nd
         per_value = np.add.reduceat(counts[:, order], starts, axis=1)
         return np.cumsum(per_value, axis=1) / counts.sum(axis=1, keepdims=True)
 
-    return np.abs(ecdf(_weights(m, m, b, rng)) - ecdf(_weights(m, n, b, rng))).max(axis=1)
+    return np.abs(ecdf(weights(m, m, 0)) - ecdf(weights(m, n, 1))).max(axis=1)
 
 
 def _chi2(a: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -243,11 +256,11 @@ def _chi2(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.nansum(terms, axis=1) * (na * nc / (na + nc))[:, 0]
 
 
-def _chi2_null(rows: sparse.csr_matrix, n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+def _chi2_null(rows: sparse.csr_matrix, n: int, weights: _Weights) -> np.ndarray:
     """Chi-square between bootstrap samples of the reference rows (each row: cell counts)."""
     m = rows.shape[0]
-    a = np.asarray(rows.T @ _weights(m, m, b, rng).T).T
-    c = np.asarray(rows.T @ _weights(m, n, b, rng).T).T
+    a = np.asarray(rows.T @ weights(m, m, 0).T).T
+    c = np.asarray(rows.T @ weights(m, n, 1).T).T
     return _chi2(a, c)
 
 
@@ -305,7 +318,7 @@ class _Kernel:
         yy = (k_cc.sum() - n) / (n * (n - 1))
         return float(xx + yy - 2 * k_rc.mean())
 
-    def null(self, n: int, b: int, rng: np.random.Generator) -> np.ndarray:
+    def null(self, n: int, weights: _Weights) -> np.ndarray:
         """Unbiased MMD^2 between bootstrap samples of sizes m and n, as weighted sums.
 
         Pairs of draws of the same reference row count with k = 1 in all three terms, so
@@ -313,7 +326,7 @@ class _Kernel:
         """
         m = self.n
         n = max(n, 2)
-        a, c = _weights(m, m, b, rng), _weights(m, n, b, rng)
+        a, c = weights(m, m, 0), weights(m, n, 1)
         ka, kc = a @ self.k_ref, c @ self.k_ref
         xx = ((ka * a).sum(1) - m) / (m * (m - 1))
         yy = ((kc * c).sum(1) - n) / (n * (n - 1))

@@ -202,7 +202,18 @@ def _occurrences(words: list[str], phrase: list[str]) -> tuple[int, int]:
     return negated, len(hits) - negated
 
 
-def _check(source: str, output: str, src: list[str], out: list[str], sims: np.ndarray, **opts):
+def _check(
+    source: str,
+    output: str,
+    src: list[str],
+    out: list[str],
+    sims: np.ndarray,
+    *,
+    threshold: float,
+    floor: float,
+    fact_penalty: float,
+    ngram_weight: float,
+) -> GroundednessResult:
     """One example's result; `sims` holds the output x source sentence cosine similarities."""
     canon_source = _canonical(source)
     dates = [m.group() for m in _DATE.finditer(_canonical(output))]
@@ -219,7 +230,6 @@ def _check(source: str, output: str, src: list[str], out: list[str], sims: np.nd
     n_grams = sum(map(len, grams))
     novel = float(1.0 - coverage @ [len(g) for g in grams] / n_grams) if n_grams else 0.0
     best = np.maximum(sims.max(axis=1), coverage) if src else coverage
-    threshold, floor = opts["sentence_threshold"], opts["similarity_floor"]
     result = GroundednessResult(
         score=1.0,
         unsupported_numbers=_unique(numbers),
@@ -235,10 +245,8 @@ def _check(source: str, output: str, src: list[str], out: list[str], sims: np.nd
     # Piecewise-linear support: floor -> 0, threshold -> 0.5, 1 -> 1.
     low = 0.5 * (best - floor) / (threshold - floor)
     high = 0.5 + 0.5 * (best - threshold) / (1.0 - threshold)
-    score = np.clip(np.where(best < threshold, low, high), 0.0, 1.0).min()
-    score *= (1.0 - opts["ngram_weight"] * novel) * opts[
-        "fact_penalty"
-    ] ** result.n_unsupported_facts
+    support = np.clip(np.where(best < threshold, low, high), 0.0, 1.0).min()
+    score = support * (1.0 - ngram_weight * novel) * fact_penalty**result.n_unsupported_facts
     return replace(result, score=float(np.clip(score, 0.0, 1.0)))
 
 
@@ -288,7 +296,7 @@ def score_groundedness(
     unique = sorted({s for group in (*source_sents, *output_sents) for s in group})
     row = {s: i for i, s in enumerate(unique)}
     embeddings = encoder.encode(unique, batch_size=batch_size) if unique else None
-    opts = {"sentence_threshold": sentence_threshold, "similarity_floor": similarity_floor}
+    opts = {"threshold": sentence_threshold, "floor": similarity_floor}
     opts |= {"fact_penalty": fact_penalty, "ngram_weight": ngram_weight}
     results = []
     for source, output, src, out in zip(sources, outputs, source_sents, output_sents, strict=True):

@@ -1,0 +1,102 @@
+"""The `gate` flow and `attnops gate` on real registered versions (real MLflow, real Prefect)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from attnops.flows.cli import main
+from attnops.flows.gate import gate
+from attnops.flows.train import train
+from attnops.settings import Settings
+from tests.conftest import tiny_spec_dict
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+# Tiny random models score low: these tests are about the decision's plumbing, so the
+# quality, calibration and hallucination limits are opened up.
+LENIENT = {"min_macro_f1": 0.0, "max_ece": 1.0, "max_unsupported_assertion_rate": 1.0}
+
+
+def _spec(demo_dir, write_spec, **gate):
+    spec = tiny_spec_dict(demo_dir, epochs=2)
+    spec["gate"] = {**LENIENT, **gate}
+    spec["monitoring"] = {"window_size": 50, "bootstrap_resamples": 200}
+    return str(write_spec(spec))
+
+
+def _client() -> MlflowClient:
+    settings = Settings.from_env()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient(settings.tracking_uri)
+
+
+def test_first_version_is_gated_on_absolute_limits_and_the_evidence_lands_on_it(
+    attnops_home, demo_dir, write_spec, capsys
+):
+    path = _spec(demo_dir, write_spec)
+    train(path)
+    assert main(["gate", "--spec", path]) == 0
+    out = capsys.readouterr().out
+    assert "gate passed for tiny-tickets v1 (no champion)" in out
+    assert "quality_floor" in out and "mlflow ui" in out
+
+    client = _client()
+    version = client.get_model_version("tiny-tickets", "1")
+    assert version.tags["attnops.gate"] == "passed"
+    assert version.tags["attnops.gate_reasons"].startswith("all ")
+    assert version.description.startswith("## Gate: passed (vs absolute limits)")
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "gate")}
+    assert {"gate/gate.json", "gate/gate.md", "gate/classification.html"} <= artifacts
+    decision = json.loads(mlflow.artifacts.load_text(f"runs:/{version.run_id}/gate/gate.json"))
+    assert decision["passed"] and decision["champion"] is None
+
+
+def test_same_recipe_retrained_is_no_different_from_the_champion(
+    attnops_home, demo_dir, write_spec
+):
+    """Deterministic training: v2 equals v1, so the paired test finds no difference."""
+    path = _spec(demo_dir, write_spec)
+    train(path)
+    _client().set_registered_model_alias("tiny-tickets", "champion", "1")
+    train(path)
+    decision = gate(path)
+    assert decision.candidate == "2" and decision.champion == "1"
+    assert decision.verdict == "no_difference"
+    assert decision.passed, decision.reasons()
+    version = _client().get_model_version("tiny-tickets", "2")
+    assert version.tags["attnops.gate_champion"] == "1"
+    artifacts = {a.path for a in _client().list_artifacts(version.run_id, "gate")}
+    assert "gate/drift.html" in artifacts
+
+
+def test_failed_gate_exits_non_zero_and_tags_the_reason(
+    attnops_home, demo_dir, write_spec, capsys
+):
+    path = _spec(demo_dir, write_spec, min_macro_f1=0.99)
+    train(path)
+    assert main(["gate", "--spec", path]) == 1
+    err = capsys.readouterr().err
+    assert "attnops gate: failed: quality_floor: macro-F1" in err
+    tags = _client().get_model_version("tiny-tickets", "1").tags
+    assert tags["attnops.gate"] == "failed"
+    assert "quality_floor" in tags["attnops.gate_reasons"]
+
+
+def test_tampered_tokenizer_is_refused_before_any_decision(attnops_home, demo_dir, write_spec):
+    path = _spec(demo_dir, write_spec)
+    train(path)
+    client = _client()
+    client.set_model_version_tag("tiny-tickets", "1", "attnops.tokenizer_sha256", "0" * 64)
+    with pytest.raises(ValueError, match="does not match its tag"):
+        gate(path)
+    assert "attnops.gate" not in client.get_model_version("tiny-tickets", "1").tags
+
+
+def test_gate_without_a_challenger_says_what_to_run(attnops_home, demo_dir, write_spec):
+    path = _spec(demo_dir, write_spec)
+    with pytest.raises(LookupError, match="run `attnops train` first"):
+        gate(path)

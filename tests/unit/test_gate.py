@@ -1,0 +1,196 @@
+"""The release gate's decision on evidence built in code (one behaviour per test)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attnops.monitors.gate import VersionEvidence, decide
+from attnops.spec import GateSpec
+
+LABELS = [f"intent_{i}" for i in range(10)]
+N = 1200
+SLICES = ["channel"]
+
+
+def champion(seed: int = 0, accuracy: float = 0.9) -> VersionEvidence:
+    rng = np.random.default_rng(seed)
+    label = rng.choice(LABELS, N)
+    wrong = rng.random(N) > accuracy
+    prediction = np.where(wrong, rng.choice(LABELS, N), label)
+    predictions = pd.DataFrame(
+        {
+            "label": np.concatenate([label, ["out_of_scope"] * 100]),
+            "prediction": np.concatenate([prediction, rng.choice(LABELS, 100)]),
+            "confidence": np.concatenate([np.where(wrong, 0.15, 0.99), np.full(100, 0.6)]),
+            "unsupported": np.concatenate([np.zeros(N, bool), rng.random(100) < 0.1]),
+            "channel": np.concatenate([rng.choice(["email", "chat", "app"], N), ["app"] * 100]),
+        }
+    )
+    return VersionEvidence(
+        version="1",
+        predictions=predictions,
+        performance={"latency_ms_p95": 30.0, "latency_ms_p99": 40.0, "model_size_mb": 87.0},
+        attention={
+            "entropy": np.full((2, 4), 0.6).tolist(),
+            "importance": np.full((2, 4), 0.5).tolist(),
+            "collapsed_heads": [],
+        },
+        tokenizer_sha256="a" * 64,
+    )
+
+
+def candidate_from(base: VersionEvidence, **changes) -> VersionEvidence:
+    return dataclasses.replace(base, version="2", **changes)
+
+
+def with_predictions(base: VersionEvidence, mutate) -> VersionEvidence:
+    frame = base.predictions.copy()
+    mutate(frame, np.random.default_rng(42))
+    return candidate_from(base, predictions=frame)
+
+
+def gate_of(candidate, champion_evidence, **limits):
+    return decide(
+        candidate, champion_evidence, GateSpec(**limits), label_names=LABELS, slice_columns=SLICES
+    )
+
+
+def failed(decision) -> set[str]:
+    return {c.name for c in decision.failed_checks}
+
+
+def test_identical_candidate_passes_with_no_difference():
+    base = champion()
+    decision = gate_of(candidate_from(base), base)
+    assert decision.passed, decision.reasons()
+    assert decision.verdict == "no_difference"
+    assert decision.reasons().startswith("all ")
+
+
+def test_noise_is_neither_better_nor_worse():
+    """Swapping which inputs are right, at the same accuracy, must not move the verdict."""
+
+    def reshuffle(frame, rng):
+        in_scope = np.flatnonzero(frame["label"].isin(LABELS))
+        right = in_scope[(frame.loc[in_scope, "label"] == frame.loc[in_scope, "prediction"])]
+        wrong = np.setdiff1d(in_scope, right)
+        fix, spoil = rng.choice(wrong, 10, replace=False), rng.choice(right, 10, replace=False)
+        frame.loc[fix, "prediction"] = frame.loc[fix, "label"]
+        frame.loc[spoil, "prediction"] = [LABELS[(LABELS.index(v) + 1) % 10]
+                                          for v in frame.loc[spoil, "label"]]  # fmt: skip
+
+    base = champion()
+    decision = gate_of(with_predictions(base, reshuffle), base)
+    assert decision.verdict == "no_difference"
+    assert decision.passed, decision.reasons()
+
+
+def test_clearly_better_candidate_passes_as_better():
+    def fix_errors(frame, rng):
+        frame["prediction"] = np.where(
+            frame["label"].isin(LABELS) & (rng.random(len(frame)) < 0.8),
+            frame["label"],
+            frame["prediction"],
+        )
+
+    base = champion()
+    decision = gate_of(with_predictions(base, fix_errors), base)
+    assert decision.passed and decision.verdict == "better"
+
+
+def test_worse_on_one_slice_is_blocked_naming_the_slice():
+    def break_chat(frame, rng):
+        chat = (frame["channel"] == "chat") & frame["label"].isin(LABELS)
+        spoil = chat & (rng.random(len(frame)) < 0.25)
+        frame.loc[spoil, "prediction"] = [LABELS[(LABELS.index(v) + 1) % 10]
+                                          for v in frame.loc[spoil, "label"]]  # fmt: skip
+
+    base = champion()
+    decision = gate_of(with_predictions(base, break_chat), base, non_inferiority_margin=0.2)
+    assert failed(decision) == {"slices"}
+    assert "channel=chat" in decision.reasons()
+    assert "channel=email" not in decision.reasons()
+
+
+def test_slower_candidate_beyond_budget_is_blocked():
+    base = champion()
+    slow = candidate_from(base, performance={**base.performance, "latency_ms_p99": 60.0})
+    decision = gate_of(slow, base)
+    assert failed(decision) == {"latency_ms_p99"}
+    assert "x1.50 the champion's 40.0" in decision.reasons()
+    over_budget = gate_of(slow, None, max_latency_ms_p99=50)
+    assert failed(over_budget) == {"latency_ms_p99"}
+    assert "over the budget 50" in over_budget.reasons()
+
+
+def test_collapsed_head_is_blocked_naming_the_head():
+    base = champion()
+    collapsed = candidate_from(base, attention={**base.attention, "collapsed_heads": [[1, 2]]})
+    decision = gate_of(collapsed, base)
+    assert failed(decision) == {"attention_health"}
+    assert "layer 1 head 2" in decision.reasons()
+
+
+def test_more_dead_heads_than_the_champion_is_blocked():
+    base = champion()
+    importance = np.full((2, 4), 0.5)
+    importance[0, :3] = 0.0
+    dead = candidate_from(base, attention={**base.attention, "importance": importance.tolist()})
+    assert failed(gate_of(dead, base)) == {"attention_health"}
+    assert gate_of(dead, base, max_dead_heads_increase=3).passed
+
+
+def test_changed_tokenizer_is_blocked_unless_the_spec_allows_it():
+    base = champion()
+    changed = candidate_from(base, tokenizer_sha256="b" * 64)
+    decision = gate_of(changed, base)
+    assert failed(decision) == {"tokenizer"}
+    assert "allow_tokenizer_change" in decision.reasons()
+    assert gate_of(changed, base, allow_tokenizer_change=True).passed
+
+
+def test_pii_in_artifacts_fails_the_gate():
+    base = champion()
+    leaky = candidate_from(base, pii_findings=["model_card.md: EMAIL_ADDRESS x1"])
+    decision = gate_of(leaky, base)
+    assert failed(decision) == {"pii"}
+    assert "model_card.md" in decision.reasons()
+
+
+def test_more_unsupported_assertions_than_allowed_is_blocked():
+    def assert_everything(frame, rng):
+        frame.loc[~frame["label"].isin(LABELS), "unsupported"] = rng.random(100) < 0.5
+
+    base = champion()
+    decision = gate_of(with_predictions(base, assert_everything), base)
+    assert failed(decision) == {"unsupported_assertions"}
+
+
+def test_without_champion_absolute_limits_apply():
+    weak = champion(accuracy=0.5)
+    decision = gate_of(weak, None, min_macro_f1=0.8)
+    assert decision.verdict == "no_champion"
+    assert "quality_floor" in failed(decision)
+    assert {c.name for c in decision.checks} >= {"quality_floor", "calibration", "tokenizer"}
+
+
+def test_versions_scored_on_different_inputs_cannot_be_compared():
+    base = champion()
+    other = candidate_from(champion(seed=1))
+    with pytest.raises(ValueError, match="same test inputs"):
+        gate_of(other, base)
+
+
+def test_decision_serialises_for_tags_and_artifacts():
+    base = champion()
+    decision = gate_of(candidate_from(base), base)
+    as_dict = decision.to_dict()
+    assert as_dict["passed"] is True and as_dict["champion"] == "1"
+    assert "| quality_vs_champion | pass |" in decision.table()
+    import json
+
+    json.dumps(as_dict)
