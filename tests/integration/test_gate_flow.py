@@ -73,9 +73,7 @@ def test_same_recipe_retrained_is_no_different_from_the_champion(
     assert "gate/drift.html" in artifacts
 
 
-def test_failed_gate_exits_non_zero_and_tags_the_reason(
-    attnops_home, demo_dir, write_spec, capsys
-):
+def test_failed_gate_exits_non_zero_and_tags_the_reason(attnops_home, demo_dir, write_spec, capsys):
     path = _spec(demo_dir, write_spec, min_macro_f1=0.99)
     train(path)
     assert main(["gate", "--spec", path]) == 1
