@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         help="version number or alias to gate (default: the challenger)",
     )
 
-    demo = commands.add_parser("demo", help="generate the demo data and run the loop on it")
+    demo = commands.add_parser(
+        "demo", help="generate the demo data, train and gate the first version"
+    )
     demo.add_argument(
         "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
     )
@@ -134,7 +136,10 @@ def _demo(spec_path: str, *, regenerate: bool) -> None:
                 f"the demo expects data.train/validation/test as {folder}/train|validation|test"
             )
         print(f"demo data written to {folder}/")
-    _train(spec_path, resume=False)
+    version = _train(spec_path, resume=False)
+    print(f"\ngating v{version.version} (the demo's first version: absolute limits)")
+    if not _gate(spec_path, version.version):
+        raise RuntimeError(f"the demo's v{version.version} did not pass the gate (see above)")
 
 
 if __name__ == "__main__":

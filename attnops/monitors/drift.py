@@ -292,8 +292,12 @@ class _WordBag:
         )
 
     def count(self, texts: pd.Series) -> np.ndarray:
-        tokenised = [_WORD.findall(t.lower()) for t in texts]
-        return np.asarray(self._matrix(tokenised).sum(axis=0)).ravel()
+        """Word counts of all `texts` together over the vocabulary cells."""
+        counts = np.zeros(len(self.index) + 1)
+        unseen = len(self.index)
+        for word, k in Counter(_WORD.findall("\n".join(texts).lower())).items():
+            counts[self.index.get(word, unseen)] += k
+        return counts
 
 
 class _Kernel:

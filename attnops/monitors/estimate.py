@@ -25,7 +25,8 @@ class PerformanceEstimate:
     """Estimated share of correct predictions in the window."""
     accuracy_low: float
     accuracy_high: float
-    """Bounds of the estimate: sampling spread plus the map's error on the reference."""
+    """Bounds of the estimate: the window's sampling spread and the map's own uncertainty
+    (from refitting it on bootstrap resamples of the reference), combined."""
     n: int
 
     def metrics(self, prefix: str = "estimated_") -> dict[str, float]:
@@ -45,18 +46,19 @@ class PerformanceEstimator:
         z: width of the bounds in standard errors (1.96 for about 95%).
     """
 
-    def __init__(self, reference: pd.DataFrame, *, z: float = 1.96) -> None:
+    def __init__(
+        self, reference: pd.DataFrame, *, z: float = 1.96, resamples: int = 100, seed: int = 0
+    ) -> None:
         for column in ("label", "prediction", "confidence"):
             if column not in reference:
                 raise ValueError(f"reference records lack the '{column}' column")
         correct = (reference["label"] == reference["prediction"]).to_numpy(dtype=float)
         confidence = reference["confidence"].to_numpy(dtype=float)
-        self._map = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-        self._map.fit(confidence, correct)
+        self._map = _fit(confidence, correct)
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, len(correct), size=(resamples, len(correct)))
+        self._bootstrap_maps = [_fit(confidence[rows], correct[rows]) for rows in draws]
         self.z = z
-        # How far the map is from the truth on data it was fitted on is optimistic; a
-        # 2-fold refit gives an honest bias bound for the reference's own size.
-        self.reference_error = _cross_fitted_error(confidence, correct)
 
     def estimate(self, confidence: np.ndarray) -> PerformanceEstimate:
         """Estimated accuracy of a window from its predictions' confidence."""
@@ -65,8 +67,9 @@ class PerformanceEstimator:
             raise ValueError("cannot estimate performance on an empty window")
         p = self._map.predict(confidence)
         accuracy = float(p.mean())
-        spread = self.z * float(np.sqrt((p * (1 - p)).sum())) / len(p)
-        margin = spread + self.reference_error
+        sampling_var = float((p * (1 - p)).sum()) / len(p) ** 2
+        fit_var = float(np.var([m.predict(confidence).mean() for m in self._bootstrap_maps]))
+        margin = self.z * np.sqrt(sampling_var + fit_var)
         return PerformanceEstimate(
             accuracy=accuracy,
             accuracy_low=max(0.0, accuracy - margin),
@@ -75,15 +78,6 @@ class PerformanceEstimator:
         )
 
 
-def _cross_fitted_error(confidence: np.ndarray, correct: np.ndarray, seed: int = 0) -> float:
-    """|estimated - actual accuracy| on each half with the map fitted on the other, max."""
-    if len(confidence) < 20:
-        return 0.0
-    halves = np.random.default_rng(seed).permutation(len(confidence)) % 2
-    errors = []
-    for half in (0, 1):
-        fit, held = halves != half, halves == half
-        mapping = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-        mapping.fit(confidence[fit], correct[fit])
-        errors.append(abs(mapping.predict(confidence[held]).mean() - correct[held].mean()))
-    return float(max(errors))
+def _fit(confidence: np.ndarray, correct: np.ndarray) -> IsotonicRegression:
+    mapping = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    return mapping.fit(confidence, correct)

@@ -26,7 +26,7 @@ class UnsupportedAssertions:
     n_flagged: int
     n: int
     reference_rate: float
-    """The same share on in-scope reference inputs (leave-one-out)."""
+    """The same share on the reference (in-scope inputs leave-one-out)."""
     alarm_rate: float
     """The rate above which a window of this size is unlikely (p < alpha) to be reference-like."""
 
@@ -67,15 +67,21 @@ class UnsupportedAssertionDetector:
             if column not in reference:
                 raise ValueError(f"reference records lack the '{column}' column")
         in_scope = (reference["label"] != out_of_scope_label).to_numpy()
-        self.anchors = np.stack(reference["embedding"].to_numpy()[in_scope]).astype(np.float32)
+        vectors = np.stack(reference["embedding"].to_numpy()).astype(np.float32)
+        self.anchors = vectors[in_scope]
         if len(self.anchors) < 10:
             raise ValueError(f"need >= 10 in-scope reference records, got {len(self.anchors)}")
         self.confidence_threshold = out_of_scope_threshold
         self.alpha = alpha
         own = _nearest_distance(self.anchors, self.anchors, exclude_self=True)
         self.distance_threshold = float(np.quantile(own, distance_quantile))
-        confident = reference["confidence"].to_numpy()[in_scope] >= out_of_scope_threshold
-        self.reference_rate = float((confident & (own > self.distance_threshold)).mean())
+        # The normal rate counts the whole reference, out-of-scope inputs included, as
+        # live traffic has them; in-scope inputs leave themselves out of the neighbourhood.
+        distance = np.empty(len(vectors), dtype=np.float32)
+        distance[in_scope] = own
+        distance[~in_scope] = _nearest_distance(vectors[~in_scope], self.anchors)
+        confident = reference["confidence"].to_numpy() >= out_of_scope_threshold
+        self.reference_rate = float((confident & (distance > self.distance_threshold)).mean())
 
     def flags(self, records: pd.DataFrame) -> np.ndarray:
         """True for each record that asserts a label the reference does not support."""

@@ -44,6 +44,12 @@ def test_demo_registers_a_good_model_with_its_tokenizer_in_minutes(tmp_path):
     files = {p.name for p in model_dir.rglob("*") if p.is_file()}
     assert {"tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= files, files
 
+    # The gate ran on it, and its decision and reports are on the version.
+    assert "gate passed for support-tickets v1 (no champion)" in done.stdout
+    assert version.tags["attnops.gate"] == "passed", version.tags.get("attnops.gate_reasons")
+    gate_files = {a.path for a in client.list_artifacts(version.run_id, "gate")}
+    assert {"gate/gate.json", "gate/classification.html"} <= gate_files
+
     metrics = client.get_run(version.run_id).data.metrics
     assert metrics["test_macro_f1"] >= 0.90
     # The demo data is hard enough that attention visibly beats bag-of-words.

@@ -1,0 +1,114 @@
+"""Monitoring on the demo scenarios: 20 windows each, at the spec's window size.
+
+A small BERT is fine-tuned on the demo tickets; its reference profile and every window
+go through the same code the pipeline uses (records, PII redaction, calibrated checks).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from attnops.demo.tickets import SCENARIOS, generate_tickets, write_demo_dataset
+from attnops.models.batching import encode
+from attnops.models.classifier import train_classifier
+from attnops.models.data import load_labelled_data
+from attnops.models.inference import predict
+from attnops.models.metrics import out_of_scope_threshold
+from attnops.models.profile import EmbeddingProjection
+from attnops.models.records import score_records
+from attnops.monitors.reference import ReferenceProfile, redact_records
+from attnops.spec import MonitoringSpec, PipelineSpec
+from tests.conftest import tiny_spec_dict
+
+SEEDS = range(20)
+WINDOW = MonitoringSpec().window_size
+OOS_SHARE = 0.1  # as in the demo's splits
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenarios")
+    write_demo_dataset(folder, seed=0, n_train=1200, n_validation=300, n_test=600)
+    raw = tiny_spec_dict(folder, epochs=4, batch_size=32)
+    raw["model"]["max_length"] = 128
+    spec = PipelineSpec.model_validate(raw)
+    data = load_labelled_data(spec.data)
+    trained = train_classifier(spec, data, progress=False)
+    model, tokenizer, names = trained.model, trained.tokenizer, data.label_names
+    val = data.splits["validation"]
+    val_pred = predict(
+        model,
+        encode(tokenizer, val["text"].tolist(), 128),
+        pad_id=tokenizer.pad_token_id,
+        device=torch.device("cpu"),
+        with_embeddings=True,
+    )
+    in_scope = val["label"].isin(names).to_numpy()
+    projection = EmbeddingProjection.fit(val_pred.embeddings[in_scope], 32)
+
+    def records(frame, seed):
+        scored = score_records(
+            model,
+            tokenizer,
+            frame["text"].tolist(),
+            label_names=names,
+            max_length=128,
+            projection=projection,
+            device=torch.device("cpu"),
+            attention_share=0.2,
+            seed=seed,
+        )
+        scored.insert(0, "text", frame["text"].to_numpy())
+        return redact_records(scored)  # as the inference log stores them
+
+    test = data.splits["test"]
+    reference = records(test, seed=0).assign(label=test["label"].to_numpy())
+    summary = {
+        "out_of_scope_threshold": out_of_scope_threshold(val_pred.confidence[in_scope], 0.05),
+        "out_of_scope_label": "out_of_scope",
+    }
+    profile = ReferenceProfile(reference, summary, MonitoringSpec())
+
+    @functools.cache
+    def window(scenario, seed):
+        tickets = generate_tickets(
+            WINDOW, seed=10_000 + seed, scenario=scenario, out_of_scope_share=OOS_SHARE
+        )
+        scored = records(tickets, seed)
+        return scored, tickets["intent"].to_numpy()
+
+    return profile, window
+
+
+@pytest.mark.slow
+def test_same_distribution_windows_alarm_at_most_one_in_ten(world):
+    profile, window = world
+    assessed = [profile.assess(window("normal", seed)[0]) for seed in SEEDS]
+    alarms = [a for a in assessed if a.alarm]
+    assert len(alarms) <= 2, [a.reasons() for a in alarms]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "normal"])
+def test_every_drift_scenario_is_detected_in_nine_windows_of_ten(world, scenario):
+    profile, window = world
+    detected = sum(profile.assess(window(scenario, seed)[0]).alarm for seed in SEEDS)
+    assert detected >= 18, f"{scenario}: detected in {detected} of {len(SEEDS)} windows"
+
+
+@pytest.mark.slow
+def test_label_free_estimate_brackets_the_true_accuracy(world):
+    profile, window = world
+    inside, errors = 0, []
+    for seed in SEEDS:
+        records, intents = window("normal", seed)
+        estimate = profile.assess(records).estimate
+        actual = float((records["prediction"].to_numpy() == intents).mean())
+        inside += estimate.accuracy_low <= actual <= estimate.accuracy_high
+        errors.append(abs(estimate.accuracy - actual))
+    assert inside >= 18, f"bounds held in {inside} of {len(SEEDS)} windows"
+    assert np.mean(errors) < 0.05
