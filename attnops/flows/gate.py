@@ -140,6 +140,5 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
                 tsne_rows=0,
             )
         record_decision(settings, spec, run_id, decision, folder)
-    print(decision.table())
     print(f"gate {'passed' if decision.passed else 'FAILED'}: {decision.reasons()}")
     return decision
