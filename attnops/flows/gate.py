@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import flow
 
 from attnops.flows.tasks import compute_task, io_task
@@ -46,9 +47,14 @@ def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, versio
     client = registry.client_for(settings)
     loaded = versions.load_version(client, spec.name, version, scratch)
     test = load_labelled_data(spec.data, spec_path).splits["test"]
-    card = mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")
+    uri = f"models:/{spec.name}/{version}"
+    example = mlflow.models.Model.load(uri).load_input_example(uri)
+    texts = {
+        "model_card.md": [mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")],
+        "input_example": [] if example is None else [str(v) for v in np.ravel(example)],
+    }
     evidence, records = gather_evidence(
-        loaded, test, spec, device=pick_device(spec.training.device), model_card=card
+        loaded, test, spec, device=pick_device(spec.training.device), artifact_texts=texts
     )
     return evidence, records, loaded.run_id, loaded.label_names
 

@@ -17,7 +17,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from attnops.models.modeling import tokenizer_sha256
-from attnops.models.profile import PROFILE_SUMMARY, PROFILE_TABLE, EmbeddingProjection
+from attnops.models.profile import (
+    PROFILE_SUMMARY,
+    PROFILE_TABLE,
+    EmbeddingProjection,
+    read_profile_summary,
+)
 from attnops.models.registry import TAG
 
 EVALUATION_JSON = "evaluation/evaluation.json"
@@ -47,8 +52,7 @@ class LoadedVersion:
         return json.loads((self.folder / EVALUATION_JSON).read_text())
 
     def profile_summary(self) -> tuple[dict[str, object], EmbeddingProjection]:
-        summary = json.loads((self.folder / REFERENCE_FOLDER / PROFILE_SUMMARY).read_text())
-        return summary, EmbeddingProjection.from_dict(summary.pop("embedding_projection"))
+        return read_profile_summary(self.folder / REFERENCE_FOLDER / PROFILE_SUMMARY)
 
     def reference_records(self) -> pd.DataFrame:
         return pd.read_parquet(self.folder / REFERENCE_FOLDER / PROFILE_TABLE)

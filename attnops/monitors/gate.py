@@ -56,7 +56,7 @@ class GateDecision:
     champion: str | None
     checks: list[GateCheck]
     verdict: str
-    """Quality vs champion: 'better', 'worse', 'no_difference', or 'no_champion'."""
+    """Quality vs champion: better, worse, no_difference, not_comparable or no_champion."""
 
     @property
     def passed(self) -> bool:
@@ -124,24 +124,38 @@ def decide(
                 "test inputs; a paired comparison needs both on the same split"
             )
         y_champ = _codes(champ_in["prediction"], names)
-        comparison = compare_paired(
-            y_true,
-            y_cand,
-            y_champ,
-            n_classes=len(names),
-            margin=gate.non_inferiority_margin,
-            confidence=gate.confidence,
-        )
-        verdict = comparison.verdict
-        checks.append(
-            _check(
-                "quality_vs_champion",
-                comparison.non_inferior,
-                f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}",
-                **asdict(comparison),
+        unknown = sorted(set(champ_in["prediction"][y_champ < 0]))
+        if unknown:
+            # Different label sets have no common macro-F1: a person must decide.
+            verdict = "not_comparable"
+            checks.append(
+                _check(
+                    "quality_vs_champion",
+                    False,
+                    f"the champion predicts labels the candidate lacks ({', '.join(unknown)}); "
+                    "a paired test needs one label set, so the change needs a human decision",
+                    unknown_labels=unknown,
+                )
             )
-        )
-        checks.append(_slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate))
+        else:
+            comparison = compare_paired(
+                y_true,
+                y_cand,
+                y_champ,
+                n_classes=len(names),
+                margin=gate.non_inferiority_margin,
+                confidence=gate.confidence,
+            )
+            verdict = comparison.verdict
+            checks.append(
+                _check(
+                    "quality_vs_champion",
+                    comparison.non_inferior,
+                    f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}",
+                    **asdict(comparison),
+                )
+            )
+            checks.append(_slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate))
     ece, _ = expected_calibration_error(
         cand_in["confidence"].to_numpy(), y_cand == y_true, ece_bins
     )

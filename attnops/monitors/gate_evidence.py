@@ -28,14 +28,15 @@ def gather_evidence(
     spec: PipelineSpec,
     *,
     device: torch.device,
-    model_card: str = "",
+    artifact_texts: dict[str, list[str]] | None = None,
 ) -> tuple[VersionEvidence, pd.DataFrame]:
     """Score `loaded` on the `test` split; return its gate evidence and its test records.
 
     Args:
         test: the spec's test split (`text`, `label` and the slice columns), in and out of
             scope alike.
-        model_card: the version's model card text, checked for PII with the profile.
+        artifact_texts: the version's human-readable artifacts (model card, input example)
+            by name, checked for PII together with the stored reference profile.
     """
     model = loaded.model.to(device)
     summary, projection = loaded.profile_summary()
@@ -80,14 +81,14 @@ def gather_evidence(
         performance={k: timing[k] for k in ("latency_ms_p95", "latency_ms_p99", "model_size_mb")},
         attention=loaded.evaluation()["attention"],
         tokenizer_sha256=loaded.tokenizer_sha256,
-        pii_findings=_pii_findings(model_card, reference),
+        pii_findings=_pii_findings(artifact_texts or {}, reference),
     )
     return evidence, records
 
 
-def _pii_findings(model_card: str, reference: pd.DataFrame) -> list[str]:
+def _pii_findings(artifact_texts: dict[str, list[str]], reference: pd.DataFrame) -> list[str]:
     """'artifact: ENTITY xN' for PII in the version's human-readable artifacts."""
-    texts = {"model_card.md": [model_card]}
+    texts = dict(artifact_texts)
     if TEXT in reference:
         texts["reference_profile.parquet"] = reference[TEXT].fillna("").astype(str).tolist()
     findings = []

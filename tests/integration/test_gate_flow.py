@@ -75,13 +75,18 @@ def test_same_recipe_retrained_is_no_different_from_the_champion(
 
 def test_failed_gate_exits_non_zero_and_tags_the_reason(attnops_home, demo_dir, write_spec, capsys):
     path = _spec(demo_dir, write_spec, min_macro_f1=0.99)
-    train(path)
+    version = train(path)
+    # A model card that leaks an address must fail the gate too.
+    client = _client()
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    client.log_text(version.run_id, card + "\nQuestions: ann.lee@example.com\n", "model_card.md")
     assert main(["gate", "--spec", path]) == 1
     err = capsys.readouterr().err
     assert "attnops gate: failed: quality_floor: macro-F1" in err
-    tags = _client().get_model_version("tiny-tickets", "1").tags
+    tags = client.get_model_version("tiny-tickets", "1").tags
     assert tags["attnops.gate"] == "failed"
     assert "quality_floor" in tags["attnops.gate_reasons"]
+    assert "pii: PII in model_card.md: EMAIL_ADDRESS x1" in tags["attnops.gate_reasons"]
 
 
 def test_tampered_tokenizer_is_refused_before_any_decision(attnops_home, demo_dir, write_spec):

@@ -194,3 +194,15 @@ def test_decision_serialises_for_tags_and_artifacts():
     import json
 
     json.dumps(as_dict)
+
+
+def test_champion_with_labels_the_candidate_lacks_needs_a_human():
+    """No common macro-F1 across label sets: blocked with the labels named, not guessed."""
+    base = champion()
+    frame = base.predictions.copy()
+    frame.loc[:9, "prediction"] = "retired_intent"
+    old = dataclasses.replace(base, predictions=frame)
+    decision = gate_of(candidate_from(base), old)
+    assert decision.verdict == "not_comparable"
+    assert failed(decision) == {"quality_vs_champion"}
+    assert "retired_intent" in decision.reasons()
