@@ -147,11 +147,18 @@ def decide(
                 confidence=gate.confidence,
             )
             verdict = comparison.verdict
+            reason = f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}"
+            if verdict == "no_difference" and not comparison.non_inferior:
+                reason = (
+                    f"inconclusive, not shown to be within {comparison.margin} of the champion: "
+                    f"{comparison.reason()}; the test split is too small for this margin "
+                    "(enlarge it, or widen gate.non_inferiority_margin)"
+                )
             checks.append(
                 _check(
                     "quality_vs_champion",
                     comparison.non_inferior,
-                    f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}",
+                    reason,
                     **asdict(comparison),
                 )
             )

@@ -29,7 +29,8 @@ class PairedComparison:
     ci_high: float
     confidence: float
     verdict: Verdict
-    """'better'/'worse' only when the whole interval lies on that side of zero."""
+    """'better'/'worse' only when the whole interval lies on that side of zero and
+    McNemar's test is significant at the same level."""
     non_inferior: bool
     """The interval's lower end is above -margin: not worse by more than the margin."""
     margin: float
@@ -88,7 +89,15 @@ def compare_paired(
     )
     alpha = 1.0 - confidence
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
-    verdict: Verdict = "better" if low > 0 else "worse" if high < 0 else "no_difference"
+    # Percentile intervals are unreliable when only a handful of inputs are decided
+    # differently (a single one-sided pair pushes the whole interval off zero), so a
+    # verdict also needs McNemar's exact test on those inputs to agree.
+    p_value = mcnemar_exact(y_true, candidate, champion)
+    significant = p_value < alpha
+    verdict: Verdict = (
+        "better" if low > 0 and significant else "worse" if high < 0 and significant
+        else "no_difference"
+    )  # fmt: skip
     return PairedComparison(
         candidate_macro_f1=float(cand),
         champion_macro_f1=float(champ),
@@ -99,7 +108,7 @@ def compare_paired(
         verdict=verdict,
         non_inferior=bool(low >= -margin),
         margin=margin,
-        mcnemar_p_value=mcnemar_exact(y_true, candidate, champion),
+        mcnemar_p_value=p_value,
         n=n,
     )
 

@@ -206,3 +206,29 @@ def test_champion_with_labels_the_candidate_lacks_needs_a_human():
     assert decision.verdict == "not_comparable"
     assert failed(decision) == {"quality_vs_champion"}
     assert "retired_intent" in decision.reasons()
+
+
+def spoil_share(share: float):
+    def spoil(frame, rng):
+        right = frame["label"].isin(LABELS) & (frame["label"] == frame["prediction"])
+        hit = right & (rng.random(len(frame)) < share)
+        frame.loc[hit, "prediction"] = [LABELS[(LABELS.index(v) + 1) % 10]
+                                        for v in frame.loc[hit, "label"]]  # fmt: skip
+
+    return spoil
+
+
+def test_clearly_worse_candidate_is_blocked_as_worse():
+    base = champion()
+    decision = gate_of(with_predictions(base, spoil_share(0.08)), base)
+    assert decision.verdict == "worse"
+    assert "quality_vs_champion" in failed(decision)
+
+
+def test_margin_tighter_than_the_evidence_is_inconclusive_not_worse():
+    """No significant difference, but the CI is too wide to prove the margin: say so."""
+    base = champion()
+    decision = gate_of(with_predictions(base, spoil_share(0.003)), base, non_inferiority_margin=0)
+    assert decision.verdict == "no_difference"
+    assert failed(decision) == {"quality_vs_champion"}
+    assert "inconclusive" in decision.reasons() and "too small" in decision.reasons()

@@ -84,3 +84,18 @@ def test_mcnemar_counts_only_discordant_pairs():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="same non-empty test inputs"):
         compare_paired(np.array([0, 1]), np.array([0]), np.array([0, 1]), n_classes=2)
+
+
+def test_a_handful_of_one_sided_disagreements_is_not_a_verdict():
+    """Three inputs only the champion gets right: the bootstrap interval leaves zero,
+    but McNemar (p=0.25) says this is noise, so neither 'worse' nor 'better' is called."""
+    rng = np.random.default_rng(4)
+    y = _labels(rng, n=1000)
+    champion = _noisy(rng, y, 0.9)
+    candidate = champion.copy()
+    right = np.flatnonzero(champion == y)[:3]
+    candidate[right] = (y[right] + 1) % N_CLASSES
+    result = compare_paired(y, candidate, champion, n_classes=N_CLASSES)
+    assert result.ci_high <= 0
+    assert result.mcnemar_p_value == pytest.approx(0.25)
+    assert result.verdict == "no_difference"
