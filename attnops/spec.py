@@ -144,6 +144,8 @@ class GateSpec(_Section):
     max_latency_ms_p99: float = Field(500.0, gt=0)
     max_latency_increase: float = Field(0.3, ge=0)
     """Allowed relative increase of p95 and p99 latency over the champion (0.3 = +30%)."""
+    latency_samples: int = Field(200, ge=20)
+    """Batch-1 requests per version, alternating between candidate and champion."""
     max_model_size_mb: float = Field(2000.0, gt=0)
     max_model_size_increase: float = Field(0.3, ge=0)
     max_unsupported_assertion_rate: float = Field(0.4, ge=0, le=1)

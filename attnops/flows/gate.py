@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from attnops.models import registry, versions
 from attnops.models.data import load_labelled_data
 from attnops.models.modeling import pick_device
 from attnops.monitors.gate import GateDecision, decide
-from attnops.monitors.gate_evidence import gather_evidence, slice_columns
+from attnops.monitors.gate_evidence import gather_evidence, measure_side_by_side, slice_columns
 from attnops.monitors.reports import classification_report, drift_report
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
@@ -43,7 +44,7 @@ def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
 
 @compute_task
 def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, version: str, scratch):
-    """Load the version (tokenizer verified), score it on the test split, time it."""
+    """Load the version (tokenizer verified) and score it on the test split."""
     client = registry.client_for(settings)
     loaded = versions.load_version(client, spec.name, version, scratch)
     test = load_labelled_data(spec.data, spec_path).splits["test"]
@@ -56,34 +57,46 @@ def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, versio
     evidence, records = gather_evidence(
         loaded, test, spec, device=pick_device(spec.training.device), artifact_texts=texts
     )
-    return evidence, records, loaded.run_id, loaded.label_names
+    return loaded, evidence, records
+
+
+@compute_task
+def time_versions(spec: PipelineSpec, spec_path: str, loaded: list) -> list[dict[str, float]]:
+    """Latency of all versions at once, request by request in turn, on in-scope test inputs."""
+    test = load_labelled_data(spec.data, spec_path).splits["test"]
+    texts = test[test["label"].isin(loaded[0].label_names)]["text"].tolist()
+    return measure_side_by_side(
+        loaded, texts, samples=spec.gate.latency_samples, device=pick_device(spec.training.device)
+    )
 
 
 @io_task
 def record_decision(
     settings: Settings, spec: PipelineSpec, run_id: str, decision: GateDecision, folder: Path
 ) -> None:
-    """Artifacts first, tags last: a version tagged with a decision always has its evidence."""
+    """Evidence first, verdict last: `attnops.gate` says pending until everything is written,
+    so a crash halfway never leaves an old verdict next to new evidence."""
     client = registry.client_for(settings)
+    name, version = spec.name, decision.candidate
+    client.set_model_version_tag(name, version, f"{registry.TAG}gate", "pending")
     (folder / "gate.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str))
     (folder / "gate.md").write_text(f"# Gate: v{decision.candidate}\n\n{decision.table()}\n")
     client.log_artifacts(run_id, str(folder), GATE_FOLDER)
-    name, version = spec.name, decision.candidate
-    description = client.get_model_version(name, version).description or ""
-    head = description.split("\n<!-- gate -->\n")[-1]
     verdict = "passed" if decision.passed else "failed"
     against = f"champion v{decision.champion}" if decision.champion else "absolute limits"
+    description = client.get_model_version(name, version).description or ""
+    card = description.split("\n<!-- gate -->\n")[-1]
     client.update_model_version(
         name,
         version,
         description=f"## Gate: {verdict} (vs {against})\n\n{decision.table()}\n"
-        f"\nEvidence: run artifacts `{GATE_FOLDER}/`.\n\n<!-- gate -->\n{head}",
+        f"\nEvidence: run artifacts `{GATE_FOLDER}/`.\n\n<!-- gate -->\n{card}",
     )
     tags = {
-        f"{registry.TAG}gate": verdict,
         f"{registry.TAG}gate_reasons": decision.reasons()[:5000],
         f"{registry.TAG}gate_champion": decision.champion or "none",
         f"{registry.TAG}gate_verdict": decision.verdict,
+        f"{registry.TAG}gate": verdict,  # last
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -106,14 +119,23 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
     )
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         scratch = Path(scratch)
-        cand, cand_records, run_id, labels = score_version(
+        cand_loaded, cand, cand_records = score_version(
             spec, spec_path, settings, candidate_version, scratch
         )
-        champ = champ_records = None
+        loaded, scored = [cand_loaded], [cand]
+        champ_records = None
         if champion_version is not None:
-            champ, champ_records, *_ = score_version(
+            champ_loaded, champ, champ_records = score_version(
                 spec, spec_path, settings, champion_version, scratch
             )
+            loaded.append(champ_loaded)
+            scored.append(champ)
+        timings = time_versions(spec, spec_path, loaded)
+        cand, *rest = [
+            dataclasses.replace(e, performance=t) for e, t in zip(scored, timings, strict=True)
+        ]
+        champ = rest[0] if rest else None
+        run_id, labels = cand_loaded.run_id, cand_loaded.label_names
         decision = decide(
             cand,
             champ,

@@ -53,8 +53,7 @@ def measure_performance(
     metrics = {
         **percentiles(np.asarray(single) * 1000, "latency_ms"),
         "throughput_per_s": len(data) / sum(batched),
-        "model_size_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        / 2**20,
+        "model_size_mb": model_size_mb(model),
     }
     if cuda:
         metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -63,7 +62,44 @@ def measure_performance(
     return metrics
 
 
+def model_size_mb(model) -> float:
+    """Size of the weights and buffers as loaded, in MiB."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+
+
 def _peak_rss_mb() -> float:
     """The process's lifetime peak resident set (it includes training when run after it)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+@torch.inference_mode()
+def interleaved_latency_ms(
+    runs: list[tuple[object, Encoded, int]], *, samples: int, device: torch.device
+) -> list[dict[str, float]]:
+    """Batch-1 latency percentiles of several models, measured turn by turn on the same inputs.
+
+    Timing one model after the other lets a busy neighbour, a CPU frequency change or a
+    cache warm-up land on one side only; alternating request by request spreads them over
+    all. `runs` holds (model, encoded inputs, pad id) per model, inputs in the same order.
+
+    Returns:
+        One {'latency_ms_p50', 'latency_ms_p95', 'latency_ms_p99'} per run, in order.
+    """
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    n = min(samples, *(len(data) for _, data, _ in runs))
+    seconds: list[list[float]] = [[] for _ in runs]
+    for model, _, _ in runs:
+        model.eval()
+    for i in [0, *range(n)]:  # the first round warms every model up and is not counted
+        for k, (model, data, pad_id) in enumerate(runs):
+            ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
+            batch.pop("labels", None)
+            started = time.perf_counter()
+            with autocast:
+                model(**batch)
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds[k].append(time.perf_counter() - started)
+    return [percentiles(np.asarray(s[1:]) * 1000, "latency_ms") for s in seconds]

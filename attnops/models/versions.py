@@ -66,7 +66,12 @@ def resolve(client: MlflowClient, name: str, ref: str):
         if ref.isdigit():
             return client.get_model_version(name, ref)
         return client.get_model_version_by_alias(name, ref)
-    except MlflowException:
+    except MlflowException as exc:
+        # Only "not there" means none; a busy or failing server must not read as "no
+        # champion", or a candidate would be gated on absolute limits alone.
+        missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+        if not missing or "not found" not in str(exc).lower():
+            raise
         if ref.isdigit():
             raise LookupError(f"model '{name}' has no version {ref}") from None
         return None

@@ -36,7 +36,7 @@ CATEGORICAL_CHECKS = ("prediction",)
 TEXT_CHECK = "text_content"
 EMBEDDING_CHECK = "embedding"
 ATTENTION_CHECK = "attention_entropy"
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[^\W\d_]+")  # letters of any script, no digits
 _ENTROPY_COLUMN = re.compile(r"^l\d+h\d+$")
 
 
@@ -53,6 +53,8 @@ class CheckResult:
     @property
     def score(self) -> float:
         """The statistic in units of its threshold: above 1 is drift."""
+        if self.statistic <= 0:
+            return 0.0
         return self.statistic / self.threshold if self.threshold > 0 else float("inf")
 
     def reason(self) -> str:
@@ -125,15 +127,17 @@ class DriftDetector:
         }
         self._vectors: dict[str, _Kernel] = {}
         if "embedding" in reference:
-            self._vectors[EMBEDDING_CHECK] = _Kernel(_stack(reference["embedding"]), seed)
+            self._vectors[EMBEDDING_CHECK] = _Kernel(
+                _stack(reference["embedding"]), seed, max_vector_rows
+            )
         entropy_cols = [c for c in reference.columns if _ENTROPY_COLUMN.match(c)]
         if entropy_cols:
             values = reference[entropy_cols].to_numpy(dtype=float)
             sampled = values[~np.isnan(values).any(axis=1)]
             if len(sampled) >= 10:
-                self._vectors[ATTENTION_CHECK] = _Kernel(sampled, seed)
+                self._vectors[ATTENTION_CHECK] = _Kernel(sampled, seed, max_vector_rows)
                 self._entropy_cols = entropy_cols
-        self._text = _WordBag(reference["text"]) if "text" in reference else None
+        self._text = _WordBag(reference["text"], seed) if "text" in reference else None
 
     def check_names(self, current: pd.DataFrame) -> list[str]:
         """The checks that run for `current`: those whose columns both sides have."""
@@ -161,10 +165,13 @@ class DriftDetector:
         for name in names:
             kind, statistic, null, n_ref, n_cur = self._run(name, current, weights, rng)
             threshold = float(np.quantile(null, quantile))
+            statistic = float(statistic)
+            if kind == "KS D":
+                # A column constant in the reference has a zero threshold: one record would
+                # alarm. Demand at least the smallest difference both sample sizes can show.
+                threshold = max(threshold, 1 / n_ref + 1 / max(n_cur, 1))
             results.append(
-                CheckResult(
-                    name, kind, float(statistic), threshold, statistic > threshold, n_ref, n_cur
-                )
+                CheckResult(name, kind, statistic, threshold, statistic > threshold, n_ref, n_cur)
             )
         return DriftResult(results, self.false_alarm_rate)
 
@@ -173,7 +180,7 @@ class DriftDetector:
             ref = self._numeric[name]
             cur = current[name].to_numpy(dtype=float)
             cur = cur[~np.isnan(cur)]
-            stat = stats.ks_2samp(ref, cur).statistic if len(cur) else 0.0
+            stat = stats.ks_2samp(ref, cur, method="asymp").statistic if len(cur) else 0.0
             return "KS D", stat, _ks_null(ref, len(cur), weights), len(ref), len(cur)
         if name in self._categorical:
             ref = self._categorical[name]
@@ -265,21 +272,24 @@ def _chi2_null(rows: sparse.csr_matrix, n: int, weights: _Weights) -> np.ndarray
 
 
 class _WordBag:
-    """Word counts per reference text over the reference vocabulary plus one unseen cell.
+    """Word counts per reference text over a vocabulary, plus one cell for unseen words.
 
-    Words seen in only one reference text count as unseen too: by Good-Turing, the share of
-    such words estimates how often new words appear in same-distribution text, so bootstrap
-    windows of the reference carry the right amount of "unseen" words.
+    The vocabulary comes from a random half of the reference and the counts from the other
+    half, so reference words outside the vocabulary are as "new" to it as a live window's
+    words are: a bootstrap of that half then carries the right amount of unseen words.
     """
 
-    def __init__(self, texts: pd.Series, max_vocabulary: int = 5000) -> None:
+    def __init__(self, texts: pd.Series, seed: int, max_vocabulary: int = 20000) -> None:
         tokenised = [_WORD.findall(t.lower()) for t in texts.fillna("").astype(str)]
-        doc_freq = Counter(w for words in tokenised for w in set(words))
-        common = [w for w, k in doc_freq.most_common(max_vocabulary) if k >= 2]
-        self.index = {w: i for i, w in enumerate(common)}
-        self.docs = self._matrix(tokenised)
+        half = np.random.default_rng(seed).permutation(len(tokenised)) % 2 == 0
+        vocabulary = Counter(
+            w for words, v in zip(tokenised, half, strict=True) if v for w in words
+        )
+        self.index = {w: i for i, (w, _) in enumerate(vocabulary.most_common(max_vocabulary))}
+        counted = [words for words, v in zip(tokenised, half, strict=True) if not v]
+        self.docs = self._matrix(counted)
         self.total = np.asarray(self.docs.sum(axis=0)).ravel()
-        self.n = len(tokenised)
+        self.n = len(counted)
 
     def _matrix(self, tokenised: list[list[str]]) -> sparse.csr_matrix:
         unseen = len(self.index)
@@ -303,7 +313,7 @@ class _WordBag:
 class _Kernel:
     """RBF kernel MMD against the reference, bandwidth = median reference distance."""
 
-    def __init__(self, reference: np.ndarray, seed: int, max_rows: int = 1000) -> None:
+    def __init__(self, reference: np.ndarray, seed: int, max_rows: int) -> None:
         if len(reference) > max_rows:
             rng = np.random.default_rng(seed)
             reference = reference[rng.choice(len(reference), max_rows, replace=False)]

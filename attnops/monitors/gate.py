@@ -39,6 +39,7 @@ class VersionEvidence:
     performance: dict[str, float]
     attention: dict[str, object]
     tokenizer_sha256: str
+    label_names: tuple[str, ...]
     pii_findings: list[str] = field(default_factory=list)
 
 
@@ -124,17 +125,20 @@ def decide(
                 "test inputs; a paired comparison needs both on the same split"
             )
         y_champ = _codes(champ_in["prediction"], names)
-        unknown = sorted(set(champ_in["prediction"][y_champ < 0]))
-        if unknown:
+        added = sorted(set(candidate.label_names) - set(champion.label_names))
+        removed = sorted(set(champion.label_names) - set(candidate.label_names))
+        if added or removed:
             # Different label sets have no common macro-F1: a person must decide.
             verdict = "not_comparable"
             checks.append(
                 _check(
                     "quality_vs_champion",
                     False,
-                    f"the champion predicts labels the candidate lacks ({', '.join(unknown)}); "
-                    "a paired test needs one label set, so the change needs a human decision",
-                    unknown_labels=unknown,
+                    f"label set changed (added: {', '.join(added) or 'none'}; removed: "
+                    f"{', '.join(removed) or 'none'}); a paired test needs one label set, "
+                    "so the change needs a human decision",
+                    added=added,
+                    removed=removed,
                 )
             )
         else:
@@ -205,30 +209,34 @@ def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
 
 
 def _slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate: GateSpec):
-    """Block a significant accuracy drop larger than the limit on any slice large enough."""
-    alpha = 1.0 - gate.confidence
+    """Block a significant accuracy drop larger than the limit on any slice large enough.
+
+    Significance is judged at (1 - confidence) / number of slices tested (Bonferroni), so
+    testing many slices does not make one of them fail by chance.
+    """
+    tested = []
+    for column in slice_columns:
+        if column in cand_in:
+            values = cand_in[column].astype(str).to_numpy()
+            for value in sorted(set(values)):
+                if (values == value).sum() >= gate.min_slice_size:
+                    tested.append((column, value, values == value))
+    alpha = (1.0 - gate.confidence) / max(len(tested), 1)
     worst: dict[str, object] = {}
     regressions = []
-    for column in slice_columns:
-        if column not in cand_in:
-            continue
-        values = cand_in[column].astype(str).to_numpy()
-        for value in sorted(set(values)):
-            mask = values == value
-            if mask.sum() < gate.min_slice_size:
-                continue
-            acc_cand = float((y_cand[mask] == y_true[mask]).mean())
-            acc_champ = float((y_champ[mask] == y_true[mask]).mean())
-            p = mcnemar_exact(y_true[mask], y_cand[mask], y_champ[mask])
-            drop = acc_champ - acc_cand
-            row = {"slice": f"{column}={value}", "n": int(mask.sum()), "drop": drop, "p": p}
-            if not worst or drop > worst["drop"]:
-                worst = row
-            if drop >= gate.max_slice_drop and p < alpha:
-                regressions.append(
-                    f"{column}={value}: accuracy {acc_cand:.3f} vs {acc_champ:.3f} "
-                    f"(-{drop:.3f}, McNemar p={p:.3g}, n={int(mask.sum())})"
-                )
+    for column, value, mask in tested:
+        acc_cand = float((y_cand[mask] == y_true[mask]).mean())
+        acc_champ = float((y_champ[mask] == y_true[mask]).mean())
+        p = mcnemar_exact(y_true[mask], y_cand[mask], y_champ[mask])
+        drop = acc_champ - acc_cand
+        row = {"slice": f"{column}={value}", "n": int(mask.sum()), "drop": drop, "p": p}
+        if not worst or drop > worst["drop"]:
+            worst = row
+        if drop >= gate.max_slice_drop and p < alpha:
+            regressions.append(
+                f"{column}={value}: accuracy {acc_cand:.3f} vs {acc_champ:.3f} "
+                f"(-{drop:.3f}, McNemar p={p:.3g}, n={int(mask.sum())})"
+            )
     if regressions:
         reason = "significant regression on " + "; ".join(regressions)
     elif worst:

@@ -1,8 +1,8 @@
 """Gather a version's gate evidence: score it on the test split now, on this machine.
 
 The candidate and the champion are scored on the same inputs in the same run, so the
-paired test compares like with like and latency ratios are not skewed by another machine
-or another day.
+paired test compares like with like, and timed request by request in turn, so latency
+ratios are not skewed by another machine, another day or a busy minute.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT
 from attnops.models.metrics import length_bucket
-from attnops.models.performance import measure_performance
+from attnops.models.performance import interleaved_latency_ms, model_size_mb
 from attnops.models.records import score_records
 from attnops.models.versions import LoadedVersion
 from attnops.monitors import pii
@@ -66,24 +66,32 @@ def gather_evidence(
     for column in spec.data.slice_columns:
         records[column] = test[column].to_numpy()
 
-    in_scope = test[test[LABEL].isin(loaded.label_names)]
-    timing = measure_performance(
-        model,
-        encode(loaded.tokenizer, in_scope[TEXT].tolist(), int(summary["max_length"])),
-        pad_id=loaded.tokenizer.pad_token_id,
-        device=device,
-        latency_samples=spec.evaluation.latency_samples,
-        throughput_batch_size=spec.evaluation.throughput_batch_size,
-    )
     evidence = VersionEvidence(
         version=loaded.version,
         predictions=records,
-        performance={k: timing[k] for k in ("latency_ms_p95", "latency_ms_p99", "model_size_mb")},
+        performance={},  # measured for all versions together: `measure_side_by_side`
         attention=loaded.evaluation()["attention"],
         tokenizer_sha256=loaded.tokenizer_sha256,
+        label_names=loaded.label_names,
         pii_findings=_pii_findings(artifact_texts or {}, reference),
     )
     return evidence, records
+
+
+def measure_side_by_side(
+    versions: list[LoadedVersion], texts: list[str], *, samples: int, device: torch.device
+) -> list[dict[str, float]]:
+    """Latency (alternating request by request between the versions) and model size."""
+    runs = []
+    for loaded in versions:
+        summary, _ = loaded.profile_summary()
+        encoded = encode(loaded.tokenizer, texts, int(summary["max_length"]))
+        runs.append((loaded.model.to(device), encoded, loaded.tokenizer.pad_token_id))
+    latency = interleaved_latency_ms(runs, samples=samples, device=device)
+    return [
+        timing | {"model_size_mb": model_size_mb(loaded.model)}
+        for timing, loaded in zip(latency, versions, strict=True)
+    ]
 
 
 def _pii_findings(artifact_texts: dict[str, list[str]], reference: pd.DataFrame) -> list[str]:

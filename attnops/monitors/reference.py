@@ -60,6 +60,7 @@ def save_reference(records: pd.DataFrame, out_dir: Path, monitoring: MonitoringS
                 "false_alarm_rate": monitoring.false_alarm_rate,
                 "thresholds": {c.name: c.threshold for c in calibration.checks},
                 "statistic_kinds": {c.name: c.kind for c in calibration.checks},
+                "window_rows_per_check": {c.name: c.n_current for c in calibration.checks},
             },
             indent=2,
         )

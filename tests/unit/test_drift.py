@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,3 +85,18 @@ def test_unseen_predicted_labels_count_as_drift(detector):
     window = records(300, seed=5)
     window.loc[: len(window) // 3, "prediction"] = "a_label_the_reference_never_had"
     assert "prediction" in detector.detect(window).drifted_checks
+
+
+def test_one_odd_record_does_not_trip_a_column_constant_in_the_reference():
+    reference = records(600, seed=1).assign(truncated=False)
+    window = records(500, seed=2).assign(truncated=False)
+    window.loc[0, "truncated"] = True
+    result = DriftDetector(reference, resamples=500).detect(window)
+    assert "truncated" not in result.drifted_checks
+    window.loc[:30, "truncated"] = True
+    assert "truncated" in DriftDetector(reference, resamples=500).detect(window).drifted_checks
+
+
+def test_results_are_plain_json(detector):
+    result = detector.detect(records(300, seed=7, scenario="long_messages"))
+    assert json.loads(json.dumps(result.to_dict()))["drifted"] is True

@@ -40,6 +40,7 @@ def champion(seed: int = 0, accuracy: float = 0.9) -> VersionEvidence:
             "collapsed_heads": [],
         },
         tokenizer_sha256="a" * 64,
+        label_names=tuple(LABELS),
     )
 
 
@@ -196,16 +197,16 @@ def test_decision_serialises_for_tags_and_artifacts():
     json.dumps(as_dict)
 
 
-def test_champion_with_labels_the_candidate_lacks_needs_a_human():
+def test_a_changed_label_set_needs_a_human_in_either_direction():
     """No common macro-F1 across label sets: blocked with the labels named, not guessed."""
     base = champion()
-    frame = base.predictions.copy()
-    frame.loc[:9, "prediction"] = "retired_intent"
-    old = dataclasses.replace(base, predictions=frame)
+    old = dataclasses.replace(base, label_names=(*LABELS, "retired_intent"))
     decision = gate_of(candidate_from(base), old)
     assert decision.verdict == "not_comparable"
     assert failed(decision) == {"quality_vs_champion"}
-    assert "retired_intent" in decision.reasons()
+    assert "removed: retired_intent" in decision.reasons()
+    grown = candidate_from(base, label_names=(*LABELS, "new_intent"))
+    assert "added: new_intent" in gate_of(grown, base).reasons()
 
 
 def spoil_share(share: float):
