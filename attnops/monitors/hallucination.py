@@ -28,7 +28,8 @@ class UnsupportedAssertions:
     reference_rate: float
     """The same share on the reference (in-scope inputs leave-one-out)."""
     alarm_rate: float
-    """The rate above which a window of this size is unlikely (p < alpha) to be reference-like."""
+    """The rate above which a window of this size is unlikely (p < alpha) to come from the
+    reference's distribution, given that the reference rate is itself estimated."""
 
     @property
     def alarm(self) -> bool:
@@ -82,6 +83,7 @@ class UnsupportedAssertionDetector:
         distance[~in_scope] = _nearest_distance(vectors[~in_scope], self.anchors)
         confident = reference["confidence"].to_numpy() >= out_of_scope_threshold
         self.reference_rate = float((confident & (distance > self.distance_threshold)).mean())
+        self.reference_n = len(vectors)
 
     def flags(self, records: pd.DataFrame) -> np.ndarray:
         """True for each record that asserts a label the reference does not support."""
@@ -95,9 +97,11 @@ class UnsupportedAssertionDetector:
         """The window's unsupported-assertion rate and whether it is above normal."""
         flags = self.flags(records)
         n = len(flags)
-        # Binomial upper quantile of the reference rate at this window size (at least one).
-        p = max(self.reference_rate, 1.0 / (len(self.anchors) + 1))
-        alarm_rate = float(stats.binom.ppf(1 - self.alpha, max(n, 1), p)) / max(n, 1)
+        # Two-sample bound: the reference rate is itself an estimate from a few hundred
+        # inputs, which matters more than the window's own noise once windows are large.
+        p = max(self.reference_rate, 1.0 / (self.reference_n + 1))
+        spread = np.sqrt(p * (1 - p) * (1 / max(n, 1) + 1 / self.reference_n))
+        alarm_rate = p + float(stats.norm.ppf(1 - self.alpha)) * spread
         return UnsupportedAssertions(
             rate=float(flags.mean()) if n else 0.0,
             n_flagged=int(flags.sum()),
