@@ -31,21 +31,12 @@ def measure_performance(
     """
     model.eval()
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
     def run(batches: list[np.ndarray]) -> list[float]:
-        seconds = []
-        for _, batch in iterate(data, [batches[0], *batches], pad_id, device):  # [0]: warm-up
-            batch.pop("labels", None)
-            started = time.perf_counter()
-            with autocast:
-                model(**batch)
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds.append(time.perf_counter() - started)
-        return seconds[1:]
+        timed = iterate(data, [batches[0], *batches], pad_id, device)  # [0]: warm-up
+        return [_timed_forward(model, batch, device) for _, batch in timed][1:]
 
     single = run([np.array([i]) for i in range(min(latency_samples, len(data)))])
     batches = sequential_batches(data.lengths, throughput_batch_size)
@@ -86,8 +77,6 @@ def interleaved_latency_ms(
     Returns:
         One {'latency_ms_p50', 'latency_ms_p95', 'latency_ms_p99'} per run, in order.
     """
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     n = min(samples, *(len(data) for _, data, _ in runs))
     seconds: list[list[float]] = [[] for _ in runs]
     for model, _, _ in runs:
@@ -95,11 +84,17 @@ def interleaved_latency_ms(
     for i in [0, *range(n)]:  # the first round warms every model up and is not counted
         for k, (model, data, pad_id) in enumerate(runs):
             ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
-            batch.pop("labels", None)
-            started = time.perf_counter()
-            with autocast:
-                model(**batch)
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds[k].append(time.perf_counter() - started)
+            seconds[k].append(_timed_forward(model, batch, device))
     return [percentiles(np.asarray(s[1:]) * 1000, "latency_ms") for s in seconds]
+
+
+def _timed_forward(model, batch: dict, device: torch.device) -> float:
+    """Seconds for one forward pass with the serving dtype, waiting for the GPU to finish."""
+    batch.pop("labels", None)
+    cuda = device.type == "cuda"
+    started = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        model(**batch)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started

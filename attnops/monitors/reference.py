@@ -30,8 +30,9 @@ def redact_records(records: pd.DataFrame) -> pd.DataFrame:
     """Copy of `records` with `has_pii` set from the raw `text` and the text redacted."""
     redacted = records.copy()
     texts = redacted["text"].fillna("").astype(str).tolist()
-    redacted["has_pii"] = [bool(hits) for hits in pii.find_pii(texts)]
-    redacted["text"] = pii.redact(texts)
+    found = pii.find_pii(texts)
+    redacted["has_pii"] = [bool(hits) for hits in found]
+    redacted["text"] = pii.redact(texts, found)
     return redacted
 
 

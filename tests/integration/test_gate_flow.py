@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from attnops.flows.cli import main
 from attnops.flows.gate import gate
 from attnops.flows.train import train
+from attnops.models import registry
 from attnops.settings import Settings
 from tests.conftest import tiny_spec_dict
 
@@ -29,9 +30,7 @@ def _spec(demo_dir, write_spec, **gate):
 
 
 def _client() -> MlflowClient:
-    settings = Settings.from_env()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    return MlflowClient(settings.tracking_uri)
+    return registry.client_for(Settings.from_env())
 
 
 def test_first_version_is_gated_on_absolute_limits_and_the_evidence_lands_on_it(

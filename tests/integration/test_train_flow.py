@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from attnops.flows.train import train
+from attnops.models import registry
 from attnops.models.modeling import tokenizer_sha256
 from attnops.settings import Settings
 from tests.conftest import tiny_spec_dict
@@ -16,9 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def _client() -> MlflowClient:
-    settings = Settings.from_env()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    return MlflowClient(settings.tracking_uri)
+    return registry.client_for(Settings.from_env())
 
 
 def test_train_registers_model_with_tokenizer_and_evidence(
