@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from prefect import flow
 
 from attnops.flows.tasks import compute_task, io_task
@@ -42,12 +43,19 @@ def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
     return str(found.version), None if champion is None else str(champion.version)
 
 
+@io_task
+def load_test_split(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
+    """The spec's test split, read once: both versions are judged on exactly these inputs."""
+    return load_labelled_data(spec.data, spec_path).splits["test"]
+
+
 @compute_task
-def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, version: str, scratch):
+def score_version(
+    spec: PipelineSpec, test: pd.DataFrame, settings: Settings, version: str, scratch: Path
+):
     """Load the version (tokenizer verified) and score it on the test split."""
     client = registry.client_for(settings)
     loaded = versions.load_version(client, spec.name, version, scratch)
-    test = load_labelled_data(spec.data, spec_path).splits["test"]
     uri = f"models:/{spec.name}/{version}"
     example = mlflow.models.Model.load(uri).load_input_example(uri)
     texts = {
@@ -61,9 +69,8 @@ def score_version(spec: PipelineSpec, spec_path: str, settings: Settings, versio
 
 
 @compute_task
-def time_versions(spec: PipelineSpec, spec_path: str, loaded: list) -> list[dict[str, float]]:
+def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[dict[str, float]]:
     """Latency of all versions at once, request by request in turn, on in-scope test inputs."""
-    test = load_labelled_data(spec.data, spec_path).splits["test"]
     texts = test[test["label"].isin(loaded[0].label_names)]["text"].tolist()
     return measure_side_by_side(
         loaded, texts, samples=spec.gate.latency_samples, device=pick_device(spec.training.device)
@@ -117,20 +124,21 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
         f"gating {spec.name} v{candidate_version} against "
         + (f"champion v{champion_version}" if champion_version else "absolute limits")
     )
+    test = load_test_split(spec, spec_path)
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         scratch = Path(scratch)
         cand_loaded, cand, cand_records = score_version(
-            spec, spec_path, settings, candidate_version, scratch
+            spec, test, settings, candidate_version, scratch
         )
         loaded, scored = [cand_loaded], [cand]
         champ_records = None
         if champion_version is not None:
             champ_loaded, champ, champ_records = score_version(
-                spec, spec_path, settings, champion_version, scratch
+                spec, test, settings, champion_version, scratch
             )
             loaded.append(champ_loaded)
             scored.append(champ)
-        timings = time_versions(spec, spec_path, loaded)
+        timings = time_versions(spec, test, loaded)
         cand, *rest = [
             dataclasses.replace(e, performance=t) for e, t in zip(scored, timings, strict=True)
         ]
