@@ -69,7 +69,7 @@ def score_version(
 
 
 @compute_task
-def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[dict[str, float]]:
+def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[dict[str, object]]:
     """Latency of all versions at once, request by request in turn, on in-scope test inputs."""
     texts = test[test["label"].isin(loaded[0].label_names)]["text"].tolist()
     return measure_side_by_side(

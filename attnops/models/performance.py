@@ -67,15 +67,16 @@ def _peak_rss_mb() -> float:
 @torch.inference_mode()
 def interleaved_latency_ms(
     runs: list[tuple[object, Encoded, int]], *, samples: int, device: torch.device
-) -> list[dict[str, float]]:
-    """Batch-1 latency percentiles of several models, measured turn by turn on the same inputs.
+) -> list[np.ndarray]:
+    """Batch-1 latency of several models per request, measured turn by turn on the same inputs.
 
     Timing one model after the other lets a busy neighbour, a CPU frequency change or a
     cache warm-up land on one side only; alternating request by request spreads them over
     all. `runs` holds (model, encoded inputs, pad id) per model, inputs in the same order.
 
     Returns:
-        One {'latency_ms_p50', 'latency_ms_p95', 'latency_ms_p99'} per run, in order.
+        Per run, in order, the milliseconds of each request (request i is the same input
+        for every run, so the samples are paired).
     """
     n = min(samples, *(len(data) for _, data, _ in runs))
     seconds: list[list[float]] = [[] for _ in runs]
@@ -85,7 +86,7 @@ def interleaved_latency_ms(
         for k, (model, data, pad_id) in enumerate(runs):
             ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
             seconds[k].append(_timed_forward(model, batch, device))
-    return [percentiles(np.asarray(s[1:]) * 1000, "latency_ms") for s in seconds]
+    return [np.asarray(s[1:]) * 1000 for s in seconds]
 
 
 def _timed_forward(model, batch: dict, device: torch.device) -> float:

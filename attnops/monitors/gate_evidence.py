@@ -80,8 +80,8 @@ def gather_evidence(
 
 def measure_side_by_side(
     versions: list[LoadedVersion], texts: list[str], *, samples: int, device: torch.device
-) -> list[dict[str, float]]:
-    """Latency (alternating request by request between the versions) and model size."""
+) -> list[dict[str, object]]:
+    """Per-request latency (alternating request by request between the versions) and size."""
     runs = []
     for loaded in versions:
         summary, _ = loaded.profile_summary()
@@ -89,8 +89,8 @@ def measure_side_by_side(
         runs.append((loaded.model.to(device), encoded, loaded.tokenizer.pad_token_id))
     latency = interleaved_latency_ms(runs, samples=samples, device=device)
     return [
-        timing | {"model_size_mb": model_size_mb(loaded.model)}
-        for timing, loaded in zip(latency, versions, strict=True)
+        {"latency_ms": ms.tolist(), "model_size_mb": model_size_mb(loaded.model)}
+        for ms, loaded in zip(latency, versions, strict=True)
     ]
 
 

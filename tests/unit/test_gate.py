@@ -33,7 +33,7 @@ def champion(seed: int = 0, accuracy: float = 0.9) -> VersionEvidence:
     return VersionEvidence(
         version="1",
         predictions=predictions,
-        performance={"latency_ms_p95": 30.0, "latency_ms_p99": 40.0, "model_size_mb": 87.0},
+        performance={"latency_ms": latencies(rng), "model_size_mb": 87.0},
         attention={
             "entropy": np.full((2, 4), 0.6).tolist(),
             "importance": np.full((2, 4), 0.5).tolist(),
@@ -42,6 +42,11 @@ def champion(seed: int = 0, accuracy: float = 0.9) -> VersionEvidence:
         tokenizer_sha256="a" * 64,
         label_names=tuple(LABELS),
     )
+
+
+def latencies(rng: np.random.Generator, n: int = 200) -> np.ndarray:
+    """Batch-1 milliseconds: ~20 ms with a heavy right tail, like a busy CPU."""
+    return 20.0 + rng.gamma(2.0, 2.0, n) + (rng.random(n) < 0.03) * rng.exponential(15.0, n)
 
 
 def candidate_from(base: VersionEvidence, **changes) -> VersionEvidence:
@@ -119,13 +124,29 @@ def test_worse_on_one_slice_is_blocked_naming_the_slice():
 
 def test_slower_candidate_beyond_budget_is_blocked():
     base = champion()
-    slow = candidate_from(base, performance={**base.performance, "latency_ms_p99": 60.0})
+    champ_ms = np.asarray(base.performance["latency_ms"])
+    slow = candidate_from(base, performance={**base.performance, "latency_ms": champ_ms * 1.8})
     decision = gate_of(slow, base)
-    assert failed(decision) == {"latency_ms_p99"}
-    assert "x1.50 the champion's 40.0" in decision.reasons()
+    assert failed(decision) == {"latency_ms_p95", "latency_ms_p99"}
+    assert "x1.80 the champion's" in decision.reasons()
     over_budget = gate_of(slow, None, max_latency_ms_p99=50)
     assert failed(over_budget) == {"latency_ms_p99"}
     assert "over the budget 50" in over_budget.reasons()
+
+
+def test_latency_tail_noise_alone_does_not_block():
+    """Same model timed twice: tail percentiles of 200 requests differ by chance, often by
+    more than the allowed +30% at p99; only a bound the data supports may block."""
+    base = champion()
+    blocked_by_point_ratio = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        twin = candidate_from(base, performance={**base.performance, "latency_ms": latencies(rng)})
+        decision = gate_of(twin, base)
+        assert decision.passed, decision.reasons()
+        p99 = next(c for c in decision.checks if c.name == "latency_ms_p99")
+        blocked_by_point_ratio += p99.values["ratio"] > 1.3
+    assert blocked_by_point_ratio >= 1  # the point ratio alone would have blocked some
 
 
 def test_collapsed_head_is_blocked_naming_the_head():
