@@ -177,11 +177,60 @@ class MonitoringSpec(_Section):
 
 
 class ServingSpec(_Section):
-    """Inference-service settings (filled in by the server)."""
+    """The inference service: where it listens, canary share, input limits, batching, log."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     canary_share: float = Field(0.1, ge=0, le=1)
+    """Share of request keys routed to the `canary` version while one is set."""
+    max_request_bytes: int = Field(16384, ge=64)
+    """Largest accepted request body; bigger ones get 413."""
+    max_batch_inputs: int = Field(64, ge=1)
+    """Texts one batch request may carry."""
+    over_length: Literal["truncate", "reject"] = "truncate"
+    """An input longer than model.max_length tokens: cut it (and log `truncated`) or 422."""
+    max_batch_size: int = Field(32, ge=1)
+    """Requests the server runs through the model together (dynamic micro-batching)."""
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    """How long the first request of a micro-batch waits for company."""
+    attention_sample_share: float = Field(0.05, ge=0, le=1)
+    """Share of requests whose attention entropy is computed and logged (eager pass)."""
+    log_flush_interval_s: float = Field(0.5, gt=0, le=60)
+    """The inference log writes every this often: at most this much is lost on a crash."""
+    admin_token_env: str = "ATTNOPS_ADMIN_TOKEN"
+    """Environment variable holding the bearer token of the admin endpoints."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ReleaseSpec(_Section):
+    """`attnops release`: observe the canary on live traffic, then promote or roll back."""
+
+    canary_window: int = Field(200, ge=10)
+    """Canary requests to observe before deciding."""
+    timeout_s: float = Field(900.0, gt=0)
+    """Roll back when the canary window has not filled by then."""
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    max_latency_increase: float = Field(0.5, ge=0)
+    """Allowed relative p95 increase of the canary over the champion on live requests."""
+    max_unsupported_assertion_increase: float = Field(0.05, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    """On requests whose labels arrived, if the drop is also significant."""
+    max_pii_share_increase: float = Field(0.05, ge=0, le=1)
+
+
+class RetrainSpec(_Section):
+    """`attnops retrain`, started by a drift event: guards and where new labels come from."""
+
+    cooldown_s: float = Field(3600.0, ge=0)
+    """No retrain within this long of the previous one."""
+    min_new_labels: int = Field(200, ge=1)
+    """Labelled requests (feedback joined in the inference log) needed since the last training."""
+    warm_start: bool = True
+    """Start from the champion's weights (faster, keeps what it learnt) instead of model.base."""
+    epochs: int | None = Field(None, ge=1, description="Default: training.epochs.")
 
 
 class PipelineSpec(_Section):
@@ -194,6 +243,8 @@ class PipelineSpec(_Section):
     gate: GateSpec = GateSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     serving: ServingSpec = ServingSpec()
+    release: ReleaseSpec = ReleaseSpec()
+    retrain: RetrainSpec = RetrainSpec()
 
     @model_validator(mode="after")
     def _task_is_built(self) -> PipelineSpec:

@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from attnops.settings import Settings, configure_process_env
 
@@ -22,60 +21,160 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune, evaluate and register a version")
-    train.add_argument(
-        "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
-    )
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument(
+            "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
+        )
+        return sub
 
-    gate = commands.add_parser(
-        "gate", help="decide whether the challenger may go to canary (exit 0 only on pass)"
+    command("train", "fine-tune, evaluate and register a version").add_argument(
+        "--resume", action="store_true", help="continue an interrupted run"
     )
-    gate.add_argument(
-        "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
+    command(
+        "gate", "decide whether the challenger may go to canary (exit 0 only on pass)"
+    ).add_argument(
+        "--version", default="challenger", help="version number or alias (default: challenger)"
     )
-    gate.add_argument(
-        "--version",
-        default="challenger",
-        help="version number or alias to gate (default: the challenger)",
+    command(
+        "release", "canary a gated version, observe live traffic, promote or roll back"
+    ).add_argument(
+        "--version", default="challenger", help="version number or alias (default: challenger)"
     )
-
-    demo = commands.add_parser(
-        "demo", help="generate the demo data, train and gate the first version"
+    command("rollback", "make the previous champion the champion again")
+    serve = command("serve", "run the inference service (champion + canary)")
+    serve.add_argument("--host", help="default: serving.host")
+    serve.add_argument("--port", type=int, help="default: serving.port")
+    command("monitor", "judge the latest champion window; emit a drift event on alarm")
+    command("retrain", "retrain on new labelled traffic (guarded), gate and release").add_argument(
+        "--event-id", help="the drift event that asked for it"
     )
-    demo.add_argument(
-        "--spec", default=DEFAULT_SPEC, help=f"pipeline spec (default {DEFAULT_SPEC})"
+    command("deploy", "register the Prefect deployments of prefect.yaml").add_argument(
+        "--work-pool", default="attnops", help="process work pool (default attnops)"
     )
-    demo.add_argument("--regenerate", action="store_true", help="rewrite the demo data files")
+    traffic = command("traffic", "send simulated tickets to the running server")
+    traffic.add_argument("--scenario", default="normal", help="normal or a drift scenario")
+    traffic.add_argument("--requests", type=int, default=500)
+    traffic.add_argument("--concurrency", type=int, default=8)
+    traffic.add_argument("--label-share", type=float, default=0.5)
+    traffic.add_argument("--seed", type=int, default=0)
+    command(
+        "labels", "record labels that arrived later (CSV/JSONL: request_id,label)"
+    ).add_argument("--file", required=True)
+    command("demo", "the whole loop on the embedded defaults, in a few minutes").add_argument(
+        "--regenerate", action="store_true", help="rewrite the demo data files"
+    )
 
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from attnops.flows.demo import use_demo_home
+
+        use_demo_home()
     configure_process_env()
     started = time.perf_counter()
     try:
-        if args.command == "train":
-            _train(args.spec, resume=args.resume)
-        elif args.command == "gate":
-            if not _gate(args.spec, args.version):
-                return 1
-        else:
-            _demo(args.spec, regenerate=args.regenerate)
+        ok = _run(args)
     except KeyboardInterrupt:
         print(f"attnops {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; the traceback on request
         if args.debug:
             traceback.print_exc()
-        reason = str(exc).strip() or type(exc).__name__
+        reason = str(exc).strip().replace("\n", " ") or type(exc).__name__
         print(f"attnops {args.command} failed: {reason}", file=sys.stderr)
         return 1
     print(f"done in {time.perf_counter() - started:.0f} s")
-    return 0
+    return 0 if ok is not False else 1
+
+
+def _run(args: argparse.Namespace) -> bool | None:
+    """Run one command; False means a decision said no (gate failed, canary rolled back)."""
+    from attnops.spec import load_spec
+
+    spec = load_spec(args.spec)  # fail in a second on a bad spec, before Prefect starts
+    settings = Settings.from_env()
+    if args.command == "train":
+        _train(args.spec, resume=args.resume)
+    elif args.command == "gate":
+        return _gate(args.spec, args.version)
+    elif args.command == "release":
+        from attnops.flows.release import release
+
+        outcome = release(args.spec, candidate=args.version)
+        print(f"evidence: tags attnops.release*, artifacts release/ on {spec.name}")
+        print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
+        return bool(outcome["promoted"])
+    elif args.command == "rollback":
+        _rollback(spec, settings)
+    elif args.command == "serve":
+        _serve(spec, settings, host=args.host, port=args.port)
+    elif args.command == "monitor":
+        from attnops.flows.monitor import monitor
+
+        result = monitor(args.spec)
+        print(f"monitoring: {result['status']}; runs in MLflow experiment {spec.name}-monitoring")
+        print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
+    elif args.command == "retrain":
+        from attnops.flows.retrain import retrain
+
+        result = retrain(args.spec, event_id=args.event_id)
+        print(f"retrain: {result['status']}: {result.get('reason', '')}")
+        return result["status"] in ("promoted", "skipped")
+    elif args.command == "deploy":
+        from attnops.flows.deploy import deploy
+
+        names = deploy(args.spec, work_pool=args.work_pool)
+        print(f"deployments: {', '.join(names)}")
+        print(f"run them with a worker: prefect worker start --pool {args.work_pool}")
+    elif args.command == "traffic":
+        from attnops.demo.traffic import simulate
+
+        result = simulate(
+            spec.serving.url,
+            scenario=args.scenario,
+            n=args.requests,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            label_share=args.label_share,
+        )
+        print(result.summary())
+        return result.errors == 0
+    elif args.command == "labels":
+        from attnops.serving.log_store import InferenceLog
+
+        count = InferenceLog(settings.inference_db).load_labels_file(args.file)
+        print(f"{count} labels recorded in {settings.inference_db}")
+    else:
+        from attnops.flows.demo import run_demo
+
+        run_demo(args.spec, regenerate=args.regenerate)
+    return None
+
+
+def _rollback(spec, settings: Settings) -> None:
+    from attnops.flows.release import rollback
+
+    restored, replaced = rollback(spec, settings)
+    print(f"{spec.name}: champion is v{restored} again (v{replaced} rolled back)")
+    print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
+
+
+def _serve(spec, settings: Settings, *, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from attnops.serving.app import create_app
+
+    serving = spec.serving.model_copy(
+        update={"host": host or spec.serving.host, "port": port or spec.serving.port}
+    )
+    spec = spec.model_copy(update={"serving": serving})
+    print(f"inference log: {settings.inference_db}; metrics: {serving.url}/metrics")
+    uvicorn.run(
+        create_app(spec, settings), host=serving.host, port=serving.port, log_level="warning"
+    )
 
 
 def _train(spec_path: str, *, resume: bool):
-    from attnops.spec import load_spec
-
-    load_spec(spec_path)  # fail in a second on a bad spec, before Prefect starts a server
     from attnops.flows.train import train  # imports Prefect: only after the env is set
 
     version = train(spec_path, resume=resume)
@@ -99,11 +198,10 @@ def _train(spec_path: str, *, resume: bool):
 
 
 def _gate(spec_path: str, version: str) -> bool:
+    from attnops.flows.gate import gate
     from attnops.spec import load_spec
 
     spec = load_spec(spec_path)
-    from attnops.flows.gate import gate
-
     decision = gate(spec_path, candidate=version)
     settings = Settings.from_env()
     verdict = "passed" if decision.passed else "FAILED"
@@ -116,30 +214,6 @@ def _gate(spec_path: str, version: str) -> bool:
     if not decision.passed:
         print(f"attnops gate: failed: {decision.reasons()}", file=sys.stderr)
     return decision.passed
-
-
-def _demo(spec_path: str, *, regenerate: bool) -> None:
-    from attnops.demo.tickets import write_demo_dataset
-    from attnops.spec import load_spec
-
-    spec = load_spec(spec_path)
-    paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
-    if regenerate or not all(p.is_file() for p in paths):
-        folder = paths[0].parent
-        written = write_demo_dataset(
-            folder, seed=spec.training.seed, fmt=paths[0].suffix.lstrip(".")
-        )
-        missing = [p for p in paths if p not in written.values()]
-        if missing:
-            raise ValueError(
-                f"{spec_path} points at {missing[0]}, which the demo generator does not write; "
-                f"the demo expects data.train/validation/test as {folder}/train|validation|test"
-            )
-        print(f"demo data written to {folder}/")
-    version = _train(spec_path, resume=False)
-    print(f"\ngating v{version.version} (the demo's first version: absolute limits)")
-    if not _gate(spec_path, version.version):
-        raise RuntimeError(f"the demo's v{version.version} did not pass the gate (see above)")
 
 
 if __name__ == "__main__":

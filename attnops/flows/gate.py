@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pandas as pd
 from prefect import flow
 
 from attnops.flows.tasks import compute_task, io_task
-from attnops.models import registry, versions
+from attnops.models import aliases, evidence, registry, versions
 from attnops.models.data import load_labelled_data
 from attnops.models.modeling import pick_device
 from attnops.monitors.gate import GateDecision, decide
@@ -35,7 +34,7 @@ def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
             f"no version of '{spec.name}' has the alias '{candidate}'; run `attnops train` "
             "first or pass --version N"
         )
-    champion = versions.resolve(client, spec.name, "champion")
+    champion = versions.resolve(client, spec.name, aliases.CHAMPION)
     if champion is not None and str(champion.version) == str(found.version):
         raise ValueError(
             f"{spec.name} v{found.version} is already the champion; gate a newer version"
@@ -81,32 +80,26 @@ def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[
 def record_decision(
     settings: Settings, spec: PipelineSpec, run_id: str, decision: GateDecision, folder: Path
 ) -> None:
-    """Evidence first, verdict last: `attnops.gate` says pending until everything is written,
-    so a crash halfway never leaves an old verdict next to new evidence."""
-    client = registry.client_for(settings)
-    name, version = spec.name, decision.candidate
-    client.set_model_version_tag(name, version, f"{registry.TAG}gate", "pending")
-    (folder / "gate.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str))
-    (folder / "gate.md").write_text(f"# Gate: v{decision.candidate}\n\n{decision.table()}\n")
-    client.log_artifacts(run_id, str(folder), GATE_FOLDER)
+    """The decision, its table and the reports onto the candidate version; verdict last."""
     verdict = "passed" if decision.passed else "failed"
     against = f"champion v{decision.champion}" if decision.champion else "absolute limits"
-    description = client.get_model_version(name, version).description or ""
-    card = description.split("\n<!-- gate -->\n")[-1]
-    client.update_model_version(
-        name,
-        version,
-        description=f"## Gate: {verdict} (vs {against})\n\n{decision.table()}\n"
-        f"\nEvidence: run artifacts `{GATE_FOLDER}/`.\n\n<!-- gate -->\n{card}",
+    evidence.record_decision(
+        registry.client_for(settings),
+        spec.name,
+        decision.candidate,
+        run_id,
+        stage=GATE_FOLDER,
+        verdict=verdict,
+        heading=f"Gate: {verdict} (vs {against})",
+        table=decision.table(),
+        payload=decision.to_dict(),
+        folder=folder,
+        tags={
+            "gate_reasons": decision.reasons(),
+            "gate_champion": decision.champion or "none",
+            "gate_verdict": decision.verdict,
+        },
     )
-    tags = {
-        f"{registry.TAG}gate_reasons": decision.reasons()[:5000],
-        f"{registry.TAG}gate_champion": decision.champion or "none",
-        f"{registry.TAG}gate_verdict": decision.verdict,
-        f"{registry.TAG}gate": verdict,  # last
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
 
 
 @flow(name="gate", flow_run_name="gate-{spec_path}", log_prints=True)

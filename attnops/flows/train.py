@@ -20,9 +20,11 @@ from attnops.spec import PipelineSpec, load_spec
 
 
 @io_task
-def open_run(spec: PipelineSpec, spec_path: str, settings: Settings) -> str:
+def open_run(
+    spec: PipelineSpec, spec_path: str, settings: Settings, tags: dict[str, str] | None
+) -> str:
     client = registry.client_for(settings)
-    return registry.start_run(client, settings, spec, Path(spec_path).read_text())
+    return registry.start_run(client, settings, spec, Path(spec_path).read_text(), tags)
 
 
 @io_task
@@ -75,18 +77,20 @@ def register(
 
 
 @flow(name="train", flow_run_name="train-{spec_path}", log_prints=True)
-def train(spec_path: str, resume: bool = False) -> registry.RegisteredVersion:
+def train(
+    spec_path: str, resume: bool = False, tags: dict[str, str] | None = None
+) -> registry.RegisteredVersion:
     """Fine-tune and evaluate the spec's model and register it as the `challenger` version.
 
     The MLflow run is opened first so a failure is visible in the UI as a FAILED run with
     its reason; a model version is created only when everything before it succeeded.
     Checkpoints live in .attnops/checkpoints/NAME until the run succeeds, so `resume`
-    continues an interrupted run.
+    continues an interrupted run. `tags` go on the run (e.g. what triggered it).
     """
     spec = load_spec(spec_path)
     settings = Settings.from_env()
     settings.prepare()
-    run_id = open_run(spec, spec_path, settings)
+    run_id = open_run(spec, spec_path, settings, tags)
     checkpoints = settings.home / "checkpoints" / spec.name
     try:
         data = load_data(spec, spec_path)

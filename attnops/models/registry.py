@@ -50,8 +50,17 @@ def client_for(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.tracking_uri)
 
 
-def start_run(client: MlflowClient, settings: Settings, spec: PipelineSpec, spec_text: str) -> str:
-    """Create the experiment (named like the spec) if needed and open a training run."""
+def start_run(
+    client: MlflowClient,
+    settings: Settings,
+    spec: PipelineSpec,
+    spec_text: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create the experiment (named like the spec) if needed and open a training run.
+
+    `tags` (without the `attnops.` prefix) say why the run exists, e.g. trigger=retrain.
+    """
     experiment = client.get_experiment_by_name(spec.name)
     experiment_id = (
         experiment.experiment_id
@@ -59,7 +68,9 @@ def start_run(client: MlflowClient, settings: Settings, spec: PipelineSpec, spec
         else client.create_experiment(spec.name, artifact_location=settings.artifact_root)
     )
     run = client.create_run(
-        experiment_id, run_name=f"train-{spec.name}", tags={f"{TAG}stage": "train"}
+        experiment_id,
+        run_name=f"train-{spec.name}",
+        tags={f"{TAG}stage": "train", **{f"{TAG}{k}": v for k, v in (tags or {}).items()}},
     )
     run_id = run.info.run_id
     try:

@@ -101,11 +101,7 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
             f"{name} v{version}: tokenizer hash {actual[:12]} does not match its tag "
             f"{expected[:12]}; the stored tokenizer was altered, refusing to use this version"
         )
-    folder = scratch / f"v{version}"
-    for artifact in ("evaluation", REFERENCE_FOLDER):
-        mlflow.artifacts.download_artifacts(
-            run_id=mv.run_id, artifact_path=artifact, dst_path=str(folder)
-        )
+    folder = download_evidence(mv.run_id, scratch / f"v{version}")
     return LoadedVersion(
         name=name,
         version=str(version),
@@ -115,3 +111,15 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
         tokenizer=components["tokenizer"],
         folder=folder,
     )
+
+
+def download_evidence(run_id: str, folder: Path) -> Path:
+    """The run's `evaluation/` and `reference_profile/` artifacts, into `folder`.
+
+    What monitoring needs of a version without loading its model.
+    """
+    for artifact in ("evaluation", REFERENCE_FOLDER):
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(folder)
+        )
+    return folder

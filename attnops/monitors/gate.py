@@ -52,6 +52,20 @@ class GateCheck:
     reason: str
     values: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, name: str, passed: bool, reason: str, **values) -> GateCheck:
+        """A check with plain-Python values (numpy scalars converted), ready for JSON."""
+        clean = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+        return cls(name=name, passed=bool(passed), reason=reason, values=clean)
+
+
+def checks_table(checks: Sequence[GateCheck]) -> str:
+    """Markdown table of checks, for the terminal, the version description and CI."""
+    lines = ["| check | result | reason |", "|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
+    return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -87,11 +101,7 @@ class GateDecision:
         }
 
     def table(self) -> str:
-        """Markdown table of the checks, for the terminal, the version description and CI."""
-        lines = ["| check | result | reason |", "|---|---|---|"]
-        for c in self.checks:
-            lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
-        return "\n".join(lines)
+        return checks_table(self.checks)
 
 
 def decide(
@@ -110,7 +120,7 @@ def decide(
     y_cand = _codes(cand_in["prediction"], names)
     quality = classification_metrics(y_true, y_cand, names)
     checks = [
-        _check(
+        GateCheck.of(
             "quality_floor",
             quality["macro_f1"] >= gate.min_macro_f1,
             f"macro-F1 {quality['macro_f1']:.4f} (floor {gate.min_macro_f1})",
@@ -133,7 +143,7 @@ def decide(
             # Different label sets have no common macro-F1: a person must decide.
             verdict = "not_comparable"
             checks.append(
-                _check(
+                GateCheck.of(
                     "quality_vs_champion",
                     False,
                     f"label set changed (added: {', '.join(added) or 'none'}; removed: "
@@ -161,7 +171,7 @@ def decide(
                     "(enlarge it, or widen gate.non_inferiority_margin)"
                 )
             checks.append(
-                _check(
+                GateCheck.of(
                     "quality_vs_champion",
                     comparison.non_inferior,
                     reason,
@@ -173,13 +183,15 @@ def decide(
         cand_in["confidence"].to_numpy(), y_cand == y_true, ece_bins
     )
     checks.append(
-        _check("calibration", ece <= gate.max_ece, f"ECE {ece:.4f} (max {gate.max_ece})", ece=ece)
+        GateCheck.of(
+            "calibration", ece <= gate.max_ece, f"ECE {ece:.4f} (max {gate.max_ece})", ece=ece
+        )
     )
     checks += _performance(candidate.performance, champion and champion.performance, gate)
     checks.append(_unsupported(candidate, champion, names, gate))
     checks.append(_attention(candidate, champion, gate))
     checks.append(
-        _check(
+        GateCheck.of(
             "pii",
             not (gate.fail_on_pii and candidate.pii_findings),
             "PII in " + ", ".join(candidate.pii_findings)
@@ -195,11 +207,6 @@ def decide(
         checks=checks,
         verdict=verdict,
     )
-
-
-def _check(name: str, passed: bool, reason: str, **values) -> GateCheck:
-    clean = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
-    return GateCheck(name=name, passed=bool(passed), reason=reason, values=clean)
 
 
 def _in_scope(predictions: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -248,7 +255,7 @@ def _slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate: Gat
         )
     else:
         reason = f"no slice with >= {gate.min_slice_size} inputs"
-    return _check("slices", not regressions, reason, worst=worst, regressions=regressions)
+    return GateCheck.of("slices", not regressions, reason, worst=worst, regressions=regressions)
 
 
 def _performance(candidate: dict, champion: dict | None, gate: GateSpec) -> list[GateCheck]:
@@ -279,7 +286,7 @@ def _performance(candidate: dict, champion: dict | None, gate: GateSpec) -> list
             if low > 1 + gate.max_latency_increase:
                 problems.append(versus)
         reason = "; ".join(problems) if problems else reason + ")"
-        checks.append(_check(f"latency_ms_p{q}", not problems, reason, **values))
+        checks.append(GateCheck.of(f"latency_ms_p{q}", not problems, reason, **values))
     size = float(candidate["model_size_mb"])
     over = size > gate.max_model_size_mb
     problems = [f"{size:.1f} MB over the budget {gate.max_model_size_mb:g}"] if over else []
@@ -295,7 +302,7 @@ def _performance(candidate: dict, champion: dict | None, gate: GateSpec) -> list
         if ratio > limit:
             problems.append(versus)
     reason = "; ".join(problems) if problems else reason + ")"
-    checks.append(_check("model_size_mb", not problems, reason, **values))
+    checks.append(GateCheck.of("model_size_mb", not problems, reason, **values))
     return checks
 
 
@@ -321,7 +328,9 @@ def _unsupported(candidate, champion, names, gate: GateSpec) -> GateCheck:
 
     value, n = rate(candidate)
     if n == 0:
-        return _check("unsupported_assertions", True, "no out-of-scope inputs in the test split")
+        return GateCheck.of(
+            "unsupported_assertions", True, "no out-of-scope inputs in the test split"
+        )
     problems = []
     if value > gate.max_unsupported_assertion_rate:
         problems.append(f"{value:.1%} of {n} out-of-scope inputs asserted (max "
@@ -333,7 +342,7 @@ def _unsupported(candidate, champion, names, gate: GateSpec) -> GateCheck:
     reason = f"{value:.1%} of {n} out-of-scope inputs confidently labelled far from the reference"
     if champ_value is not None:
         reason += f" (champion {champ_value:.1%})"
-    return _check(
+    return GateCheck.of(
         "unsupported_assertions",
         not problems,
         "; ".join(problems) or reason,
@@ -367,13 +376,13 @@ def _attention(candidate, champion, gate: GateSpec) -> GateCheck:
         if health.entropy_change
         else ""
     )
-    return _check("attention_health", not problems, "; ".join(problems) or reason,
+    return GateCheck.of("attention_health", not problems, "; ".join(problems) or reason,
                   **health.to_dict())  # fmt: skip
 
 
 def _tokenizer(candidate, champion, gate: GateSpec) -> GateCheck:
     if champion is None:
-        return _check("tokenizer", True, "no champion to compare with",
+        return GateCheck.of("tokenizer", True, "no champion to compare with",
                       sha256=candidate.tokenizer_sha256)  # fmt: skip
     same = candidate.tokenizer_sha256 == champion.tokenizer_sha256
     if same:
@@ -386,7 +395,7 @@ def _tokenizer(candidate, champion, gate: GateSpec) -> GateCheck:
             f"{candidate.tokenizer_sha256[:12]}); set gate.allow_tokenizer_change: true "
             "if the change is intended (clients and caches must change with it)"
         )
-    return _check(
+    return GateCheck.of(
         "tokenizer",
         same or gate.allow_tokenizer_change,
         reason,

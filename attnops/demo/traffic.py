@@ -1,0 +1,94 @@
+"""Traffic simulator: realistic request streams against a running inference service.
+
+Tickets come from the demo generator's scenarios (normal traffic or a drift scenario),
+are sent concurrently with a sticky key per simulated customer, and the true label of a
+sampled share is revealed afterwards through `/feedback`, as a labelling team would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from attnops.demo.tickets import generate_tickets
+
+
+@dataclass
+class TrafficResult:
+    sent: int = 0
+    errors: int = 0
+    labelled: int = 0
+    routes: dict[str, int] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        p95 = float(np.percentile(self.latency_ms, 95)) if self.latency_ms else float("nan")
+        return (
+            f"{self.sent} requests ({self.errors} errors) in {self.seconds:.1f} s, p95 "
+            f"{p95:.0f} ms, routes {self.routes}, {self.labelled} labels revealed"
+        )
+
+
+async def send_traffic(
+    url: str,
+    *,
+    scenario: str = "normal",
+    n: int = 500,
+    seed: int = 0,
+    concurrency: int = 8,
+    label_share: float = 0.5,
+    out_of_scope_share: float = 0.05,
+    customers: int = 1000,
+) -> TrafficResult:
+    """Send `n` tickets of `scenario` to `url` and reveal the labels of `label_share` of them.
+
+    Args:
+        concurrency: requests in flight at once.
+        customers: distinct sticky keys; each ticket belongs to a random customer, so the
+            same customer always reaches the same version while a canary runs.
+    """
+    tickets = generate_tickets(
+        n, seed=seed, scenario=scenario, out_of_scope_share=out_of_scope_share
+    )
+    rng = np.random.default_rng(seed)
+    keys = [f"customer-{k}" for k in rng.integers(0, customers, n)]
+    reveal = rng.random(n) < label_share
+    result = TrafficResult()
+    labels: dict[str, str] = {}
+    gate = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        async with gate:
+            sent = time.perf_counter()
+            response = await client.post(
+                "/predict", json={"text": tickets["text"].iat[i], "key": keys[i]}
+            )
+            result.sent += 1
+            if response.status_code != 200:
+                result.errors += 1
+                return
+            result.latency_ms.append((time.perf_counter() - sent) * 1000)
+            body = response.json()
+            result.routes[body["route"]] = result.routes.get(body["route"], 0) + 1
+            if reveal[i]:
+                labels[body["request_id"]] = str(tickets["intent"].iat[i])
+
+    async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+        await asyncio.gather(*(one(client, i) for i in range(n)))
+        if labels:
+            response = await client.post("/feedback", json={"labels": labels})
+            response.raise_for_status()
+            result.labelled = int(response.json()["recorded"])
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def simulate(url: str, **kwargs) -> TrafficResult:
+    """`send_traffic` from synchronous code."""
+    return asyncio.run(send_traffic(url, **kwargs))

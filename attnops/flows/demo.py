@@ -1,0 +1,183 @@
+"""`attnops demo`: the whole loop on the embedded defaults, in a few minutes on a laptop.
+
+train v1 -> gate (absolute limits) -> champion -> serve -> normal traffic -> monitor: no
+alarm -> drifted traffic (a new product line) -> monitor: drift detected -> retrain v2 on
+the new labels -> gate v2 vs v1 -> canary -> canary window -> promote.
+
+The demo keeps its state in `.attnops/demo/` and clears it (Prefect's database aside)
+at every start, so it tells the same story each time it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from attnops.settings import Settings
+
+_STATE = ("mlflow.db", "artifacts", "inference.db", "retrain", "locks", "checkpoints")
+
+
+def use_demo_home() -> Path:
+    """Point attnops at `<home>/demo` (embedded defaults) and clear the last demo's state."""
+    home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve() / "demo"
+    os.environ["ATTNOPS_HOME"] = str(home)
+    if os.environ.pop("MLFLOW_TRACKING_URI", None):
+        print("note: the demo uses its own embedded MLflow store, not MLFLOW_TRACKING_URI")
+    for name in os.listdir(home) if home.exists() else []:
+        if name.startswith(_STATE) or name.startswith("serving-"):
+            path = home / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return home
+
+
+def run_demo(spec_path: str, *, regenerate: bool) -> None:
+    from attnops.demo.tickets import write_demo_dataset
+    from attnops.flows.gate import gate
+    from attnops.flows.monitor import monitor
+    from attnops.flows.release import release
+    from attnops.flows.retrain import retrain
+    from attnops.flows.train import train
+    from attnops.spec import load_spec
+
+    spec = load_spec(spec_path)
+    settings = Settings.from_env()
+    steps: list[tuple[str, str, float]] = []
+    clock = time.perf_counter()
+
+    def step(name: str, outcome: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        steps.append((name, outcome, now - clock))
+        clock = now
+        print(f"\n>>> {name}: {outcome}\n", flush=True)
+
+    paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
+    if regenerate or not all(p.is_file() for p in paths):
+        written = write_demo_dataset(
+            paths[0].parent, seed=spec.training.seed, fmt=paths[0].suffix.lstrip(".")
+        )
+        missing = [p for p in paths if p not in written.values()]
+        if missing:
+            raise ValueError(
+                f"{spec_path} points at {missing[0]}, which the demo generator does not write; "
+                f"the demo expects data.train/validation/test as {paths[0].parent}/"
+                "train|validation|test"
+            )
+        step("data", f"demo tickets written to {paths[0].parent}/")
+
+    v1 = train(spec_path)
+    step("train v1", f"test macro-F1 {v1.metrics['test_macro_f1']:.3f}")
+    decision = gate(spec_path, candidate=v1.version)
+    if not decision.passed:
+        raise RuntimeError(f"the demo's v1 did not pass the gate: {decision.reasons()}")
+    step("gate v1", "passed (no champion: absolute limits)")
+    release(spec_path, candidate=v1.version)
+    step("release v1", "champion (first version)")
+
+    token = secrets.token_hex(16)
+    os.environ[spec.serving.admin_token_env] = token
+    with _server(spec_path, spec.serving.url) as url:
+        step("serve", f"champion v1 at {url}")
+        from attnops.demo.traffic import simulate
+
+        size = spec.monitoring.window_size
+        normal = simulate(url, scenario="normal", n=size, seed=1, label_share=0.3)
+        step("normal traffic", normal.summary())
+        calm = monitor(spec_path)
+        step("monitor", f"{calm['status']} " + "; ".join(calm.get("reasons", [])))
+        drifted = simulate(url, scenario="new_product_line", n=size, seed=2, label_share=0.6)
+        step("drifted traffic (new product line)", drifted.summary())
+        alarm = monitor(spec_path)
+        reasons = "; ".join(alarm.get("reasons", []))
+        step("monitor", f"{alarm['status']}: {reasons} (event {alarm.get('event_id')})")
+        if alarm["status"] != "alarm":
+            raise RuntimeError("the drifted window raised no alarm; the demo cannot go on")
+        with _canary_traffic(url):
+            outcome = retrain(spec_path, event_id=alarm["event_id"])
+        step(
+            f"retrain -> v{outcome.get('version')}",
+            f"{outcome['status']}: {outcome.get('reason', '')}",
+        )
+    _print_summary(steps, settings)
+    if outcome["status"] != "promoted":
+        raise RuntimeError(f"v2 was not promoted: {outcome.get('reason')}")
+
+
+class _server:
+    """`attnops serve` in a child process, ready when the block starts, stopped after."""
+
+    def __init__(self, spec_path: str, url: str) -> None:
+        self.spec_path, self.url = spec_path, url
+
+    def __enter__(self) -> str:
+        command = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", self.spec_path]
+        self.process = subprocess.Popen(command)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.process.terminate()
+        raise RuntimeError(f"the server did not become ready at {self.url} within 180 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()  # uvicorn drains requests and the log flushes
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class _canary_traffic:
+    """Background customers: while a canary is served, keep traffic flowing to both."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+
+    def __enter__(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        from attnops.demo.traffic import simulate
+
+        seed = 100
+        while not self.stop.is_set():
+            try:
+                ready = httpx.get(f"{self.url}/ready", timeout=5).json()
+            except httpx.HTTPError:
+                ready = {}
+            if not ready.get("canary"):
+                self.stop.wait(0.5)
+                continue
+            seed += 1
+            scenario = "new_product_line" if seed % 2 else "normal"
+            simulate(self.url, scenario=scenario, n=100, seed=seed, label_share=0.5)
+
+
+def _print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:
+    print("\n=== attnops demo: what happened ===")
+    for name, outcome, seconds in steps:
+        print(f"{seconds:6.0f} s  {name:<36} {outcome}")
+    prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    print(f"\nMLflow UI:  {settings.mlflow_ui_command()}")
+    print(f"Prefect UI: PREFECT_HOME={prefect_home} prefect server start")

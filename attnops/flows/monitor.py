@@ -1,0 +1,177 @@
+"""Prefect flow `monitor`: the latest champion window vs its reference profile.
+
+Run on the spec's schedule (deployment `monitor`) or by hand (`attnops monitor`). Each run
+is an MLflow run in the experiment `<name>-monitoring`: the window's metrics, the
+assessment JSON and the Evidently drift report. When the window raises an alarm (drift
+beyond the calibrated thresholds, or more unsupported assertions than the reference
+explains) the Prefect event `attnops.drift.detected` carries the evidence to the
+`retrain` deployment's trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from prefect import flow
+from prefect.events import emit_event
+
+from attnops.flows.tasks import compute_task, io_task
+from attnops.models import aliases, registry, versions
+from attnops.models.versions import REFERENCE_FOLDER
+from attnops.monitors.reference import ReferenceProfile, WindowAssessment
+from attnops.monitors.reports import drift_report
+from attnops.serving.log_store import InferenceLog
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec, load_spec
+
+DRIFT_EVENT = "attnops.drift.detected"
+MONITORING_SUFFIX = "-monitoring"
+
+
+@io_task
+def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, object]:
+    """(champion version, its run id, its newest window of answered requests)."""
+    client = registry.client_for(settings)
+    mv = versions.resolve(client, spec.name, aliases.CHAMPION)
+    if mv is None:
+        raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
+    log = InferenceLog(settings.inference_db)
+    window = log.window(
+        version=str(mv.version), route=aliases.CHAMPION, limit=spec.monitoring.window_size
+    )
+    return str(mv.version), mv.run_id, window
+
+
+@io_task
+def last_judged_ts(settings: Settings, experiment: str, version: str) -> float:
+    """Newest request time the previous monitoring run of this version judged (0 if none)."""
+    client = registry.client_for(settings)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return 0.0
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`attnops.version` = '{version}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return float(runs[0].data.tags.get("attnops.window_last_ts", 0)) if runs else 0.0
+
+
+@compute_task
+def assess(
+    spec: PipelineSpec, reference_folder: Path, window
+) -> tuple[ReferenceProfile, WindowAssessment]:
+    profile = ReferenceProfile.load(reference_folder, spec.monitoring)
+    return profile, profile.assess(window)
+
+
+@io_task
+def log_monitoring_run(
+    spec: PipelineSpec,
+    settings: Settings,
+    version: str,
+    window,
+    assessment: WindowAssessment,
+    folder: Path,
+) -> str:
+    client = registry.client_for(settings)
+    experiment = spec.name + MONITORING_SUFFIX
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, artifact_location=settings.artifact_root)
+    )
+    run = client.create_run(
+        experiment_id,
+        run_name=f"monitor-v{version}",
+        tags={
+            f"{registry.TAG}stage": "monitor",
+            f"{registry.TAG}model": spec.name,
+            f"{registry.TAG}version": version,
+            f"{registry.TAG}alarm": str(assessment.alarm).lower(),
+            f"{registry.TAG}reasons": "; ".join(assessment.reasons())[:5000] or "none",
+            f"{registry.TAG}window_last_ts": repr(float(window["ts"].max())),
+        },
+    )
+    run_id = run.info.run_id
+    now_ms = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now_ms, 0) for k, v in assessment.metrics().items()],
+        params=[Param("window_size", str(len(window))), Param("champion_version", version)],
+    )
+    (folder / "assessment.json").write_text(json.dumps(assessment.to_dict(), indent=2, default=str))
+    client.log_artifacts(run_id, str(folder), "monitor")
+    client.set_terminated(run_id)
+    return run_id
+
+
+@flow(name="monitor", flow_run_name="monitor-{spec_path}", log_prints=True)
+def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
+    """Judge the newest window of champion traffic; emit `attnops.drift.detected` on alarm.
+
+    Returns:
+        `status` (`alarm`, `ok`, `waiting` for a full window, or `stale` when no request
+        arrived since the last judged window), and with a judgement `reasons`, `run_id`,
+        `event_id`.
+    """
+    spec = load_spec(spec_path)
+    settings = Settings.from_env()
+    settings.prepare()
+    version, run_id, window = read_window(spec, settings)
+    size = spec.monitoring.window_size
+    if len(window) < size:
+        print(f"v{version}: {len(window)} of {size} requests logged; waiting for a full window")
+        return {"status": "waiting", "records": len(window)}
+    experiment = spec.name + MONITORING_SUFFIX
+    if float(window["ts"].max()) <= last_judged_ts(settings, experiment, version):
+        print(f"v{version}: no new requests since the last monitoring run")
+        return {"status": "stale", "records": len(window)}
+    with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
+        scratch = Path(scratch)
+        versions.download_evidence(run_id, scratch / "evidence")
+        profile, assessment = assess(spec, scratch / "evidence" / REFERENCE_FOLDER, window)
+        folder = scratch / "monitor"
+        folder.mkdir()
+        drift_report(
+            profile.records,
+            window,
+            folder / "drift.html",
+            title=f"{spec.name} v{version}: live window of {len(window)} vs reference profile",
+            slice_columns=spec.data.slice_columns,
+            tsne_rows=0,
+        )
+        monitoring_run = log_monitoring_run(spec, settings, version, window, assessment, folder)
+    result = {
+        "status": "alarm" if assessment.alarm else "ok",
+        "version": version,
+        "run_id": monitoring_run,
+        "reasons": assessment.reasons(),
+        "event_id": None,
+    }
+    if assessment.alarm:
+        event = emit_event(
+            DRIFT_EVENT,
+            resource={"prefect.resource.id": spec.name, "attnops.version": version},
+            payload={
+                "version": version,
+                "monitoring_run_id": monitoring_run,
+                "reasons": assessment.reasons(),
+                "window_records": len(window),
+                "window_last_ts": float(window["ts"].max()),
+                "at": time.time(),
+            },
+        )
+        result["event_id"] = str(event.id) if event else None
+        client = registry.client_for(settings)
+        client.set_tag(monitoring_run, f"{registry.TAG}event_id", result["event_id"] or "not sent")
+        print(f"ALARM on v{version}: " + "; ".join(assessment.reasons()))
+    else:
+        print(f"v{version}: window of {len(window)} requests within the reference's range")
+    return result

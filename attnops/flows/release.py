@@ -1,0 +1,237 @@
+"""Prefect flow `release`: canary -> observe live traffic -> promote or roll back.
+
+A version that passed the gate gets the `canary` alias; the server (told to reload)
+routes `serving.canary_share` of request keys to it. Once `release.canary_window` canary
+requests are in the inference log, canary and champion answers from the same period are
+compared (`attnops.monitors.canary`) and the canary is promoted (old champion ->
+`previous`) or removed. The decision and its evidence go onto the version under
+`release/`, with the tag `attnops.release` (`promoted` / `rolled_back`) written last.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import flow
+
+from attnops.flows.tasks import io_task
+from attnops.models import aliases, evidence, registry, versions
+from attnops.monitors.canary import CanaryDecision, compare_canary
+from attnops.monitors.reports import drift_report
+from attnops.serving.client import reload_server
+from attnops.serving.log_store import InferenceLog
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec, load_spec
+
+RELEASE = "release"
+
+
+@io_task
+def check_candidate(
+    spec: PipelineSpec, settings: Settings, candidate: str
+) -> tuple[str, str, str | None]:
+    """(version, its run id, the champion) for a candidate that passed the gate."""
+    client = registry.client_for(settings)
+    mv = versions.resolve(client, spec.name, candidate)
+    if mv is None:
+        raise LookupError(f"no version of '{spec.name}' has the alias '{candidate}'")
+    gate = mv.tags.get(f"{registry.TAG}gate")
+    if gate != "passed":
+        raise ValueError(
+            f"{spec.name} v{mv.version} has not passed the gate (attnops.gate={gate or 'unset'}); "
+            f"run `attnops gate --version {mv.version}` first"
+        )
+    champion = aliases.version_of(client, spec.name, aliases.CHAMPION)
+    if champion == str(mv.version):
+        raise ValueError(f"{spec.name} v{mv.version} is already the champion")
+    return str(mv.version), mv.run_id, champion
+
+
+@io_task
+def start_canary(spec: PipelineSpec, settings: Settings, version: str) -> float:
+    """Set the alias and make the server pick it up; returns when the canary started."""
+    client = registry.client_for(settings)
+    client.set_registered_model_alias(spec.name, aliases.CANARY, version)
+    started = time.time()
+    try:
+        served = reload_server(spec.serving.url, spec.serving.admin_token_env)
+    except ConnectionError:
+        aliases.remove_canary(client, spec.name)
+        raise
+    if served.get(aliases.CANARY) != version:
+        aliases.remove_canary(client, spec.name)
+        raise RuntimeError(f"the server did not load v{version} as canary (serves {served})")
+    print(f"v{version} is canary: {spec.serving.canary_share:.0%} of request keys")
+    return started
+
+
+@io_task
+def observe(spec: PipelineSpec, settings: Settings, version: str, since_ts: float) -> bool:
+    """Wait until the canary has answered `release.canary_window` requests (or time runs out)."""
+    log = InferenceLog(settings.inference_db)
+    deadline = time.monotonic() + spec.release.timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = log.counts(version=version, route=aliases.CANARY, since_ts=since_ts)["requests"]
+        if seen >= spec.release.canary_window:
+            return True
+        time.sleep(1.0)
+    print(f"canary window not filled: {seen} of {spec.release.canary_window} requests")
+    return False
+
+
+@io_task
+def read_windows(
+    spec: PipelineSpec, settings: Settings, version: str, champion: str, since_ts: float
+):
+    """Canary and champion requests of the same period, newest `canary_window` x a margin."""
+    log = InferenceLog(settings.inference_db)
+    limit = 20 * spec.release.canary_window
+    canary = log.window(version=version, route=aliases.CANARY, since_ts=since_ts, limit=limit)
+    base = log.window(version=champion, route=aliases.CHAMPION, since_ts=since_ts, limit=limit)
+    return canary, base
+
+
+@io_task
+def record_release(
+    spec: PipelineSpec,
+    settings: Settings,
+    version: str,
+    run_id: str,
+    decision: CanaryDecision | None,
+    reason: str,
+    folder: Path,
+) -> None:
+    promoted = decision is not None and decision.promote
+    verdict = "promoted" if promoted else "rolled_back"
+    payload = decision.to_dict() if decision else {"promote": False, "reasons": reason}
+    table = (
+        decision.table()
+        if decision
+        else f"| check | result | reason |\n|---|---|---|\n| canary_window | **FAIL** | {reason} |"
+    )
+    evidence.record_decision(
+        registry.client_for(settings),
+        spec.name,
+        version,
+        run_id,
+        stage=RELEASE,
+        verdict=verdict,
+        heading=f"Release: {verdict.replace('_', ' ')}",
+        table=table,
+        payload=payload,
+        folder=folder,
+        tags={"release_reasons": decision.reasons() if decision else reason},
+    )
+
+
+@flow(name="release", flow_run_name="release-{spec_path}", log_prints=True)
+def release(spec_path: str = "configs/support-tickets.yaml", candidate: str = "challenger") -> dict:
+    """Put a gated version on canary, observe it on live traffic, then promote or roll back.
+
+    Without a champion there is nothing to compare with: the version is promoted on the
+    gate's evidence alone and the server is told to load it.
+    """
+    spec = load_spec(spec_path)
+    settings = Settings.from_env()
+    settings.prepare()
+    version, run_id, champion = check_candidate(spec, settings, candidate)
+    client = registry.client_for(settings)
+    with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
+        folder = Path(scratch) / RELEASE
+        folder.mkdir()
+        if champion is None:
+            aliases.promote(client, spec.name, version)
+            reason = "first champion: promoted on the gate's evidence alone"
+            evidence.record_decision(
+                client,
+                spec.name,
+                version,
+                run_id,
+                stage=RELEASE,
+                verdict="promoted",
+                heading="Release: promoted (first champion)",
+                table=reason,
+                payload={"promote": True, "reasons": reason},
+                folder=folder,
+                tags={"release_reasons": reason},
+            )
+            _reload_if_serving(spec)
+            print(f"v{version} is the champion ({reason})")
+            return {"version": version, "promoted": True, "reasons": reason}
+        since = start_canary(spec, settings, version)
+        decision = None
+        reason = (
+            f"the canary window of {spec.release.canary_window} requests did not fill within "
+            f"{spec.release.timeout_s:g} s"
+        )
+        if observe(spec, settings, version, since):
+            canary, base = read_windows(spec, settings, version, champion, since)
+            decision = compare_canary(
+                canary,
+                base,
+                spec.release,
+                canary_version=version,
+                champion_version=champion,
+                confidence=spec.gate.confidence,
+            )
+            reason = decision.reasons()
+            drift_report(
+                base,
+                canary,
+                folder / "canary_vs_champion.html",
+                title=f"{spec.name}: canary v{version} vs champion v{champion} on live traffic",
+                tsne_rows=0,
+            )
+        if decision is not None and decision.promote:
+            aliases.promote(client, spec.name, version)
+        else:
+            aliases.remove_canary(client, spec.name)
+        record_release(spec, settings, version, run_id, decision, reason, folder)
+    _reload_if_serving(spec)
+    promoted = decision is not None and decision.promote
+    print(f"v{version} {'promoted to champion' if promoted else 'rolled back'}: {reason}")
+    return {
+        "version": version,
+        "promoted": promoted,
+        "champion_before": champion,
+        "reasons": reason,
+    }
+
+
+def _reload_if_serving(spec: PipelineSpec) -> None:
+    try:
+        served = reload_server(spec.serving.url, spec.serving.admin_token_env)
+        print(f"server at {spec.serving.url} now serves {served}")
+    except ConnectionError as exc:
+        print(f"note: {exc}")
+
+
+def rollback(spec: PipelineSpec, settings: Settings) -> tuple[str, str | None]:
+    """`previous` becomes the champion again; the replaced version says why on its page.
+
+    Returns:
+        (restored version, the version it replaced).
+    """
+    client = registry.client_for(settings)
+    restored, replaced = aliases.restore_previous(client, spec.name)
+    if replaced is not None:
+        reason = f"rolled back by `attnops rollback`: v{restored} is the champion again"
+        with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
+            evidence.record_decision(
+                client,
+                spec.name,
+                replaced,
+                client.get_model_version(spec.name, replaced).run_id,
+                stage=RELEASE,
+                verdict="rolled_back",
+                heading="Release: rolled back",
+                table=reason,
+                payload={"promote": False, "reasons": reason, "restored": restored},
+                folder=Path(scratch) / RELEASE,
+                tags={"release_reasons": reason},
+            )
+    _reload_if_serving(spec)
+    return restored, replaced

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the inference service (one registry per app, so tests can run many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class ServingMetrics:
+    """Every metric the server exports; names are the contract of the dashboards and alerts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "attnops_requests", "Answered inputs", ["route", "version"], registry=r
+        )
+        self.errors = Counter(
+            "attnops_request_errors",
+            "Rejected or failed requests by HTTP status and reason",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "attnops_request_latency_seconds",
+            "Arrival to answer, per input",
+            ["route", "version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tokens = Histogram(
+            "attnops_input_tokens",
+            "Tokens per input before truncation",
+            ["version"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.truncated = Counter(
+            "attnops_truncated_inputs", "Inputs cut to model.max_length", ["version"], registry=r
+        )
+        self.confidence = Histogram(
+            "attnops_prediction_confidence",
+            "Confidence of the predicted label",
+            ["version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.unsupported = Counter(
+            "attnops_unsupported_assertions",
+            "Confident answers on inputs far from the reference",
+            ["version"],
+            registry=r,
+        )
+        self.pii_hits = Counter(
+            "attnops_pii_hits", "PII entities redacted from logged inputs", ["entity"], registry=r
+        )
+        self.batch_size = Histogram(
+            "attnops_batch_size",
+            "Inputs per forward pass",
+            ["route"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.log_pending = Gauge(
+            "attnops_inference_log_pending", "Records waiting to be written", registry=r
+        )
+        self.log_write_errors = Gauge(
+            "attnops_inference_log_write_errors", "Failed inference-log writes", registry=r
+        )
+        self.served = Gauge(
+            "attnops_served_version",
+            "1 for the version each route serves",
+            ["route", "version"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "attnops_reloads", "Alias reloads by outcome", ["outcome"], registry=r
+        )
