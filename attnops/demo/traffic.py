@@ -8,6 +8,7 @@ sampled share is revealed afterwards through `/feedback`, as a labelling team wo
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -92,3 +93,52 @@ async def send_traffic(
 def simulate(url: str, **kwargs) -> TrafficResult:
     """`send_traffic` from synchronous code."""
     return asyncio.run(send_traffic(url, **kwargs))
+
+
+class CanaryTraffic:
+    """Customers in the background: while the server has a canary, traffic keeps flowing.
+
+    `release` waits for the canary window to fill; in the demo and the tests nothing else
+    sends requests meanwhile. Batches of `batch` tickets alternate between `scenarios`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scenarios: tuple[str, ...] = ("new_product_line", "normal"),
+        batch: int = 100,
+        label_share: float = 0.5,
+    ) -> None:
+        self.url, self.scenarios, self.batch, self.label_share = url, scenarios, batch, label_share
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="canary-traffic")
+        self.sent = 0
+
+    def __enter__(self) -> CanaryTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _run(self) -> None:
+        seed = 1000
+        while not self._stop.is_set():
+            try:
+                canary = httpx.get(f"{self.url}/ready", timeout=5).json().get("canary")
+            except (httpx.HTTPError, ValueError):
+                canary = None
+            if not canary:
+                self._stop.wait(0.2)
+                continue
+            seed += 1
+            result = simulate(
+                self.url,
+                scenario=self.scenarios[seed % len(self.scenarios)],
+                n=self.batch,
+                seed=seed,
+                label_share=self.label_share,
+            )
+            self.sent += result.sent

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ def use_demo_home() -> Path:
 
 def run_demo(spec_path: str, *, regenerate: bool) -> None:
     from attnops.demo.tickets import write_demo_dataset
+    from attnops.demo.traffic import CanaryTraffic, simulate
     from attnops.flows.gate import gate
     from attnops.flows.monitor import monitor
     from attnops.flows.release import release
@@ -87,7 +87,6 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
     os.environ[spec.serving.admin_token_env] = token
     with _server(spec_path, spec.serving.url) as url:
         step("serve", f"champion v1 at {url}")
-        from attnops.demo.traffic import simulate
 
         size = spec.monitoring.window_size
         normal = simulate(url, scenario="normal", n=size, seed=1, label_share=0.3)
@@ -101,7 +100,7 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
         step("monitor", f"{alarm['status']}: {reasons} (event {alarm.get('event_id')})")
         if alarm["status"] != "alarm":
             raise RuntimeError("the drifted window raised no alarm; the demo cannot go on")
-        with _canary_traffic(url):
+        with CanaryTraffic(url):
             outcome = retrain(spec_path, event_id=alarm["event_id"])
         step(
             f"retrain -> v{outcome.get('version')}",
@@ -140,38 +139,6 @@ class _server:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-class _canary_traffic:
-    """Background customers: while a canary is served, keep traffic flowing to both."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.stop = threading.Event()
-
-    def __enter__(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-
-    def _run(self) -> None:
-        from attnops.demo.traffic import simulate
-
-        seed = 100
-        while not self.stop.is_set():
-            try:
-                ready = httpx.get(f"{self.url}/ready", timeout=5).json()
-            except httpx.HTTPError:
-                ready = {}
-            if not ready.get("canary"):
-                self.stop.wait(0.5)
-                continue
-            seed += 1
-            scenario = "new_product_line" if seed % 2 else "normal"
-            simulate(self.url, scenario=scenario, n=100, seed=seed, label_share=0.5)
 
 
 def _print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:

@@ -41,7 +41,10 @@ def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, objec
         raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
     log = InferenceLog(settings.inference_db)
     window = log.window(
-        version=str(mv.version), route=aliases.CHAMPION, limit=spec.monitoring.window_size
+        version=str(mv.version),
+        route=aliases.CHAMPION,
+        limit=spec.monitoring.window_size,
+        answered_only=True,
     )
     return str(mv.version), mv.run_id, window
 

@@ -89,12 +89,15 @@ def attention_entropy(
     return result
 
 
-def head_importance(model, data: Encoded, *, pad_id: int, device: torch.device) -> np.ndarray:
+def head_importance(
+    model, data: Encoded, *, pad_id: int, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
     """Mean over inputs of |dLoss(x)/dGate| per head, each layer's row L2-normalised.
 
-    One input per backward pass: the absolute value must be taken per input, or gradients
-    of opposite sign from different inputs would cancel (Michel et al., eq. 2).
-    `data` needs labels.
+    The absolute value must be taken per input, or gradients of opposite sign from
+    different inputs would cancel (Michel et al., eq. 2). Each input of a batch gets its
+    own copy of the gates and the losses are summed, so one backward pass yields every
+    input's own gradient. `data` needs labels.
     """
     projections = [m for name, m in model.named_modules() if _OUTPUT_PROJECTION.search(name)]
     if not projections:
@@ -102,14 +105,14 @@ def head_importance(model, data: Encoded, *, pad_id: int, device: torch.device) 
             f"{type(model).__name__}: no attention output projection found for head importance"
         )
     n_heads = model.config.num_attention_heads
-    gates = torch.ones(len(projections), n_heads, device=device, requires_grad=True)
+    gates: torch.Tensor | None = None  # (batch, layers, heads), set per batch
 
     def gate_hook(layer: int):
         def hook(_module, args):
-            (x,) = args
+            (x,) = args  # (batch, tokens, hidden)
             shape = x.shape
             heads = x.view(*shape[:-1], n_heads, shape[-1] // n_heads)
-            gated = heads * gates[layer].view(*[1] * (len(shape) - 1), n_heads, 1)
+            gated = heads * gates[:, layer].view(shape[0], *[1] * (len(shape) - 2), n_heads, 1)
             return (gated.view(shape),)
 
         return hook
@@ -117,12 +120,19 @@ def head_importance(model, data: Encoded, *, pad_id: int, device: torch.device) 
     handles = [p.register_forward_pre_hook(gate_hook(i)) for i, p in enumerate(projections)]
     was_training = model.training
     model.eval()  # no dropout: importance of the model as it will serve
-    importance = torch.zeros_like(gates)
+    importance = torch.zeros(len(projections), n_heads, device=device)
     try:
-        singles = [np.array([i]) for i in range(len(data))]
-        for _, batch in iterate(data, singles, pad_id, device):
-            (grad,) = torch.autograd.grad(model(**batch).loss, gates)
-            importance += grad.abs()
+        for indices, batch in iterate(
+            data, sequential_batches(data.lengths, batch_size), pad_id, device
+        ):
+            gates = torch.ones(
+                len(indices), len(projections), n_heads, device=device, requires_grad=True
+            )
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, gates)
+            importance += grad.abs().sum(0)
     finally:
         for handle in handles:
             handle.remove()

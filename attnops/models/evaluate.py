@@ -63,18 +63,6 @@ def evaluate_classifier(
         labels = data.label_ids(frame) if labelled else None
         return encode(tokenizer, frame[TEXT].tolist(), max_length, labels)
 
-    test_frame = data.in_scope("test")
-    test = encoded(test_frame)
-    test_pred = predict(model, test, pad_id=pad_id, device=device)
-    y_true = np.asarray(test.labels)
-    quality = classification_metrics(y_true, test_pred.labels, names)
-    ece, bins = expected_calibration_error(
-        test_pred.confidence, test_pred.labels == y_true, cfg.ece_bins
-    )
-    slices = {"length": length_bucket(np.asarray(test.full_lengths), cfg.length_buckets)}
-    slices |= {col: test_frame[col].to_numpy() for col in spec.data.slice_columns}
-    slice_rows = slice_metrics(y_true, test_pred.labels, slices)
-
     val_frame = data.splits["validation"]
     val_in_scope = val_frame[LABEL].isin(names).to_numpy()
     validation = encoded(val_frame, labelled=False)
@@ -82,10 +70,40 @@ def evaluate_classifier(
     threshold = out_of_scope_threshold(
         val_pred.confidence[val_in_scope], cfg.in_scope_rejection_rate
     )
-    oos = encoded(data.out_of_scope("test"), labelled=False)
-    oos_confidence = (
-        predict(model, oos, pad_id=pad_id, device=device).confidence if len(oos) else np.array([])
+
+    # The reference profile: the test split (never used to pick weights, temperature or
+    # threshold) as records through the version's own eyes, in and out of scope alike,
+    # as live traffic will be. Text stays in memory here; whoever stores it redacts it.
+    # The test metrics below come from the same pass.
+    projection = EmbeddingProjection.fit(val_pred.embeddings[val_in_scope], cfg.embedding_dim)
+    full_test = data.splits["test"]
+    reference = score_records(
+        model,
+        tokenizer,
+        full_test[TEXT].tolist(),
+        label_names=names,
+        max_length=max_length,
+        projection=projection,
+        device=device,
+        attention_share=min(1.0, cfg.probe_size / max(len(full_test), 1)),
+        seed=spec.training.seed,
     )
+    in_scope = full_test[LABEL].isin(names).to_numpy()
+    test_frame = data.in_scope("test")
+    test = encoded(test_frame)
+    test_labels = np.asarray(
+        pd.Categorical(reference["prediction"][in_scope], categories=names).codes
+    )
+    test_confidence = reference["confidence"][in_scope].to_numpy()
+    y_true = np.asarray(test.labels)
+    quality = classification_metrics(y_true, test_labels, names)
+    ece, bins = expected_calibration_error(test_confidence, test_labels == y_true, cfg.ece_bins)
+    slices = {"length": length_bucket(np.asarray(test.full_lengths), cfg.length_buckets)}
+    slices |= {col: test_frame[col].to_numpy() for col in spec.data.slice_columns}
+    slice_rows = slice_metrics(y_true, test_labels, slices)
+
+    oos = encoded(data.out_of_scope("test"), labelled=False)
+    oos_confidence = reference["confidence"][~in_scope].to_numpy()
     hallucination = unsupported_assertions(oos_confidence, threshold)
 
     # The whole test split (in-scope and out-of-scope), from encodings already made.
@@ -184,29 +202,13 @@ def evaluate_classifier(
     pd.DataFrame(
         {
             LABEL: test_frame[LABEL].to_numpy(),
-            "prediction": np.asarray(names, dtype=object)[test_pred.labels],
-            "confidence": test_pred.confidence,
+            "prediction": np.asarray(names, dtype=object)[test_labels],
+            "confidence": test_confidence,
             "n_tokens": test.full_lengths,
             **{f"slice.{column}": values for column, values in slices.items()},
         }
     ).to_parquet(files[-1], index=False)
 
-    # The reference profile: the test split (never used to pick weights, temperature or
-    # threshold) as records through the version's own eyes, in and out of scope alike,
-    # as live traffic will be. Text stays in memory here; whoever stores it redacts it.
-    projection = EmbeddingProjection.fit(val_pred.embeddings[val_in_scope], cfg.embedding_dim)
-    full_test = data.splits["test"]
-    reference = score_records(
-        model,
-        tokenizer,
-        full_test[TEXT].tolist(),
-        label_names=names,
-        max_length=max_length,
-        projection=projection,
-        device=device,
-        attention_share=min(1.0, cfg.probe_size / max(len(full_test), 1)),
-        seed=spec.training.seed,
-    )
     reference.insert(0, TEXT, full_test[TEXT].to_numpy())
     reference[LABEL] = full_test[LABEL].to_numpy()
     for col in spec.data.slice_columns:

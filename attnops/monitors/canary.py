@@ -159,7 +159,9 @@ def _accuracy(
     a1, a0 = float(right1.mean()), float(right0.mean())
     reason = f"accuracy {a1:.3f} on {len(right1)} labelled vs champion {a0:.3f} on {len(right0)}"
     reason += f" (max drop {max_drop}, p={check.values['p_value']:.3g})"
-    return GateCheck.of("accuracy", check.passed, reason, canary=a1, champion=a0, **check.values)
+    return GateCheck.of(
+        "accuracy", check.passed, reason, canary=a1, champion=a0, p_value=check.values["p_value"]
+    )
 
 
 def _prediction_shift(canary: pd.DataFrame, champion: pd.DataFrame) -> GateCheck:

@@ -20,6 +20,7 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -190,12 +191,16 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                         "(serving.over_length: reject)",
                     )
         batcher: MicroBatcher = state["batcher"]
+        log: InferenceLog = state["log"]
         try:
             results = await asyncio.gather(*(batcher.submit(route, t) for t in texts))
         except Exception as exc:
+            # Failed requests are logged too: the release compares error rates per route.
+            slot = models.slots.get(route) or models.slots[CHAMPION]
+            for request_id, text in zip(ids, texts, strict=True):
+                log.submit(_failed_record(request_id, slot, route, text, arrived))
             raise ClientError(500, "model_error", f"the model failed: {exc}") from exc
         latency_ms = (time.perf_counter() - arrived) * 1000
-        log: InferenceLog = state["log"]
         out = []
         for request_id, text, (slot, a) in zip(ids, texts, results, strict=True):
             _observe(metrics, route, slot.version, a, latency_ms)
@@ -327,4 +332,29 @@ def _record(
         unsupported=a.unsupported,
         embedding=a.embedding,
         attention_entropy=a.attention_entropy,
+    )
+
+
+def _failed_record(
+    request_id: str, slot: ModelSlot, route: str, text: str, arrived: float
+) -> LogRecord:
+    return LogRecord(
+        request_id=request_id,
+        ts=time.time(),
+        model_name=slot.name,
+        version=slot.version,
+        route=route,
+        text=text,
+        prediction="",
+        confidence=float("nan"),
+        latency_ms=(time.perf_counter() - arrived) * 1000,
+        n_tokens=0,
+        truncated=False,
+        text_chars=len(text),
+        unk_rate=0.0,
+        tokens_per_word=0.0,
+        non_letter_share=0.0,
+        unsupported=False,
+        embedding=np.zeros(0, dtype=np.float32),
+        status=500,
     )

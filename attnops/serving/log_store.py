@@ -379,8 +379,12 @@ class InferenceLog:
         limit: int = 500,
         since_ts: float | None = None,
         labelled_only: bool = False,
+        answered_only: bool = False,
     ) -> pd.DataFrame:
         """The newest `limit` matching records, oldest first, with their labels.
+
+        `answered_only` leaves out failed requests (status other than 200), which carry no
+        prediction or embedding: what the drift monitors need.
 
         Returns:
             One row per record: every non-binary column of the log, `label` (None when no
@@ -403,6 +407,8 @@ class InferenceLog:
         )
         if labelled_only:
             query = query.where(feedback.c.request_id.is_not(None))
+        if answered_only:
+            query = query.where(inference_log.c.status == 200)
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return _frame(rows[::-1])

@@ -90,3 +90,11 @@ def test_head_with_zero_output_has_zero_importance(tokenizer):
     np.testing.assert_allclose(np.linalg.norm(importance, axis=1), 1.0, rtol=1e-5)
     # The gates are removed again: the model computes exactly what it did before.
     torch.testing.assert_close(model(**batch).logits, before)
+
+
+def test_head_importance_per_input_gradients_do_not_depend_on_batching(tokenizer):
+    """Each input's |gradient| counts on its own: batched equals one input at a time."""
+    model, probe = _model(), _probe(tokenizer)
+    one_by_one = head_importance(model, probe, pad_id=0, device=CPU, batch_size=1)
+    batched = head_importance(model, probe, pad_id=0, device=CPU, batch_size=32)
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-6)
