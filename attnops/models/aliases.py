@@ -15,7 +15,6 @@ from attnops.models.versions import resolve
 CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
 
 
-
 def version_of(client: MlflowClient, name: str, alias: str) -> str | None:
     """The version number an alias points at, or None when it is not set."""
     mv = resolve(client, name, alias)

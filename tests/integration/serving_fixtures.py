@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 import yaml
 
-from attnops.models import aliases, registry
+from attnops.models import registry
 from attnops.settings import Settings
 from attnops.spec import load_spec
 from tests.conftest import tiny_spec_dict

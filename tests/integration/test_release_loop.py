@@ -7,6 +7,8 @@ checks themselves are unit-tested in tests/unit/test_canary.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import mlflow
 import pytest
@@ -35,13 +37,11 @@ LENIENT_RELEASE = {
 
 def _spec(demo_dir, folder, **sections) -> str:
     path = serving_spec(demo_dir, folder)
-    raw = yaml.safe_load(open(path))
+    raw = yaml.safe_load(Path(path).read_text())
     raw["release"] = LENIENT_RELEASE
     raw["monitoring"] = {"window_size": 150, "bootstrap_resamples": 300}
-    for key, value in sections.items():
-        raw[key] = value
-    with open(path, "w") as f:
-        yaml.safe_dump(raw, f)
+    raw.update(sections)
+    Path(path).write_text(yaml.safe_dump(raw))
     return path
 
 
@@ -89,7 +89,11 @@ def test_first_release_promotes_then_a_canary_is_promoted_on_live_evidence_and_r
             f"runs:/{c.get_model_version(NAME, '2').run_id}/release/release.json"
         )
         assert {ch["name"] for ch in evidence["checks"]} >= {
-            "error_rate", "latency_ms_p95", "unsupported_assertions", "accuracy", "pii_share",
+            "error_rate",
+            "latency_ms_p95",
+            "unsupported_assertions",
+            "accuracy",
+            "pii_share",
         }
         assert "Release: promoted" in c.get_model_version(NAME, "2").description
 
@@ -116,9 +120,7 @@ def test_a_canary_whose_window_never_fills_is_rolled_back(home, demo_dir):
     assert _tags("2")["attnops.release"] == "rolled_back"
 
 
-def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guards(
-    home, demo_dir
-):
+def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guards(home, demo_dir):
     path = _spec(demo_dir, home, retrain={"cooldown_s": 3600, "min_new_labels": 100, "epochs": 1})
     train(path)
     client().set_registered_model_alias(NAME, aliases.CHAMPION, "1")
@@ -138,7 +140,8 @@ def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guar
         run = mlflow.get_run(alarm["run_id"])
         assert run.data.tags["attnops.alarm"] == "true"
         assert run.data.metrics["window_records"] == 150
-        assert "monitor/drift.html" in {a.path for a in client().list_artifacts(run.info.run_id, "monitor")}
+        artifacts = client().list_artifacts(run.info.run_id, "monitor")
+        assert "monitor/drift.html" in {a.path for a in artifacts}
 
         with CanaryTraffic(url, batch=40):
             done = retrain(path, event_id=alarm["event_id"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 
 import httpx
 import pytest
@@ -43,8 +42,7 @@ def trained(tmp_path_factory, demo_dir, prefect_server):
 def spec_for(trained, demo_dir, tmp_path, monkeypatch):
     """A spec with its own port and a fresh inference log for this test."""
     monkeypatch.setenv("ATTNOPS_INFERENCE_DB", f"sqlite:///{tmp_path / 'inference.db'}")
-    for alias in (aliases.CANARY,):
-        aliases.remove_canary(client(), NAME)
+    aliases.remove_canary(client(), NAME)
     client().set_registered_model_alias(NAME, aliases.CHAMPION, "1")
 
     def make(**serving) -> str:
@@ -53,7 +51,9 @@ def spec_for(trained, demo_dir, tmp_path, monkeypatch):
     return make
 
 
-async def _predict_many(url: str, bodies: list[dict], concurrency: int = 16) -> list[httpx.Response]:
+async def _predict_many(
+    url: str, bodies: list[dict], concurrency: int = 16
+) -> list[httpx.Response]:
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
 
@@ -165,7 +165,9 @@ def test_every_answer_is_logged_redacted_and_survives_a_stop(spec_for, tmp_path)
         metrics = httpx.get(f"{url}/metrics").text
     # The server stopped: every answered request is in the log, none with its PII.
     db = sqlite3.connect(tmp_path / "inference.db")
-    rows = db.execute("select request_id, text, has_pii, route, version from inference_log").fetchall()
+    rows = db.execute(
+        "select request_id, text, has_pii, route, version from inference_log"
+    ).fetchall()
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert all("@example.com" not in r[1] and "<EMAIL_ADDRESS>" in r[1] for r in rows)
     assert all(r[2] == 1 and r[3] == "champion" and r[4] == "1" for r in rows)

@@ -74,4 +74,4 @@ def test_routing_is_sticky_and_shares_keys_as_configured():
     assert abs(routes.count("canary") / len(keys) - 0.1) < 0.01
     assert routes == [choose_route(k, 0.1, has_canary=True) for k in keys]
     assert all(choose_route(k, 0.1, has_canary=False) == "champion" for k in keys[:100])
-    assert 0.0 <= min(map(bucket, keys)) and max(map(bucket, keys)) < 1.0
+    assert min(map(bucket, keys)) >= 0.0 and max(map(bucket, keys)) < 1.0
