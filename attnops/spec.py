@@ -59,12 +59,61 @@ class DataSpec(_Section):
         return self
 
 
+class DistributedSpec(_Section):
+    """Data-parallel training under torchrun (DDP): one process per GPU, on one or more nodes.
+
+    With more than one process the train flow launches `torchrun` for the fine-tune step;
+    its machine is node 0 and rank 0 (evaluates, checkpoints, returns the weights). The
+    other nodes join by running the command the flow prints; they need the package and the
+    base model, and get the spec and the data from rank 0.
+    """
+
+    nproc_per_node: int = Field(1, ge=1, description="Training processes per node (one per GPU).")
+    nnodes: int = Field(1, ge=1, description="Machines taking part.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Collective backend; auto: nccl on CUDA, gloo on CPU."
+    )
+    master_addr: str | None = Field(
+        None,
+        description="Address of node 0 that the other nodes can reach; required with nnodes > 1 "
+        "(a single node rendezvouses on a free local port).",
+    )
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+    timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="How long ranks wait for each other, e.g. while rank 0 evaluates or writes "
+        "a checkpoint, before the run fails.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes."""
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _multi_node_needs_address(self) -> DistributedSpec:
+        if self.nnodes > 1 and not self.master_addr:
+            raise ValueError(
+                "nnodes > 1 needs master_addr: the address of this (the train flow's) node "
+                "that the other nodes can reach"
+            )
+        return self
+
+
 class TrainingSpec(_Section):
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (at most `epochs`)."
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Examples per micro-batch over ALL training processes together: each of N "
+        "processes takes about batch_size / N of them. An optimizer step sees batch_size x "
+        "grad_accum_steps examples whatever N is, so adding processes changes speed, not "
+        "the result (up to floating-point rounding).",
+    )
     grad_accum_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     head_learning_rate: float | None = Field(
@@ -91,6 +140,22 @@ class TrainingSpec(_Section):
         True, description="Fit a temperature on validation and fold it into the output layer."
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec,
+        description="Processes and nodes for data-parallel training (default: one process).",
+    )
+
+    @model_validator(mode="after")
+    def _batch_covers_every_process(self) -> TrainingSpec:
+        world = self.distributed.world_size
+        if self.batch_size < world:
+            raise ValueError(
+                f"batch_size {self.batch_size} is split over all {world} training processes "
+                f"(distributed.nproc_per_node x nnodes); it must be at least {world}"
+            )
+        if self.distributed.backend == "nccl" and self.device == "cpu":
+            raise ValueError("distributed.backend 'nccl' needs CUDA; use 'gloo' or 'auto' on CPU")
+        return self
 
 
 class EvaluationSpec(_Section):
@@ -230,7 +295,35 @@ class RetrainSpec(_Section):
     """Labelled requests (feedback joined in the inference log) needed since the last training."""
     warm_start: bool = True
     """Start from the champion's weights (faster, keeps what it learnt) instead of model.base."""
+    replay_examples: int | None = Field(None, ge=0)
+    """Examples of the original training split mixed in with the new labels (a seeded
+    sample; rehearsal against forgetting). Default: all of them."""
     epochs: int | None = Field(None, ge=1, description="Default: training.epochs.")
+
+
+class CiSpec(_Section):
+    """`attnops ci`: the reduced training run a pull request is gated on, and how long a merge
+    to main waits for the deployments it triggers."""
+
+    max_steps: int | None = Field(
+        40,
+        ge=1,
+        description="Optimizer steps of the pull-request training run (at most "
+        "training.epochs). None: the spec's own training budget.",
+    )
+    train_sample: int | None = Field(
+        None,
+        ge=1,
+        description="Train the pull-request run on a seeded sample of this many training "
+        "examples, stratified by label and keeping at least data.min_examples_per_class of "
+        "each. None: all of them. Validation and test stay whole.",
+    )
+    deployment_timeout_s: float = Field(
+        7200.0,
+        gt=0,
+        description="How long `attnops ci --event push` waits for each deployment run (train, "
+        "then release, which itself waits up to release.timeout_s for its canary window).",
+    )
 
 
 class PipelineSpec(_Section):
@@ -245,6 +338,7 @@ class PipelineSpec(_Section):
     serving: ServingSpec = ServingSpec()
     release: ReleaseSpec = ReleaseSpec()
     retrain: RetrainSpec = RetrainSpec()
+    ci: CiSpec = CiSpec()
 
     @model_validator(mode="after")
     def _task_is_built(self) -> PipelineSpec:

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     command(
         "labels", "record labels that arrived later (CSV/JSONL: request_id,label)"
     ).add_argument("--file", required=True)
+    ci = command("ci", "CI: gate a CI-budget build (pull_request) or train+gate+release (push)")
+    ci.add_argument("--event", required=True, choices=("pull_request", "push"))
+    ci.add_argument("--summary", help="write the markdown summary (the PR comment) here")
     command("demo", "the whole loop on the embedded defaults, in a few minutes").add_argument(
         "--regenerate", action="store_true", help="rewrite the demo data files"
     )
@@ -140,10 +143,14 @@ def _run(args: argparse.Namespace) -> bool | None:
         print(result.summary())
         return result.errors == 0
     elif args.command == "labels":
-        from attnops.serving.log_store import InferenceLog
+        from attnops.serving.log_reader import LogReader
 
-        count = InferenceLog(settings.inference_db).load_labels_file(args.file)
+        count = LogReader(settings.inference_db).load_labels_file(args.file)
         print(f"{count} labels recorded in {settings.inference_db}")
+    elif args.command == "ci":
+        from attnops.flows.ci import run_ci
+
+        return run_ci(args.spec, event=args.event, summary_path=args.summary)
     else:
         from attnops.flows.demo import run_demo
 

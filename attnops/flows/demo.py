@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -111,34 +113,31 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
         raise RuntimeError(f"v2 was not promoted: {outcome.get('reason')}")
 
 
-class _server:
-    """`attnops serve` in a child process, ready when the block starts, stopped after."""
-
-    def __init__(self, spec_path: str, url: str) -> None:
-        self.spec_path, self.url = spec_path, url
-
-    def __enter__(self) -> str:
-        command = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", self.spec_path]
-        self.process = subprocess.Popen(command)
+@contextmanager
+def _server(spec_path: str, url: str) -> Iterator[str]:
+    """`attnops serve` in a child process, ready when the block starts, stopped after it."""
+    command = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", spec_path]
+    process = subprocess.Popen(command)
+    try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with code {self.process.returncode}")
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {process.returncode}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return self.url
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
             except httpx.HTTPError:
                 pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not become ready at {url} within 180 s")
             time.sleep(0.5)
-        self.process.terminate()
-        raise RuntimeError(f"the server did not become ready at {self.url} within 180 s")
-
-    def __exit__(self, *exc) -> None:
-        self.process.terminate()  # uvicorn drains requests and the log flushes
+        yield url
+    finally:
+        process.terminate()  # uvicorn answers what is in flight, then the log flushes
         try:
-            self.process.wait(timeout=60)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            process.kill()
 
 
 def _print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:

@@ -24,7 +24,7 @@ from attnops.models import aliases, registry, versions
 from attnops.models.versions import REFERENCE_FOLDER
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.monitors.reports import drift_report
-from attnops.serving.log_store import InferenceLog
+from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
@@ -39,7 +39,7 @@ def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, objec
     mv = versions.resolve(client, spec.name, aliases.CHAMPION)
     if mv is None:
         raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
-    log = InferenceLog(settings.inference_db)
+    log = LogReader(settings.inference_db)
     window = log.window(
         version=str(mv.version),
         route=aliases.CHAMPION,

@@ -21,7 +21,7 @@ from attnops.models import aliases, evidence, registry, versions
 from attnops.monitors.canary import CanaryDecision, compare_canary
 from attnops.monitors.reports import drift_report
 from attnops.serving.client import reload_server
-from attnops.serving.log_store import InferenceLog
+from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
@@ -70,7 +70,7 @@ def start_canary(spec: PipelineSpec, settings: Settings, version: str) -> float:
 @io_task
 def observe(spec: PipelineSpec, settings: Settings, version: str, since_ts: float) -> bool:
     """Wait until the canary has answered `release.canary_window` requests (or time runs out)."""
-    log = InferenceLog(settings.inference_db)
+    log = LogReader(settings.inference_db)
     deadline = time.monotonic() + spec.release.timeout_s
     seen = 0
     while time.monotonic() < deadline:
@@ -87,7 +87,7 @@ def read_windows(
     spec: PipelineSpec, settings: Settings, version: str, champion: str, since_ts: float
 ):
     """Canary and champion requests of the same period, newest `canary_window` x a margin."""
-    log = InferenceLog(settings.inference_db)
+    log = LogReader(settings.inference_db)
     limit = 20 * spec.release.canary_window
     canary = log.window(version=version, route=aliases.CANARY, since_ts=since_ts, limit=limit)
     base = log.window(version=champion, route=aliases.CHAMPION, since_ts=since_ts, limit=limit)

@@ -29,7 +29,7 @@ from attnops.flows.tasks import io_task
 from attnops.flows.train import train
 from attnops.models import aliases, registry, versions
 from attnops.models.data import LABEL, TEXT, load_labelled_data
-from attnops.serving.log_store import InferenceLog
+from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
@@ -75,7 +75,7 @@ def check_guards(
                 pd.DataFrame(),
             )
     since = champion.creation_timestamp / 1000
-    labelled = InferenceLog(settings.inference_db).labelled_since(since)
+    labelled = LogReader(settings.inference_db).labelled_since(since)
     if len(labelled) < spec.retrain.min_new_labels:
         return (
             f"only {len(labelled)} labelled requests since v{champion.version} was registered; "
@@ -147,7 +147,11 @@ def write_training_spec(
     new = pd.DataFrame({TEXT: labelled["text"], LABEL: labelled["label"]})
     for column in spec.data.slice_columns:
         new[column] = "live"
-    splits = {"train": pd.concat([data.splits["train"], new], ignore_index=True)}
+    old = data.splits["train"]
+    replay = spec.retrain.replay_examples
+    if replay is not None and replay < len(old):
+        old = old.sample(n=replay, random_state=spec.training.seed)
+    splits = {"train": pd.concat([old, new], ignore_index=True)}
     splits |= {name: data.splits[name] for name in ("validation", "test")}
     names = {TEXT: spec.data.text_column, LABEL: spec.data.label_column}
     raw = spec.model_dump(mode="json")
@@ -167,7 +171,7 @@ def write_training_spec(
         raw["training"]["epochs"] = spec.retrain.epochs
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    print(f"retrain data: {len(data.splits['train'])} + {len(new)} labelled requests -> {path}")
+    print(f"retrain data: {len(old)} original + {len(new)} labelled requests -> {path}")
     return str(path)
 
 
