@@ -264,6 +264,9 @@ class ServingSpec(_Section):
     """The inference log writes every this often: at most this much is lost on a crash."""
     admin_token_env: str = "ATTNOPS_ADMIN_TOKEN"
     """Environment variable holding the bearer token of the admin endpoints."""
+    alias_refresh_s: float = Field(60.0, ge=0)
+    """Re-read the registry aliases this often (0: only on /admin/reload). With several
+    replicas, the reload call reaches one; the others follow within this interval."""
 
     @property
     def url(self) -> str:

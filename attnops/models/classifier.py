@@ -1,4 +1,7 @@
-"""Fine-tune a classifier from a spec: the call the train flow, benchmarks and GPU checks share."""
+"""Fine-tune a classifier from a spec: the call the train flow, benchmarks and GPU checks share.
+
+In one process, or under torchrun when the spec's `training.distributed` asks for more.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnops.models import distributed
 from attnops.models.batching import encode
 from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.inference import predict
-from attnops.models.modeling import build_classifier, load_tokenizer, pick_device, seed_everything
+from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
 from attnops.models.train import StepCallback, TrainResult, fine_tune
 from attnops.spec import PipelineSpec
 
@@ -42,24 +46,28 @@ def train_classifier(
     """Build the spec's model over the data's labels and fine-tune it on the train split.
 
     With `resume`, training continues from the checkpoint in `checkpoint_dir`, which must
-    have been written for the same data and the same model and training settings; without
-    it, any old checkpoint is discarded.
+    have been written for the same data and the same model and training settings (the
+    number of processes may differ); without it, any old checkpoint is discarded.
+
+    When `spec.training.distributed` asks for more than one process and this process is
+    not one of a torchrun job already, the fine-tuning runs under torchrun and the trained
+    model comes back here (`on_step` is not available then). Inside a torchrun job every
+    rank calls this with the same arguments and the same seed; only rank 0 touches the
+    checkpoints, evaluates and calibrates, and only its result holds the best weights.
     """
-    if checkpoint_dir is not None:
-        marker = checkpoint_dir / "run_fingerprint"
-        settings = json.dumps([spec.model.model_dump(), spec.training.model_dump()], sort_keys=True)
-        fingerprint = hashlib.sha256(f"{data.data_sha256}|{settings}".encode()).hexdigest()
-        if resume and marker.is_file() and marker.read_text() != fingerprint:
-            raise ValueError(
-                f"checkpoint in {checkpoint_dir} was written for other data or other model/"
-                "training settings; run without --resume to start over"
-            )
-        if not resume:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(fingerprint)
+    rank = distributed.world()
+    if checkpoint_dir is not None and rank.is_main:
+        _prepare_checkpoints(spec, data, checkpoint_dir, resume)
+    if spec.training.distributed.world_size > 1 and not distributed.in_process_group():
+        if on_step is not None:
+            raise ValueError("on_step cannot follow a torchrun job; use one process")
+        from attnops.models.torchrun_entry import train_with_torchrun  # imports this module
+
+        return train_with_torchrun(
+            spec, data, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress
+        )
     seed_everything(spec.training)
-    device = pick_device(spec.training.device)
+    device = distributed.rank_device(spec.training.device)
     tokenizer = load_tokenizer(spec.model)
     model = build_classifier(spec.model, data.label_names)
 
@@ -81,7 +89,7 @@ def train_classifier(
         progress=progress,
     )
     temperature = 1.0
-    if spec.training.calibrate:
+    if spec.training.calibrate and rank.is_main:
         probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
         temperature = fit_temperature(probs, np.asarray(validation.labels))
         fold_temperature(model, temperature)
@@ -89,3 +97,23 @@ def train_classifier(
     return TrainedClassifier(
         model=model, tokenizer=tokenizer, result=result, device=device, temperature=temperature
     )
+
+
+def _prepare_checkpoints(
+    spec: PipelineSpec, data: LabelledData, checkpoint_dir: Path, resume: bool
+) -> None:
+    """Refuse to resume another run's checkpoint; start clean unless resuming."""
+    marker = checkpoint_dir / "run_fingerprint"
+    # Checkpoints do not depend on the number of processes: leave `distributed` out.
+    training = spec.training.model_dump(exclude={"distributed"})
+    settings = json.dumps([spec.model.model_dump(), training], sort_keys=True)
+    fingerprint = hashlib.sha256(f"{data.data_sha256}|{settings}".encode()).hexdigest()
+    if resume and marker.is_file() and marker.read_text() != fingerprint:
+        raise ValueError(
+            f"checkpoint in {checkpoint_dir} was written for other data or other model/"
+            "training settings; run without --resume to start over"
+        )
+    if not resume:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)

@@ -1,13 +1,15 @@
 """Fine-tune a sequence classifier: setup, loop, evaluate, stop early, checkpoint, resume.
 
-Runs on CPU or one CUDA device with torch and transformers only (no MLflow, no Prefect),
-so the same code trains on a laptop and on a GPU box. Batches are a pure function of
-(seed, epoch) and the step logic is rank-free, which is what DDP sharding will build on;
-checkpointing and logging will then move to rank 0.
+Runs on CPU or CUDA with torch and transformers only (no MLflow, no Prefect), so the same
+code trains on a laptop and on a GPU box, in one process or in several under torchrun
+(DDP). Batches are a pure function of (seed, epoch), so every rank builds the same global
+batches and takes its share of each (see `distributed.shard`); rank 0 alone logs,
+evaluates and checkpoints, and tells the other ranks whether to stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -19,9 +21,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from sklearn.metrics import f1_score
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from attnops.models import distributed
 from attnops.models.batching import Encoded, iterate, length_grouped_batches
 from attnops.models.inference import predict
 from attnops.models.modeling import count_parameters
@@ -40,6 +44,7 @@ class TrainState:
     best_macro_f1: float = -1.0
     evals_without_improvement: int = 0
     real_tokens: int = 0
+    """Non-pad tokens trained on, over all ranks."""
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -75,20 +80,31 @@ def fine_tune(
 ) -> TrainResult:
     """Train `model` in place and leave it holding the best validation weights.
 
+    Inside a torch.distributed process group (torchrun) every rank calls this with the same
+    arguments; each trains on its share of every batch, DDP averages the gradients, and
+    only rank 0 prints, evaluates, calls `on_step`, writes checkpoints and ends up with
+    the best weights (the other ranks keep the last ones). A checkpoint does not depend on
+    the number of ranks, so a run may resume with more or fewer processes.
+
     Args:
         model: a `*ForSequenceClassification` model; moved to `device`.
         train, validation: encoded splits with labels.
         cfg: the spec's `training` section.
         pad_id: the tokenizer's padding id.
         device: where to train.
-        checkpoint_dir: after each evaluation the state needed to resume is written here.
+        checkpoint_dir: after each evaluation the state needed to resume is written here
+            (by rank 0; other ranks need no access to it).
         resume: continue from the checkpoint in `checkpoint_dir` if there is one.
         on_step: called after every optimizer step with (step, metrics); may raise to stop.
+            Metrics are over all ranks.
         progress: show a progress bar.
     """
+    rank = distributed.world()
     cuda = device.type == "cuda"
     model.to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, fused=cuda)
+    # cfg.batch_size is the global micro-batch (all ranks together), so the step count,
+    # the schedule and the examples per optimizer step do not depend on the world size.
     batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
@@ -97,13 +113,18 @@ def fine_tune(
     )
     eval_every = cfg.eval_every_steps or steps_per_epoch
     patience = cfg.early_stopping_patience
-    state, best_weights = TrainState(), None
-    if resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
-        state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+    state, best_weights, saved = TrainState(), None, None
+    if rank.is_main and resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
+        saved = _read_checkpoint(checkpoint_dir, model)
         best_weights = _load_best(checkpoint_dir, model)
-        print(f"resumed from {checkpoint_dir / 'last'} at step {state.step}")
-    elif resume:
+        print(f"resumed from {checkpoint_dir / 'last'} at step {saved['state']['step']}")
+    elif rank.is_main and resume:
         print(f"no checkpoint in {checkpoint_dir}: starting from scratch")
+    # Rank 0 alone reads the checkpoint (no shared disk needed): the other ranks get its
+    # weights from DDP's construction and the rest of the training state from here.
+    saved = distributed.broadcast_from_main(saved, rank)
+    if saved is not None:
+        state = _restore(saved, optimizer, scheduler)
 
     card = {
         "examples": len(train),
@@ -111,7 +132,9 @@ def fine_tune(
         "parameters": count_parameters(model),
         "device": str(device),
         "dtype": "bf16 autocast" if cuda and cfg.bf16 else "fp32",
+        "processes": rank.size,
         "batch_size": cfg.batch_size,
+        "per_process_batch": math.ceil(cfg.batch_size / rank.size),
         "grad_accum_steps": cfg.grad_accum_steps,
         "effective_batch": cfg.batch_size * cfg.grad_accum_steps,
         "optimizer_steps": total_steps,
@@ -121,12 +144,24 @@ def fine_tune(
         "compile": cfg.compile,
         "resumed_at_step": state.step,
     }
-    print("run card: " + ", ".join(f"{k}={v}" for k, v in card.items()))
+    if rank.is_main:
+        print("run card: " + ", ".join(f"{k}={v}" for k, v in card.items()))
 
-    forward = torch.compile(model) if cfg.compile else model
+    # DDP broadcasts rank 0's weights when it wraps the model, then all-reduces (averages)
+    # gradients in backward. Evaluation and checkpoints use the unwrapped `model`.
+    ddp = None
+    if rank.size > 1:
+        ddp = DistributedDataParallel(model, device_ids=[device] if cuda else None)
+    forward = model if ddp is None else ddp
+    forward = torch.compile(forward) if cfg.compile else forward
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16)
     labels = np.asarray(validation.labels)
-    bar = tqdm(total=total_steps, initial=state.step, disable=not progress, desc="fine-tune")
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        disable=not (progress and rank.is_main),
+        desc="fine-tune",
+    )
     # A run that had already stopped early when it was checkpointed stays stopped.
     stopped_early = bool(patience and state.evals_without_improvement >= patience)
     model.train()
@@ -136,16 +171,25 @@ def fine_tune(
         )
         started = time.perf_counter()
         for b in range(state.batches_done_in_epoch, len(batches)):
-            _, batch = next(iterate(train, [batches[b]], pad_id, device))
+            mine, weight = distributed.shard(batches[b], rank)
+            _, batch = next(iterate(train, [mine], pad_id, device))
             # Scale so an accumulated step averages over its micro-batches; the last group
-            # of an epoch can be shorter than grad_accum_steps.
+            # of an epoch can be shorter than grad_accum_steps. `weight` (1 in one process)
+            # makes DDP's average over ranks the mean over the whole global micro-batch.
             group_start = b - b % cfg.grad_accum_steps
             group_size = min(cfg.grad_accum_steps, len(batches) - group_start)
-            with autocast:
-                loss = forward(**batch).loss / group_size
-            loss.backward()
+            steps_now = not (b + 1) % cfg.grad_accum_steps or b + 1 == len(batches)
+            # Accumulating micro-batches skip DDP's all-reduce; the last one of a group
+            # reduces the summed gradients once.
+            no_sync = (
+                ddp.no_sync() if ddp is not None and not steps_now else contextlib.nullcontext()
+            )
+            with no_sync:
+                with autocast:
+                    loss = forward(**batch).loss * weight / group_size
+                loss.backward()
             state.real_tokens += int(train.lengths[batches[b]].sum())  # host-side: no GPU sync
-            if (b + 1) % cfg.grad_accum_steps and b + 1 < len(batches):
+            if not steps_now:
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -153,31 +197,37 @@ def fine_tune(
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.batches_done_in_epoch = b + 1
-            # One device sync per optimizer step for both numbers.
-            loss_value, norm_value = torch.stack([loss.detach() * group_size, grad_norm]).tolist()
+            # One device sync per optimizer step for both numbers. The loss is the global
+            # micro-batch's mean (grad_norm is already global: DDP reduced the gradients).
+            last_loss = distributed.mean_over_ranks(loss.detach() * group_size, rank)
+            loss_value, norm_value = torch.stack([last_loss, grad_norm]).tolist()
             metrics = {"train_loss": loss_value, "grad_norm": norm_value}
             metrics["learning_rate"] = scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-            if on_step:
+            if on_step and rank.is_main:
                 on_step(state.step, metrics)
             last_of_epoch = b + 1 == len(batches)
             if state.step % eval_every == 0 or state.step == total_steps or last_of_epoch:
                 if last_of_epoch:
                     state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
                 state.train_seconds += time.perf_counter() - started
-                score = _val_macro_f1(model, validation, labels, pad_id, device)
-                state.history.append({"step": state.step, "val_macro_f1": score, **metrics})
-                if score > state.best_macro_f1:
-                    state.best_macro_f1, state.evals_without_improvement = score, 0
-                    best_weights = _cpu_copy(model)
+                if rank.is_main:
+                    score = _val_macro_f1(model, validation, labels, pad_id, device)
+                    state.history.append({"step": state.step, "val_macro_f1": score, **metrics})
+                    if score > state.best_macro_f1:
+                        state.best_macro_f1, state.evals_without_improvement = score, 0
+                        best_weights = _cpu_copy(model)
+                        if checkpoint_dir:
+                            _save_best(checkpoint_dir, model)
+                    else:
+                        state.evals_without_improvement += 1
                     if checkpoint_dir:
-                        _save_best(checkpoint_dir, model)
-                else:
-                    state.evals_without_improvement += 1
-                if checkpoint_dir:
-                    _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
-                stopped_early = bool(patience and state.evals_without_improvement >= patience)
+                        _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                    stopped_early = bool(patience and state.evals_without_improvement >= patience)
+                # The other ranks wait here while rank 0 evaluates and writes (bounded by
+                # distributed.timeout_s), then all stop or go on together.
+                stopped_early = distributed.broadcast_from_main(stopped_early, rank)
                 started = time.perf_counter()
             if stopped_early or state.step >= total_steps:
                 break
@@ -261,11 +311,15 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainStat
     tmp.rename(last)
 
 
-def _load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
+def _read_checkpoint(folder: Path, model) -> dict:
+    """Load the weights into `model`; return the rest (on the CPU, so it can be broadcast)."""
     last = folder / "last"
     load_model(model, str(last / "model.safetensors"))
-    saved = torch.load(last / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    return torch.load(last / "trainer_state.pt", weights_only=True, map_location="cpu")
+
+
+def _restore(saved: dict, optimizer, scheduler) -> TrainState:
+    optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     if saved["cuda_rng"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import tempfile
 import time
@@ -37,6 +38,8 @@ from attnops.serving.routing import CANARY, CHAMPION, choose_route
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
+logger = logging.getLogger(__name__)
+
 
 class PredictRequest(BaseModel):
     text: str = Field(min_length=1)
@@ -57,9 +60,9 @@ class Feedback(BaseModel):
 class ClientError(Exception):
     """A request the server will not answer: HTTP status and a sentence saying why."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str, route: str = "none") -> None:
         super().__init__(detail)
-        self.status, self.reason, self.detail = status, reason, detail
+        self.status, self.reason, self.detail, self.route = status, reason, detail, route
 
 
 class Models:
@@ -144,11 +147,21 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                 on_batch=lambda route, n: metrics.batch_size.labels(route).observe(n),
             )
             batcher.start()
-            state.update(models=models, log=log, batcher=batcher, reload=asyncio.Lock())
+            lock = asyncio.Lock()
+            state.update(models=models, log=log, batcher=batcher, reload=lock)
+            refresh = (
+                asyncio.create_task(
+                    _refresh_aliases(models, lock, metrics, serving.alias_refresh_s)
+                )
+                if serving.alias_refresh_s > 0
+                else None
+            )
             print(f"serving {spec.name} {served} on {serving.url}", flush=True)
             try:
                 yield
             finally:
+                if refresh is not None:
+                    refresh.cancel()
                 await batcher.stop()  # answers what is queued
                 log.close()  # then writes every record
 
@@ -156,7 +169,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @app.exception_handler(ClientError)
     async def client_error(_: Request, exc: ClientError) -> JSONResponse:
-        metrics.errors.labels(str(exc.status), exc.reason).inc()
+        metrics.errors.labels(str(exc.status), exc.reason, exc.route).inc()
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     async def read(request: Request, model: type[BaseModel]):
@@ -189,6 +202,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                         "too_long",
                         f"input {i} has {n} tokens; the model takes {slot.max_length} "
                         "(serving.over_length: reject)",
+                        route,
                     )
         batcher: MicroBatcher = state["batcher"]
         log: InferenceLog = state["log"]
@@ -199,7 +213,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             slot = models.slots.get(route) or models.slots[CHAMPION]
             for request_id, text in zip(ids, texts, strict=True):
                 log.submit(_failed_record(request_id, slot, route, text, arrived))
-            raise ClientError(500, "model_error", f"the model failed: {exc}") from exc
+            raise ClientError(500, "model_error", f"the model failed: {exc}", route) from exc
         latency_ms = (time.perf_counter() - arrived) * 1000
         out = []
         for request_id, text, (slot, a) in zip(ids, texts, results, strict=True):
@@ -282,6 +296,23 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     return app
 
 
+async def _refresh_aliases(
+    models: Models, lock: asyncio.Lock, metrics: ServingMetrics, every_s: float
+) -> None:
+    """Follow alias moves made elsewhere (another replica's reload, a CLI rollback)."""
+    while True:
+        await asyncio.sleep(every_s)
+        async with lock:
+            try:
+                served = await asyncio.to_thread(models.load)
+            except Exception as exc:  # keep serving what is loaded; say why once per try
+                metrics.reloads.labels("refused").inc()
+                serving = {r: s.version if s else None for r, s in models.routes().items()}
+                logger.warning("alias refresh failed, still serving %s: %s", serving, exc)
+                continue
+        _publish(metrics, served)
+
+
 def _authorize(request: Request, token_env: str) -> None:
     expected = os.environ.get(token_env)
     if not expected:
@@ -307,6 +338,9 @@ def _observe(metrics: ServingMetrics, route: str, version: str, a: Answer, ms: f
         metrics.truncated.labels(version).inc()
     if a.unsupported:
         metrics.unsupported.labels(version).inc()
+    if a.attention_entropy is not None:
+        for (layer, head), value in np.ndenumerate(a.attention_entropy):
+            metrics.attention_entropy.labels(version, str(layer), str(head)).observe(value)
 
 
 def _record(

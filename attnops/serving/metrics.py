@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    Summary,
+)
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -15,13 +22,14 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc.: OOM watch
         self.requests = Counter(
             "attnops_requests", "Answered inputs", ["route", "version"], registry=r
         )
         self.errors = Counter(
             "attnops_request_errors",
-            "Rejected or failed requests by HTTP status and reason",
-            ["status", "reason"],
+            "Rejected or failed requests by HTTP status, reason and route ('none' before routing)",
+            ["status", "reason", "route"],
             registry=r,
         )
         self.latency = Histogram(
@@ -52,6 +60,12 @@ class ServingMetrics:
             "attnops_unsupported_assertions",
             "Confident answers on inputs far from the reference",
             ["version"],
+            registry=r,
+        )
+        self.attention_entropy = Summary(
+            "attnops_attention_entropy",
+            "Normalised attention entropy (0-1) per head, observed on the sampled requests",
+            ["version", "layer", "head"],
             registry=r,
         )
         self.pii_hits = Counter(

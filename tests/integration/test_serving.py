@@ -120,7 +120,10 @@ def test_input_limits_get_clear_client_errors(spec_for):
         assert rejected.status_code == 422
         assert "tokens; the model takes 48" in rejected.json()["detail"]
         metrics = httpx.get(f"{url}/metrics").text
-        assert 'attnops_request_errors_total{reason="too_long",status="422"} 1.0' in metrics
+        expected = (
+            'attnops_request_errors_total{reason="too_long",route="champion",status="422"} 1.0'
+        )
+        assert expected in metrics
 
 
 def test_reload_after_a_promotion_drops_no_request(spec_for):
