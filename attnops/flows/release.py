@@ -31,8 +31,8 @@ RELEASE = "release"
 @io_task
 def check_candidate(
     spec: PipelineSpec, settings: Settings, candidate: str
-) -> tuple[str, str, str | None]:
-    """(version, its run id, the champion) for a candidate that passed the gate."""
+) -> tuple[str, str | None]:
+    """(version, the champion) for a candidate that passed the gate."""
     client = registry.client_for(settings)
     mv = versions.resolve(client, spec.name, candidate)
     if mv is None:
@@ -46,7 +46,7 @@ def check_candidate(
     champion = aliases.version_of(client, spec.name, aliases.CHAMPION)
     if champion == str(mv.version):
         raise ValueError(f"{spec.name} v{mv.version} is already the champion")
-    return str(mv.version), mv.run_id, champion
+    return str(mv.version), champion
 
 
 @io_task
@@ -99,31 +99,32 @@ def record_release(
     spec: PipelineSpec,
     settings: Settings,
     version: str,
-    run_id: str,
-    decision: CanaryDecision | None,
+    *,
+    verdict: str,
+    heading: str,
     reason: str,
     folder: Path,
+    decision: CanaryDecision | None = None,
 ) -> None:
-    promoted = decision is not None and decision.promote
-    verdict = "promoted" if promoted else "rolled_back"
-    payload = decision.to_dict() if decision else {"promote": False, "reasons": reason}
+    """The release decision onto the version: `attnops.release` (`promoted`/`rolled_back`)."""
+    client = registry.client_for(settings)
     table = (
         decision.table()
         if decision
-        else f"| check | result | reason |\n|---|---|---|\n| canary_window | **FAIL** | {reason} |"
+        else f"| decision | reason |\n|---|---|\n| {verdict} | {reason} |"
     )
     evidence.record_decision(
-        registry.client_for(settings),
+        client,
         spec.name,
         version,
-        run_id,
+        client.get_model_version(spec.name, version).run_id,
         stage=RELEASE,
         verdict=verdict,
-        heading=f"Release: {verdict.replace('_', ' ')}",
+        heading=heading,
         table=table,
-        payload=payload,
+        payload=decision.to_dict() if decision else {"verdict": verdict, "reasons": reason},
         folder=folder,
-        tags={"release_reasons": decision.reasons() if decision else reason},
+        tags={"release_reasons": reason},
     )
 
 
@@ -137,7 +138,7 @@ def release(spec_path: str = "configs/support-tickets.yaml", candidate: str = "c
     spec = load_spec(spec_path)
     settings = Settings.from_env()
     settings.prepare()
-    version, run_id, champion = check_candidate(spec, settings, candidate)
+    version, champion = check_candidate(spec, settings, candidate)
     client = registry.client_for(settings)
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         folder = Path(scratch) / RELEASE
@@ -145,18 +146,14 @@ def release(spec_path: str = "configs/support-tickets.yaml", candidate: str = "c
         if champion is None:
             aliases.promote(client, spec.name, version)
             reason = "first champion: promoted on the gate's evidence alone"
-            evidence.record_decision(
-                client,
-                spec.name,
+            record_release(
+                spec,
+                settings,
                 version,
-                run_id,
-                stage=RELEASE,
                 verdict="promoted",
                 heading="Release: promoted (first champion)",
-                table=reason,
-                payload={"promote": True, "reasons": reason},
+                reason=reason,
                 folder=folder,
-                tags={"release_reasons": reason},
             )
             _reload_if_serving(spec)
             print(f"v{version} is the champion ({reason})")
@@ -185,13 +182,23 @@ def release(spec_path: str = "configs/support-tickets.yaml", candidate: str = "c
                 title=f"{spec.name}: canary v{version} vs champion v{champion} on live traffic",
                 tsne_rows=0,
             )
-        if decision is not None and decision.promote:
+        promoted = decision is not None and decision.promote
+        if promoted:
             aliases.promote(client, spec.name, version)
         else:
             aliases.remove_canary(client, spec.name)
-        record_release(spec, settings, version, run_id, decision, reason, folder)
+        verdict = "promoted" if promoted else "rolled_back"
+        record_release(
+            spec,
+            settings,
+            version,
+            verdict=verdict,
+            heading=f"Release: {verdict.replace('_', ' ')} (vs champion v{champion})",
+            reason=reason,
+            folder=folder,
+            decision=decision,
+        )
     _reload_if_serving(spec)
-    promoted = decision is not None and decision.promote
     print(f"v{version} {'promoted to champion' if promoted else 'rolled back'}: {reason}")
     return {
         "version": version,
@@ -220,18 +227,14 @@ def rollback(spec: PipelineSpec, settings: Settings) -> tuple[str, str | None]:
     if replaced is not None:
         reason = f"rolled back by `attnops rollback`: v{restored} is the champion again"
         with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
-            evidence.record_decision(
-                client,
-                spec.name,
+            record_release.fn(
+                spec,
+                settings,
                 replaced,
-                client.get_model_version(spec.name, replaced).run_id,
-                stage=RELEASE,
                 verdict="rolled_back",
-                heading="Release: rolled back",
-                table=reason,
-                payload={"promote": False, "reasons": reason, "restored": restored},
+                heading="Release: rolled back by `attnops rollback`",
+                reason=reason,
                 folder=Path(scratch) / RELEASE,
-                tags={"release_reasons": reason},
             )
     _reload_if_serving(spec)
     return restored, replaced
