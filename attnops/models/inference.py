@@ -42,7 +42,8 @@ def predict(
     of the input, which later drift checks compare without a second model.
     """
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: not on each served batch
+        model.eval()
     probs = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     embeddings = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -59,5 +60,6 @@ def predict(
             if embeddings is None:
                 embeddings = np.zeros((len(data), pooled.shape[1]), dtype=np.float32)
             embeddings[indices] = pooled.cpu().numpy()
-    model.train(was_training)
+    if was_training:
+        model.train()
     return Predictions(probs=probs, embeddings=embeddings)

@@ -322,11 +322,15 @@ def _percentile_ratio(
 
 
 def _unsupported(candidate, champion, names, gate: GateSpec) -> GateCheck:
-    def rate(evidence: VersionEvidence) -> tuple[float, int]:
-        oos = evidence.predictions[~evidence.predictions["label"].isin(names)]
-        return (float(oos["unsupported"].mean()) if len(oos) else 0.0), len(oos)
+    """Absolute limit, and vs the champion an increase that is also significant: both
+    versions flag the same out-of-scope inputs or not, so McNemar's test pairs them."""
 
-    value, n = rate(candidate)
+    def flags(evidence: VersionEvidence) -> np.ndarray:
+        rows = evidence.predictions[~evidence.predictions["label"].isin(names)]
+        return rows["unsupported"].to_numpy(dtype=bool)
+
+    cand_flags = flags(candidate)
+    value, n = (float(cand_flags.mean()) if len(cand_flags) else 0.0), len(cand_flags)
     if n == 0:
         return GateCheck.of(
             "unsupported_assertions", True, "no out-of-scope inputs in the test split"
@@ -335,19 +339,27 @@ def _unsupported(candidate, champion, names, gate: GateSpec) -> GateCheck:
     if value > gate.max_unsupported_assertion_rate:
         problems.append(f"{value:.1%} of {n} out-of-scope inputs asserted (max "
                         f"{gate.max_unsupported_assertion_rate:.0%})")  # fmt: skip
-    champ_value = rate(champion)[0] if champion is not None else None
-    if champ_value is not None and value > champ_value + gate.max_unsupported_assertion_increase:
-        problems.append(f"{value:.1%} vs champion {champ_value:.1%} (max +"
-                        f"{gate.max_unsupported_assertion_increase:.0%})")  # fmt: skip
+    champ_value = p_value = None
+    if champion is not None:
+        champ_flags = flags(champion)
+        champ_value = float(champ_flags.mean())
+        # "Right" = not flagged: McNemar on the inputs only one of the two flags.
+        p_value = mcnemar_exact(np.zeros(n, bool), cand_flags, champ_flags)
+        increase = value - champ_value
+        if increase > gate.max_unsupported_assertion_increase and p_value < 1 - gate.confidence:
+            problems.append(f"{value:.1%} vs champion {champ_value:.1%} (max +"
+                            f"{gate.max_unsupported_assertion_increase:.0%}, McNemar "
+                            f"p={p_value:.3g})")  # fmt: skip
     reason = f"{value:.1%} of {n} out-of-scope inputs confidently labelled far from the reference"
     if champ_value is not None:
-        reason += f" (champion {champ_value:.1%})"
+        reason += f" (champion {champ_value:.1%}, McNemar p={p_value:.3g})"
     return GateCheck.of(
         "unsupported_assertions",
         not problems,
         "; ".join(problems) or reason,
         rate=value,
         champion_rate=champ_value,
+        p_value=p_value,
         n=n,
     )
 

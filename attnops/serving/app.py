@@ -117,6 +117,7 @@ class Models:
             device=self.device,
             attention_share=self.spec.serving.attention_sample_share,
             unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
+            forward_batch_size=self.spec.serving.forward_batch_size,
         )
 
 
@@ -269,7 +270,9 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         if models is None or CHAMPION not in models.slots:
             return JSONResponse({"ready": False}, status_code=503)
         versions = {route: s.version if s else None for route, s in models.routes().items()}
-        return JSONResponse({"ready": True, "model": spec.name, **versions})
+        log: InferenceLog = state["log"]
+        body = {"ready": True, "model": spec.name, **versions, "log_pending": log.pending}
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -48,6 +48,7 @@ class ModelSlot:
         device: torch.device,
         attention_share: float,
         unsupported_distance_quantile: float,
+        forward_batch_size: int = 64,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
         self.name, self.version = loaded.name, loaded.version
@@ -58,6 +59,7 @@ class ModelSlot:
         self.tokenizer = loaded.tokenizer
         self.device = device
         self.attention_share = attention_share
+        self.forward_batch_size = forward_batch_size
         self.layers = self.model.config.num_hidden_layers
         self.heads = self.model.config.num_attention_heads
         self.unsupported = UnsupportedAssertionDetector(
@@ -85,6 +87,7 @@ class ModelSlot:
             device=self.device,
             attention_share=self.attention_share,
             seed=self._calls,  # a different sample each batch
+            batch_size=self.forward_batch_size,
         )
         unsupported = self.unsupported.flags(records)
         columns = entropy_columns(self.layers, self.heads)

@@ -192,6 +192,29 @@ def test_more_unsupported_assertions_than_allowed_is_blocked():
     assert failed(decision) == {"unsupported_assertions"}
 
 
+def test_a_few_more_unsupported_assertions_on_few_inputs_is_noise_not_a_block():
+    """9 vs 4 of 100 out-of-scope inputs: +5 points, but McNemar cannot tell it from chance."""
+
+    def flag_more(frame, rng):
+        oos = np.flatnonzero(~frame["label"].isin(LABELS))
+        frame.loc[frame.index[oos], "unsupported"] = False
+        frame.loc[frame.index[oos[:9]], "unsupported"] = True
+
+    def flag_fewer(frame, rng):
+        oos = np.flatnonzero(~frame["label"].isin(LABELS))
+        frame.loc[frame.index[oos], "unsupported"] = False
+        frame.loc[frame.index[oos[3:7]], "unsupported"] = True
+
+    base = with_predictions(champion(), flag_fewer)
+    decision = gate_of(
+        with_predictions(base, flag_more), base, max_unsupported_assertion_increase=0.04
+    )
+    check = next(c for c in decision.checks if c.name == "unsupported_assertions")
+    assert check.passed, check.reason
+    assert check.values["rate"] - check.values["champion_rate"] > 0.04
+    assert "McNemar p=" in check.reason
+
+
 def test_without_champion_absolute_limits_apply():
     weak = champion(accuracy=0.5)
     decision = gate_of(weak, None, min_macro_f1=0.8)
