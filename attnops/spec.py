@@ -139,6 +139,11 @@ class TrainingSpec(_Section):
     calibrate: bool = Field(
         True, description="Fit a temperature on validation and fold it into the output layer."
     )
+    freeze_embeddings: bool = Field(
+        False,
+        description="Keep the input word embeddings fixed (about half of MiniLM's parameters): "
+        "about 13% less time per step on a CPU, usually no loss on small data sets.",
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec,

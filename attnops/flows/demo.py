@@ -65,7 +65,11 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
     paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
     if regenerate or not all(p.is_file() for p in paths):
         written = write_demo_dataset(
-            paths[0].parent, seed=spec.training.seed, fmt=paths[0].suffix.lstrip(".")
+            paths[0].parent,
+            seed=spec.training.seed,
+            fmt=paths[0].suffix.lstrip("."),
+            n_validation=200,  # smaller evaluation splits keep the demo within minutes
+            n_test=400,
         )
         missing = [p for p in paths if p not in written.values()]
         if missing:

@@ -70,6 +70,8 @@ def train_classifier(
     device = distributed.rank_device(spec.training.device)
     tokenizer = load_tokenizer(spec.model)
     model = build_classifier(spec.model, data.label_names)
+    if spec.training.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
 
     def encoded(split: str):
         frame = data.in_scope(split)

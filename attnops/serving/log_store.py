@@ -95,14 +95,14 @@ class InferenceLog(LogReader):
         return self._write_errors
 
     def start(self) -> InferenceLog:
-        """Start the writer thread (loading the PII scanner first, when redacting)."""
+        """Start the writer thread; it loads the PII scanner first, when redacting.
+
+        Loading presidio takes seconds; on the writer thread it does not hold up the
+        server's start, and records submitted meanwhile simply wait in the queue.
+        """
         if self._closed:
             raise RuntimeError(f"inference log {self._where} is closed; create a new one")
         if self._thread is None:
-            if self.redact:  # presidio takes seconds to load: pay it here, not in a flush
-                from attnops.monitors import pii
-
-                pii.build_analyzer()
             self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
             self._thread.start()
         return self
@@ -148,6 +148,10 @@ class InferenceLog(LogReader):
         self.close()
 
     def _run(self) -> None:
+        if self.redact:
+            from attnops.monitors import pii
+
+            pii.build_analyzer()
         while True:
             deadline = time.monotonic() + self.flush_interval_s
             closing = self._closing.is_set()  # read before draining: nothing submitted is missed

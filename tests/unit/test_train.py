@@ -157,3 +157,24 @@ def test_resuming_a_run_that_stopped_early_trains_no_further(tokenizer, tmp_path
     assert again.stopped_early
     assert again.optimizer_steps == first.optimizer_steps
     assert again.best_val_macro_f1 == first.best_val_macro_f1
+
+
+def test_frozen_embeddings_stay_as_built_while_the_rest_learns(demo_dir, tmp_path):
+    from attnops.models.classifier import train_classifier
+    from attnops.models.data import load_labelled_data
+    from attnops.models.modeling import build_classifier, seed_everything
+    from attnops.spec import PipelineSpec
+    from tests.conftest import tiny_spec_dict
+
+    spec = PipelineSpec.model_validate(
+        tiny_spec_dict(demo_dir, epochs=1, max_steps=3, freeze_embeddings=True)
+    )
+    data = load_labelled_data(spec.data)
+    seed_everything(spec.training)
+    before = build_classifier(spec.model, data.label_names)
+    trained = train_classifier(spec, data, checkpoint_dir=tmp_path, resume=False).model
+    embeddings = trained.get_input_embeddings().weight
+    assert not embeddings.requires_grad
+    torch.testing.assert_close(embeddings, before.get_input_embeddings().weight)
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(trained.state_dict()[layer], before.state_dict()[layer])
