@@ -95,6 +95,15 @@ def simulate(url: str, **kwargs) -> TrafficResult:
     return asyncio.run(send_traffic(url, **kwargs))
 
 
+def wait_for_log(url: str, timeout_s: float = 120.0) -> None:
+    """Until the server at `url` has written every answered request to its inference log."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/ready", timeout=5).json()["log_pending"] > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the inference log is still behind after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
 class CanaryTraffic:
     """Customers in the background: while the server has a canary, traffic keeps flowing.
 

@@ -42,7 +42,7 @@ def use_demo_home() -> Path:
 
 def run_demo(spec_path: str, *, regenerate: bool) -> None:
     from attnops.demo.tickets import write_demo_dataset
-    from attnops.demo.traffic import CanaryTraffic, simulate
+    from attnops.demo.traffic import CanaryTraffic, simulate, wait_for_log
     from attnops.flows.gate import gate
     from attnops.flows.monitor import monitor
     from attnops.flows.release import release
@@ -96,12 +96,12 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
 
         size = spec.monitoring.window_size
         normal = simulate(url, scenario="normal", n=size, seed=1, label_share=0.3)
-        _wait_for_log(url)
+        wait_for_log(url)
         step("normal traffic", normal.summary())
         calm = monitor(spec_path)
         step("monitor", f"{calm['status']} " + "; ".join(calm.get("reasons", [])))
         drifted = simulate(url, scenario="new_product_line", n=size, seed=2, label_share=0.6)
-        _wait_for_log(url)
+        wait_for_log(url)
         step("drifted traffic (new product line)", drifted.summary())
         alarm = monitor(spec_path)
         reasons = "; ".join(alarm.get("reasons", []))
@@ -144,15 +144,6 @@ def _server(spec_path: str, url: str) -> Iterator[str]:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def _wait_for_log(url: str, timeout_s: float = 60.0) -> None:
-    """Until the server has written every answered request to the inference log."""
-    deadline = time.monotonic() + timeout_s
-    while httpx.get(f"{url}/ready", timeout=5).json()["log_pending"] > 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the inference log is still behind after {timeout_s:g} s")
-        time.sleep(0.2)
 
 
 def _print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:

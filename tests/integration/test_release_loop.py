@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from attnops.demo.traffic import CanaryTraffic, simulate
+from attnops.demo.traffic import CanaryTraffic, simulate, wait_for_log
 from attnops.flows.cli import main
 from attnops.flows.gate import gate
 from attnops.flows.monitor import monitor
@@ -128,6 +128,7 @@ def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guar
     with running_server(path) as url:
         assert monitor(path)["status"] == "waiting"
         simulate(url, scenario="normal", n=150, seed=1, label_share=0.0)
+        wait_for_log(url)
         calm = monitor(path)
         assert calm["status"] in ("ok", "alarm")  # a 5% false-alarm rate is allowed
         assert monitor(path)["status"] == "stale", "the same window is judged once"
@@ -135,6 +136,7 @@ def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guar
         assert early["status"] == "skipped" and "only 0 labelled requests" in early["reason"]
 
         simulate(url, scenario="pii_surge", n=150, seed=2, label_share=0.8)
+        wait_for_log(url)
         alarm = monitor(path)
         assert alarm["status"] == "alarm" and alarm["event_id"], alarm
         assert any("has_pii" in r for r in alarm["reasons"]), alarm["reasons"]
