@@ -48,8 +48,8 @@ def test_demo_runs_the_whole_loop_in_minutes_and_leaves_the_evidence(tmp_path):
     mlflow.set_tracking_uri(tracking)
     client = MlflowClient(tracking)
     name = "support-tickets"
-    assert client.get_model_version_by_alias(name, "champion").version == "2"
-    assert client.get_model_version_by_alias(name, "previous").version == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(name, "previous").version) == "1"
     v1, v2 = (client.get_model_version(name, v) for v in ("1", "2"))
     assert v1.tags["attnops.gate"] == v2.tags["attnops.gate"] == "passed"
     assert v2.tags["attnops.release"] == "promoted"
