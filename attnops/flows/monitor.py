@@ -84,12 +84,7 @@ def log_monitoring_run(
 ) -> str:
     client = registry.client_for(settings)
     experiment = spec.name + MONITORING_SUFFIX
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else client.create_experiment(experiment, artifact_location=settings.artifact_root)
-    )
+    experiment_id = registry.experiment_for(client, settings, experiment)
     run = client.create_run(
         experiment_id,
         run_name=f"monitor-v{version}",

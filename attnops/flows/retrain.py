@@ -112,12 +112,7 @@ def record_trigger(
     """One run per trigger decision, and the latest on the champion version."""
     client = registry.client_for(settings)
     name = spec.name + MONITORING_SUFFIX
-    found = client.get_experiment_by_name(name)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else client.create_experiment(name, artifact_location=settings.artifact_root)
-    )
+    experiment_id = registry.experiment_for(client, settings, name)
     run = client.create_run(
         experiment_id,
         run_name=f"retrain-trigger-{decision}",

@@ -50,6 +50,14 @@ def client_for(settings: Settings) -> MlflowClient:
     return MlflowClient(settings.tracking_uri)
 
 
+def experiment_for(client: MlflowClient, settings: Settings, name: str) -> str:
+    """The id of experiment `name`, created (in the settings' artifact root) if missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=settings.artifact_root)
+
+
 def start_run(
     client: MlflowClient,
     settings: Settings,
@@ -61,12 +69,7 @@ def start_run(
 
     `tags` (without the `attnops.` prefix) say why the run exists, e.g. trigger=retrain.
     """
-    experiment = client.get_experiment_by_name(spec.name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(spec.name, artifact_location=settings.artifact_root)
-    )
+    experiment_id = experiment_for(client, settings, spec.name)
     run = client.create_run(
         experiment_id,
         run_name=f"train-{spec.name}",

@@ -213,13 +213,17 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             # Failed requests are logged too: the release compares error rates per route.
             slot = models.slots.get(route) or models.slots[CHAMPION]
             for request_id, text in zip(ids, texts, strict=True):
-                log.submit(_failed_record(request_id, slot, route, text, arrived))
+                log.submit(
+                    _record(
+                        request_id, slot, route, text, (time.perf_counter() - arrived) * 1000, None
+                    )
+                )
             raise ClientError(500, "model_error", f"the model failed: {exc}", route) from exc
         latency_ms = (time.perf_counter() - arrived) * 1000
         out = []
         for request_id, text, (slot, a) in zip(ids, texts, results, strict=True):
             _observe(metrics, route, slot.version, a, latency_ms)
-            log.submit(_record(request_id, slot, route, text, a, latency_ms))
+            log.submit(_record(request_id, slot, route, text, latency_ms, a))
             out.append(
                 {
                     "request_id": request_id,
@@ -347,9 +351,43 @@ def _observe(metrics: ServingMetrics, route: str, version: str, a: Answer, ms: f
 
 
 def _record(
-    request_id: str, slot: ModelSlot, route: str, text: str, a: Answer, latency_ms: float
+    request_id: str,
+    slot: ModelSlot,
+    route: str,
+    text: str,
+    latency_ms: float,
+    a: Answer | None,
 ) -> LogRecord:
-    f = a.features
+    """The log record of one request; `a` None for a request the model failed (status 500)."""
+    if a is None:
+        answered = {
+            "prediction": "",
+            "confidence": float("nan"),
+            "n_tokens": 0,
+            "truncated": False,
+            "text_chars": len(text),
+            "unk_rate": 0.0,
+            "tokens_per_word": 0.0,
+            "non_letter_share": 0.0,
+            "unsupported": False,
+            "embedding": np.zeros(0, dtype=np.float32),
+            "status": 500,
+        }
+    else:
+        f = a.features
+        answered = {
+            "prediction": a.label,
+            "confidence": a.confidence,
+            "n_tokens": int(f["n_tokens"]),
+            "truncated": bool(f["truncated"]),
+            "text_chars": int(f["text_chars"]),
+            "unk_rate": float(f["unk_rate"]),
+            "tokens_per_word": float(f["tokens_per_word"]),
+            "non_letter_share": float(f["non_letter_share"]),
+            "unsupported": a.unsupported,
+            "embedding": a.embedding,
+            "attention_entropy": a.attention_entropy,
+        }
     return LogRecord(
         request_id=request_id,
         ts=time.time(),
@@ -357,41 +395,6 @@ def _record(
         version=slot.version,
         route=route,
         text=text,
-        prediction=a.label,
-        confidence=a.confidence,
         latency_ms=latency_ms,
-        n_tokens=int(f["n_tokens"]),
-        truncated=bool(f["truncated"]),
-        text_chars=int(f["text_chars"]),
-        unk_rate=float(f["unk_rate"]),
-        tokens_per_word=float(f["tokens_per_word"]),
-        non_letter_share=float(f["non_letter_share"]),
-        unsupported=a.unsupported,
-        embedding=a.embedding,
-        attention_entropy=a.attention_entropy,
-    )
-
-
-def _failed_record(
-    request_id: str, slot: ModelSlot, route: str, text: str, arrived: float
-) -> LogRecord:
-    return LogRecord(
-        request_id=request_id,
-        ts=time.time(),
-        model_name=slot.name,
-        version=slot.version,
-        route=route,
-        text=text,
-        prediction="",
-        confidence=float("nan"),
-        latency_ms=(time.perf_counter() - arrived) * 1000,
-        n_tokens=0,
-        truncated=False,
-        text_chars=len(text),
-        unk_rate=0.0,
-        tokens_per_word=0.0,
-        non_letter_share=0.0,
-        unsupported=False,
-        embedding=np.zeros(0, dtype=np.float32),
-        status=500,
+        **answered,
     )
