@@ -18,11 +18,13 @@ class Settings:
     artifact_root: str | None
     """Artifact location for new experiments; None lets a tracking server decide."""
     inference_db: str
+    pushgateway_url: str | None = None
+    """Where the monitor pushes its gauges for Prometheus; None pushes nothing."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """Embedded defaults in ./.attnops unless ATTNOPS_HOME / MLFLOW_TRACKING_URI /
-        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB say otherwise."""
+        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL say otherwise."""
         home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve()
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         embedded = tracking_uri.startswith("sqlite:")
@@ -35,6 +37,7 @@ class Settings:
             artifact_root=artifact_root,
             inference_db=os.environ.get("ATTNOPS_INFERENCE_DB")
             or f"sqlite:///{home / 'inference.db'}",
+            pushgateway_url=os.environ.get("ATTNOPS_PUSHGATEWAY_URL") or None,
         )
 
     def prepare(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,26 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a laptop that lacks a tool or server; in CI (CI=true) that is a failure.
+
+    `.ci/run` installs every tool and starts every server the tests need, so a skip there
+    would hide a gap rather than report one.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: these tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def command_path(name: str, install_hint: str) -> str:
+    """The path of a command on PATH or beside this Python, else `unavailable`."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        unavailable(f"{name} is not installed ({install_hint})")
+    return found
+
 
 TINY_BERT = {
     "num_hidden_layers": 2,

@@ -5,7 +5,9 @@ is an MLflow run in the experiment `<name>-monitoring`: the window's metrics, th
 assessment JSON and the Evidently drift report. When the window raises an alarm (drift
 beyond the calibrated thresholds, or more unsupported assertions than the reference
 explains) the Prefect event `attnops.drift.detected` carries the evidence to the
-`retrain` deployment's trigger.
+`retrain` deployment's trigger. With `ATTNOPS_PUSHGATEWAY_URL` set, the verdict also goes
+to Prometheus as gauges (drift score per check, alarm, estimated accuracy), last, after
+MLflow and the event have it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prefect.events import emit_event
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import aliases, registry, versions
 from attnops.models.versions import REFERENCE_FOLDER
+from attnops.monitors.pushed_metrics import MonitorMetrics
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.monitors.reports import drift_report
 from attnops.serving.log_reader import LogReader
@@ -110,6 +113,13 @@ def log_monitoring_run(
     return run_id
 
 
+@io_task
+def push_gauges(url: str, model: str, version: str, assessment: WindowAssessment) -> None:
+    gauges = MonitorMetrics()
+    gauges.record(version, assessment)
+    gauges.push(url, model)
+
+
 @flow(name="monitor", flow_run_name="monitor-{spec_path}", log_prints=True)
 def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
     """Judge the newest window of champion traffic; emit `attnops.drift.detected` on alarm.
@@ -172,4 +182,6 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
         print(f"ALARM on v{version}: " + "; ".join(assessment.reasons()))
     else:
         print(f"v{version}: window of {len(window)} requests within the reference's range")
+    if settings.pushgateway_url:
+        push_gauges(settings.pushgateway_url, spec.name, version, assessment)
     return result

@@ -18,3 +18,41 @@ def attnops_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def pushgateway():
+    """A real Prometheus Pushgateway on a free local port; yields its URL."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.conftest import command_path
+    from tests.integration.serving_fixtures import free_port
+
+    binary = command_path(
+        "prometheus-pushgateway", "Debian: apt-get install prometheus-pushgateway"
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Pushgateway did not start: {process.stderr.read()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

