@@ -184,4 +184,5 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
         print(f"v{version}: window of {len(window)} requests within the reference's range")
     if settings.pushgateway_url:
         push_gauges(settings.pushgateway_url, spec.name, version, assessment)
+        print(f"gauges pushed to the Pushgateway at {settings.pushgateway_url}")
     return result

@@ -85,23 +85,25 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_same_distribution_windows_alarm_at_most_one_in_ten(world):
+def test_same_distribution_windows_alarm_at_most_one_in_ten(world, record_property):
     profile, window = world
     assessed = [profile.assess(window("normal", seed)[0]) for seed in SEEDS]
     alarms = [a for a in assessed if a.alarm]
+    record_property("windows_alarmed", f"{len(alarms)}/{len(SEEDS)}")  # in --junitxml
     assert len(alarms) <= 2, [a.reasons() for a in alarms]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "normal"])
-def test_every_drift_scenario_is_detected_in_nine_windows_of_ten(world, scenario):
+def test_every_drift_scenario_is_detected_in_nine_windows_of_ten(world, scenario, record_property):
     profile, window = world
     detected = sum(profile.assess(window(scenario, seed)[0]).alarm for seed in SEEDS)
+    record_property("windows_detected", f"{detected}/{len(SEEDS)}")
     assert detected >= 18, f"{scenario}: detected in {detected} of {len(SEEDS)} windows"
 
 
 @pytest.mark.slow
-def test_label_free_estimate_brackets_the_true_accuracy(world):
+def test_label_free_estimate_brackets_the_true_accuracy(world, record_property):
     profile, window = world
     inside, errors = 0, []
     for seed in SEEDS:
@@ -110,6 +112,8 @@ def test_label_free_estimate_brackets_the_true_accuracy(world):
         actual = float((records["prediction"].to_numpy() == intents).mean())
         inside += estimate.accuracy_low <= actual <= estimate.accuracy_high
         errors.append(abs(estimate.accuracy - actual))
+    record_property("bounds_held", f"{inside}/{len(SEEDS)}")
+    record_property("mean_abs_error", f"{np.mean(errors):.3f}")
     # All windows are judged against one reference sample, so their misses are correlated:
     # a reference a little off in one direction shifts every estimate alike.
     assert inside >= 16, f"bounds held in {inside} of {len(SEEDS)} windows"
