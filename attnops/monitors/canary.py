@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attnops.monitors.gate import GateCheck, checks_table
+from attnops.monitors.checks import GateCheck, checks_table
 from attnops.spec import ReleaseSpec
 
 MIN_LABELLED = 30

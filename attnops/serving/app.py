@@ -21,18 +21,14 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
-from attnops.models import registry
-from attnops.models.modeling import pick_device
-from attnops.models.versions import load_version, resolve
 from attnops.serving.batching import MicroBatcher
-from attnops.serving.engine import Answer, ModelSlot
-from attnops.serving.log_store import InferenceLog, LogRecord
+from attnops.serving.engine import Models
+from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
 from attnops.serving.routing import CANARY, CHAMPION, choose_route
 from attnops.settings import Settings
@@ -65,62 +61,6 @@ class ClientError(Exception):
         self.status, self.reason, self.detail, self.route = status, reason, detail, route
 
 
-class Models:
-    """The slots being served, swapped whole on reload."""
-
-    def __init__(self, spec: PipelineSpec, settings: Settings, scratch: Path) -> None:
-        self.spec, self.settings, self.scratch = spec, settings, scratch
-        self.slots: dict[str, ModelSlot] = {}
-        self.device = pick_device(spec.training.device)
-
-    def load(self) -> dict[str, str | None]:
-        """Read the `champion` and `canary` aliases and load what changed (blocking).
-
-        Raises:
-            LookupError: there is no champion to serve.
-            ValueError: a version's tokenizer does not match its tag (nothing is swapped).
-        """
-        client = registry.client_for(self.settings)
-        name = self.spec.name
-        fresh: dict[str, ModelSlot] = {}
-        for route in (CHAMPION, CANARY):
-            mv = resolve(client, name, route)
-            if mv is None:
-                if route == CHAMPION:
-                    raise LookupError(
-                        f"model '{name}' has no champion; promote a version first "
-                        "(attnops release, or the demo)"
-                    )
-                continue
-            current = self.slots.get(route)
-            if current is not None and current.version == str(mv.version):
-                fresh[route] = current
-                continue
-            same = next((s for s in self.slots.values() if s.version == str(mv.version)), None)
-            fresh[route] = same or self._load_slot(client, str(mv.version))
-        self.slots = fresh  # one assignment: a request sees the old set or the new one
-        return {route: (s.version if s else None) for route, s in self.routes().items()}
-
-    def routes(self) -> dict[str, ModelSlot | None]:
-        return {CHAMPION: self.slots.get(CHAMPION), CANARY: self.slots.get(CANARY)}
-
-    def run(self, route: str, texts: list[str]) -> list[tuple[ModelSlot, Answer]]:
-        """On the model thread: the route's slot (the champion if the canary just left)."""
-        slots = self.slots
-        slot = slots.get(route) or slots[CHAMPION]
-        return [(slot, answer) for answer in slot.answer(texts)]
-
-    def _load_slot(self, client, version: str) -> ModelSlot:
-        loaded = load_version(client, self.spec.name, version, self.scratch)
-        return ModelSlot(
-            loaded,
-            device=self.device,
-            attention_share=self.spec.serving.attention_sample_share,
-            unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
-            forward_batch_size=self.spec.serving.forward_batch_size,
-        )
-
-
 def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     """The service for `spec`; models load at start-up (the port opens once they have)."""
     serving = spec.serving
@@ -133,7 +73,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         with tempfile.TemporaryDirectory(dir=settings.home, prefix="serving-") as scratch:
             models = Models(spec, settings, Path(scratch))
             served = await asyncio.to_thread(models.load)
-            _publish(metrics, served)
+            metrics.publish(served)
             log = InferenceLog(
                 settings.inference_db,
                 flush_interval_s=serving.log_flush_interval_s,
@@ -213,17 +153,14 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             # Failed requests are logged too: the release compares error rates per route.
             slot = models.slots.get(route) or models.slots[CHAMPION]
             for request_id, text in zip(ids, texts, strict=True):
-                log.submit(
-                    _record(
-                        request_id, slot, route, text, (time.perf_counter() - arrived) * 1000, None
-                    )
-                )
+                failed_ms = (time.perf_counter() - arrived) * 1000
+                log.submit(slot.log_record(request_id, route, text, failed_ms, None))
             raise ClientError(500, "model_error", f"the model failed: {exc}", route) from exc
         latency_ms = (time.perf_counter() - arrived) * 1000
         out = []
         for request_id, text, (slot, a) in zip(ids, texts, results, strict=True):
-            _observe(metrics, route, slot.version, a, latency_ms)
-            log.submit(_record(request_id, slot, route, text, latency_ms, a))
+            metrics.observe(route, slot.version, a, latency_ms)
+            log.submit(slot.log_record(request_id, route, text, latency_ms, a))
             out.append(
                 {
                     "request_id": request_id,
@@ -297,7 +234,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                 metrics.reloads.labels("refused").inc()
                 raise ClientError(409, "reload_refused", str(exc)) from exc
         metrics.reloads.labels("ok").inc()
-        _publish(metrics, served)
+        metrics.publish(served)
         return served
 
     return app
@@ -317,7 +254,7 @@ async def _refresh_aliases(
                 serving = {r: s.version if s else None for r, s in models.routes().items()}
                 logger.warning("alias refresh failed, still serving %s: %s", serving, exc)
                 continue
-        _publish(metrics, served)
+        metrics.publish(served)
 
 
 def _authorize(request: Request, token_env: str) -> None:
@@ -327,74 +264,3 @@ def _authorize(request: Request, token_env: str) -> None:
     given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")
-
-
-def _publish(metrics: ServingMetrics, served: dict[str, str | None]) -> None:
-    metrics.served.clear()
-    for route, version in served.items():
-        if version is not None:
-            metrics.served.labels(route, version).set(1)
-
-
-def _observe(metrics: ServingMetrics, route: str, version: str, a: Answer, ms: float) -> None:
-    metrics.requests.labels(route, version).inc()
-    metrics.latency.labels(route, version).observe(ms / 1000)
-    metrics.tokens.labels(version).observe(a.features["n_tokens"])
-    metrics.confidence.labels(version).observe(a.confidence)
-    if a.features["truncated"]:
-        metrics.truncated.labels(version).inc()
-    if a.unsupported:
-        metrics.unsupported.labels(version).inc()
-    if a.attention_entropy is not None:
-        for (layer, head), value in np.ndenumerate(a.attention_entropy):
-            metrics.attention_entropy.labels(version, str(layer), str(head)).observe(value)
-
-
-def _record(
-    request_id: str,
-    slot: ModelSlot,
-    route: str,
-    text: str,
-    latency_ms: float,
-    a: Answer | None,
-) -> LogRecord:
-    """The log record of one request; `a` None for a request the model failed (status 500)."""
-    if a is None:
-        answered = {
-            "prediction": "",
-            "confidence": float("nan"),
-            "n_tokens": 0,
-            "truncated": False,
-            "text_chars": len(text),
-            "unk_rate": 0.0,
-            "tokens_per_word": 0.0,
-            "non_letter_share": 0.0,
-            "unsupported": False,
-            "embedding": np.zeros(0, dtype=np.float32),
-            "status": 500,
-        }
-    else:
-        f = a.features
-        answered = {
-            "prediction": a.label,
-            "confidence": a.confidence,
-            "n_tokens": int(f["n_tokens"]),
-            "truncated": bool(f["truncated"]),
-            "text_chars": int(f["text_chars"]),
-            "unk_rate": float(f["unk_rate"]),
-            "tokens_per_word": float(f["tokens_per_word"]),
-            "non_letter_share": float(f["non_letter_share"]),
-            "unsupported": a.unsupported,
-            "embedding": a.embedding,
-            "attention_entropy": a.attention_entropy,
-        }
-    return LogRecord(
-        request_id=request_id,
-        ts=time.time(),
-        model_name=slot.name,
-        version=slot.version,
-        route=route,
-        text=text,
-        latency_ms=latency_ms,
-        **answered,
-    )

@@ -1,4 +1,4 @@
-"""One served model version: its model, tokenizer and reference, answering batches of texts.
+"""The served versions: each one's model, tokenizer and reference, answering batches of texts.
 
 A batch goes through `score_records`, the same function that built the version's
 reference profile, so every logged record is comparable with that profile: the same
@@ -7,14 +7,22 @@ tokenizer statistics, the same projected embedding, attention entropy on a sampl
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnops.models import registry
+from attnops.models.modeling import pick_device
 from attnops.models.records import TEXT_FEATURES, entropy_columns, score_records
-from attnops.models.versions import LoadedVersion
+from attnops.models.versions import LoadedVersion, load_version, resolve
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
+from attnops.serving.log_schema import LogRecord
+from attnops.serving.routing import CANARY, CHAMPION
+from attnops.settings import Settings
+from attnops.spec import PipelineSpec
 
 
 @dataclass(frozen=True)
@@ -110,3 +118,103 @@ class ModelSlot:
                 )
             )
         return answers
+
+    def log_record(
+        self, request_id: str, route: str, text: str, latency_ms: float, a: Answer | None
+    ) -> LogRecord:
+        """The log record of one request; `a` None for a request the model failed (status 500)."""
+        if a is None:
+            answered = {
+                "prediction": "",
+                "confidence": float("nan"),
+                "n_tokens": 0,
+                "truncated": False,
+                "text_chars": len(text),
+                "unk_rate": 0.0,
+                "tokens_per_word": 0.0,
+                "non_letter_share": 0.0,
+                "unsupported": False,
+                "embedding": np.zeros(0, dtype=np.float32),
+                "status": 500,
+            }
+        else:
+            f = a.features
+            answered = {
+                "prediction": a.label,
+                "confidence": a.confidence,
+                "n_tokens": int(f["n_tokens"]),
+                "truncated": bool(f["truncated"]),
+                "text_chars": int(f["text_chars"]),
+                "unk_rate": float(f["unk_rate"]),
+                "tokens_per_word": float(f["tokens_per_word"]),
+                "non_letter_share": float(f["non_letter_share"]),
+                "unsupported": a.unsupported,
+                "embedding": a.embedding,
+                "attention_entropy": a.attention_entropy,
+            }
+        return LogRecord(
+            request_id=request_id,
+            ts=time.time(),
+            model_name=self.name,
+            version=self.version,
+            route=route,
+            text=text,
+            latency_ms=latency_ms,
+            **answered,
+        )
+
+
+class Models:
+    """The slots being served, swapped whole on reload."""
+
+    def __init__(self, spec: PipelineSpec, settings: Settings, scratch: Path) -> None:
+        self.spec, self.settings, self.scratch = spec, settings, scratch
+        self.slots: dict[str, ModelSlot] = {}
+        self.device = pick_device(spec.training.device)
+
+    def load(self) -> dict[str, str | None]:
+        """Read the `champion` and `canary` aliases and load what changed (blocking).
+
+        Raises:
+            LookupError: there is no champion to serve.
+            ValueError: a version's tokenizer does not match its tag (nothing is swapped).
+        """
+        client = registry.client_for(self.settings)
+        name = self.spec.name
+        fresh: dict[str, ModelSlot] = {}
+        for route in (CHAMPION, CANARY):
+            mv = resolve(client, name, route)
+            if mv is None:
+                if route == CHAMPION:
+                    raise LookupError(
+                        f"model '{name}' has no champion; promote a version first "
+                        "(attnops release, or the demo)"
+                    )
+                continue
+            current = self.slots.get(route)
+            if current is not None and current.version == str(mv.version):
+                fresh[route] = current
+                continue
+            same = next((s for s in self.slots.values() if s.version == str(mv.version)), None)
+            fresh[route] = same or self._load_slot(client, str(mv.version))
+        self.slots = fresh  # one assignment: a request sees the old set or the new one
+        return {route: (s.version if s else None) for route, s in self.routes().items()}
+
+    def routes(self) -> dict[str, ModelSlot | None]:
+        return {CHAMPION: self.slots.get(CHAMPION), CANARY: self.slots.get(CANARY)}
+
+    def run(self, route: str, texts: list[str]) -> list[tuple[ModelSlot, Answer]]:
+        """On the model thread: the route's slot (the champion if the canary just left)."""
+        slots = self.slots
+        slot = slots.get(route) or slots[CHAMPION]
+        return [(slot, answer) for answer in slot.answer(texts)]
+
+    def _load_slot(self, client, version: str) -> ModelSlot:
+        loaded = load_version(client, self.spec.name, version, self.scratch)
+        return ModelSlot(
+            loaded,
+            device=self.device,
+            attention_share=self.spec.serving.attention_sample_share,
+            unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
+            forward_batch_size=self.spec.serving.forward_batch_size,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,6 +11,8 @@ from prometheus_client import (
     ProcessCollector,
     Summary,
 )
+
+from attnops.serving.engine import Answer
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -93,3 +96,24 @@ class ServingMetrics:
         self.reloads = Counter(
             "attnops_reloads", "Alias reloads by outcome", ["outcome"], registry=r
         )
+
+    def publish(self, served: dict[str, str | None]) -> None:
+        """The version each route serves now (route -> version, None for an empty route)."""
+        self.served.clear()
+        for route, version in served.items():
+            if version is not None:
+                self.served.labels(route, version).set(1)
+
+    def observe(self, route: str, version: str, a: Answer, latency_ms: float) -> None:
+        """One answered input."""
+        self.requests.labels(route, version).inc()
+        self.latency.labels(route, version).observe(latency_ms / 1000)
+        self.tokens.labels(version).observe(a.features["n_tokens"])
+        self.confidence.labels(version).observe(a.confidence)
+        if a.features["truncated"]:
+            self.truncated.labels(version).inc()
+        if a.unsupported:
+            self.unsupported.labels(version).inc()
+        if a.attention_entropy is not None:
+            for (layer, head), value in np.ndenumerate(a.attention_entropy):
+                self.attention_entropy.labels(version, str(layer), str(head)).observe(value)
