@@ -6,10 +6,8 @@ applies one spec's values to it and registers the result with the Prefect API in
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,10 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentTriggerTypes
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
-from prefect.utilities.callables import (
-    ParameterSchema,
-    generate_parameter_schema,
-    parameter_docstrings,
-)
 from prefect.workers.process import ProcessWorker
 from pydantic import TypeAdapter, ValidationError
 
+from attnops.flows.flow_source import FlowSourceError, read_flow
 from attnops.spec import PipelineSpec, load_spec
 
 PREFECT_FILE = "prefect.yaml"
@@ -43,7 +37,6 @@ _DEPLOYMENT_KEYS = frozenset((
 ))
 # fmt: on
 """The prefect.yaml deployment keys applied here; any other is refused, not ignored."""
-_ANNOTATION_TYPES = {t.__name__: t for t in (str, int, float, bool, list, dict, tuple)}
 
 
 class DeployError(RuntimeError):
@@ -155,7 +148,10 @@ def _runner_deployment(
             f"{PREFECT_FILE}, deployment {entrypoint or entry.get('name')}: attnops deploy does "
             f"not apply {', '.join(unknown)} (it applies {', '.join(sorted(_DEPLOYMENT_KEYS))})"
         )
-    flow_name, docstring, schema = _read_flow(root, entrypoint)
+    try:
+        flow_name, docstring, schema = read_flow(root, entrypoint)
+    except FlowSourceError as exc:
+        raise DeployError(f"{PREFECT_FILE}: {exc}") from None
     label = f"{flow_name}/{spec.name}"
     try:
         limit, concurrency_options = _concurrency(entry.get("concurrency_limit"))
@@ -246,89 +242,6 @@ class _PullSteps:
 
     def to_pull_step(self) -> list[dict]:
         return self.steps
-
-
-def _read_flow(root: Path, entrypoint: str) -> tuple[str, str | None, ParameterSchema]:
-    """Flow name, docstring and parameter schema, read from the source without importing it
-    (importing the train flow loads torch and transformers: ~20 s on a laptop)."""
-    file, function_name = entrypoint.rsplit(":", 1)
-    path = root / file
-    if not path.is_file():
-        raise DeployError(f"{PREFECT_FILE}: entrypoint {entrypoint}: {path} not found")
-    function = next(
-        (
-            node
-            for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            and node.name == function_name
-        ),
-        None,
-    )
-    decorator = function and next(
-        (
-            d
-            for d in function.decorator_list
-            if _called_name(d.func if isinstance(d, ast.Call) else d) == "flow"
-        ),
-        None,
-    )
-    if decorator is None:
-        raise DeployError(f"{PREFECT_FILE}: entrypoint {entrypoint} is not a @flow function")
-    flow_name = function_name.replace("_", "-")
-    for keyword in getattr(decorator, "keywords", []):
-        if keyword.arg == "name":
-            flow_name = ast.literal_eval(keyword.value)
-    docstring = ast.get_docstring(function)
-    schema = generate_parameter_schema(_signature(function), parameter_docstrings(docstring))
-    return flow_name, docstring, schema
-
-
-def _called_name(node: ast.expr) -> str | None:
-    return node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
-
-
-def _signature(function: ast.FunctionDef | ast.AsyncFunctionDef) -> inspect.Signature:
-    args = function.args
-    positional = [None] * (len(args.args) - len(args.defaults)) + list(args.defaults)
-    pairs = [
-        (a, d, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        for a, d in zip(args.args, positional, strict=True)
-    ]
-    pairs += [
-        (a, d, inspect.Parameter.KEYWORD_ONLY)
-        for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-    ]
-    return inspect.Signature(
-        [
-            inspect.Parameter(
-                arg.arg,
-                kind,
-                default=inspect.Parameter.empty if default is None else _literal(default),
-                annotation=_annotation(arg.annotation),
-            )
-            for arg, default, kind in pairs
-        ]
-    )
-
-
-def _literal(node: ast.expr) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise DeployError(
-            f"flow parameter default {ast.unparse(node)!r} is not a literal: a deployment "
-            "stores its defaults as JSON"
-        ) from None
-
-
-def _annotation(node: ast.expr | None) -> Any:
-    """Builtin annotations (str, bool, str | None) as types; anything else accepts Any."""
-    if node is None:
-        return inspect.Parameter.empty
-    try:
-        return eval(ast.unparse(node), {"__builtins__": {}}, dict(_ANNOTATION_TYPES))
-    except Exception:
-        return Any
 
 
 def _relative_to(path: Path, root: Path) -> str:

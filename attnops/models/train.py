@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
 from sklearn.metrics import f1_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -27,26 +25,20 @@ from transformers import get_linear_schedule_with_warmup
 
 from attnops.models import distributed
 from attnops.models.batching import Encoded, iterate, length_grouped_batches
+from attnops.models.checkpoints import (
+    TrainState,
+    cpu_copy,
+    load_best,
+    read_checkpoint,
+    restore,
+    save_best,
+    save_checkpoint,
+)
 from attnops.models.inference import predict
 from attnops.models.modeling import count_parameters
 from attnops.spec import TrainingSpec
 
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass
-class TrainState:
-    """Everything besides weights and optimizer moments that a resumed run needs."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_done_in_epoch: int = 0
-    best_macro_f1: float = -1.0
-    evals_without_improvement: int = 0
-    real_tokens: int = 0
-    """Non-pad tokens trained on, over all ranks."""
-    train_seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,8 +107,8 @@ def fine_tune(
     patience = cfg.early_stopping_patience
     state, best_weights, saved = TrainState(), None, None
     if rank.is_main and resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
-        saved = _read_checkpoint(checkpoint_dir, model)
-        best_weights = _load_best(checkpoint_dir, model)
+        saved = read_checkpoint(checkpoint_dir, model)
+        best_weights = load_best(checkpoint_dir, model)
         print(f"resumed from {checkpoint_dir / 'last'} at step {saved['state']['step']}")
     elif rank.is_main and resume:
         print(f"no checkpoint in {checkpoint_dir}: starting from scratch")
@@ -124,7 +116,7 @@ def fine_tune(
     # weights from DDP's construction and the rest of the training state from here.
     saved = distributed.broadcast_from_main(saved, rank)
     if saved is not None:
-        state = _restore(saved, optimizer, scheduler)
+        state = restore(saved, optimizer, scheduler)
 
     card = {
         "examples": len(train),
@@ -217,13 +209,13 @@ def fine_tune(
                     state.history.append({"step": state.step, "val_macro_f1": score, **metrics})
                     if score > state.best_macro_f1:
                         state.best_macro_f1, state.evals_without_improvement = score, 0
-                        best_weights = _cpu_copy(model)
+                        best_weights = cpu_copy(model)
                         if checkpoint_dir:
-                            _save_best(checkpoint_dir, model)
+                            save_best(checkpoint_dir, model)
                     else:
                         state.evals_without_improvement += 1
                     if checkpoint_dir:
-                        _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+                        save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
                     stopped_early = bool(patience and state.evals_without_improvement >= patience)
                 # The other ranks wait here while rank 0 evaluates and writes (bounded by
                 # distributed.timeout_s), then all stop or go on together.
@@ -272,56 +264,3 @@ def param_groups(model, cfg: TrainingSpec) -> list[dict]:
 def _val_macro_f1(model, validation: Encoded, labels, pad_id: int, device) -> float:
     predicted = predict(model, validation, pad_id=pad_id, device=device).labels
     return float(f1_score(labels, predicted, average="macro", zero_division=0))
-
-
-def _cpu_copy(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _save_best(folder: Path, model) -> None:
-    (folder / "best").mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / "best" / "model.safetensors"))
-
-
-def _load_best(folder: Path, model) -> dict[str, torch.Tensor]:
-    """Read the best weights without disturbing the weights the run continues from."""
-    current = _cpu_copy(model)
-    load_model(model, str(folder / "best" / "model.safetensors"))
-    best = _cpu_copy(model)
-    model.load_state_dict(current)
-    return best
-
-
-def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainState) -> None:
-    # Write to a temporary folder and rename, so a crash mid-write leaves the old one intact.
-    tmp, last = folder / "last.tmp", folder / "last"
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "state": asdict(state),
-        },
-        tmp / "trainer_state.pt",
-    )
-    shutil.rmtree(last, ignore_errors=True)
-    tmp.rename(last)
-
-
-def _read_checkpoint(folder: Path, model) -> dict:
-    """Load the weights into `model`; return the rest (on the CPU, so it can be broadcast)."""
-    last = folder / "last"
-    load_model(model, str(last / "model.safetensors"))
-    return torch.load(last / "trainer_state.pt", weights_only=True, map_location="cpu")
-
-
-def _restore(saved: dict, optimizer, scheduler) -> TrainState:
-    optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the params' device
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    if saved["cuda_rng"]:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return TrainState(**saved["state"])
