@@ -71,7 +71,11 @@ def test_a_drifted_window_is_pushed_per_check_and_replaces_the_previous_version(
     newer.record("4", window)
     newer.push(pushgateway, "tickets")
     found = scrape(pushgateway)
-    versions = {dict(labels).get("version") for name, labels in found if name.endswith("_alarm")}
+    versions = {
+        dict(labels)["version"]
+        for name, labels in found
+        if name == "attnops_monitor_alarm" and ("model", "tickets") in labels
+    }
     assert versions == {"4"}, "the old champion's gauges must not linger"
     assert series(found, "attnops_monitor_alarm", model="tickets", version="4") == window.alarm
 
