@@ -35,8 +35,11 @@ def pushgateway():
         "prometheus-pushgateway", "Debian: apt-get install prometheus-pushgateway"
     )
     url = f"http://127.0.0.1:{free_port()}"
+    # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: a test
+    # gateway must start empty and leave nothing behind.
+    args = [f"--web.listen-address={url.removeprefix('http://')}", "--persistence.file="]
     process = subprocess.Popen(
-        [binary, f"--web.listen-address={url.removeprefix('http://')}", "--log.level=warn"],
+        [binary, *args, "--log.level=warn"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
