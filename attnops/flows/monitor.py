@@ -7,7 +7,8 @@ beyond the calibrated thresholds, or more unsupported assertions than the refere
 explains) the Prefect event `attnops.drift.detected` carries the evidence to the
 `retrain` deployment's trigger. With `ATTNOPS_PUSHGATEWAY_URL` set, the verdict also goes
 to Prometheus as gauges (drift score per check, alarm, estimated accuracy), last, after
-MLflow and the event have it.
+MLflow and the event have it; a champion still waiting for its first full window clears
+them. A Pushgateway that stays unreachable fails the run (its alerts depend on it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prefect.events import emit_event
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import aliases, registry, versions
 from attnops.models.versions import REFERENCE_FOLDER
-from attnops.monitors.pushed_metrics import MonitorMetrics
+from attnops.monitors.pushed_metrics import MonitorMetrics, clear_pushed
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.monitors.reports import drift_report
 from attnops.serving.log_reader import LogReader
@@ -120,6 +121,11 @@ def push_gauges(url: str, model: str, version: str, assessment: WindowAssessment
     gauges.push(url, model)
 
 
+@io_task
+def clear_gauges(url: str, model: str) -> None:
+    clear_pushed(url, model)
+
+
 @flow(name="monitor", flow_run_name="monitor-{spec_path}", log_prints=True)
 def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
     """Judge the newest window of champion traffic; emit `attnops.drift.detected` on alarm.
@@ -136,6 +142,8 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
     size = spec.monitoring.window_size
     if len(window) < size:
         print(f"v{version}: {len(window)} of {size} requests logged; waiting for a full window")
+        if settings.pushgateway_url:  # a verdict on an earlier champion must not stand for it
+            clear_gauges(settings.pushgateway_url, spec.name)
         return {"status": "waiting", "records": len(window)}
     experiment = spec.name + MONITORING_SUFFIX
     if float(window["ts"].max()) <= last_judged_ts(settings, experiment, version):

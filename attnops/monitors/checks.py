@@ -1,4 +1,8 @@
-"""A check's verdict with its reason and numbers: what the gate and the canary return."""
+"""What the gate's checks take and return: a version's evidence, a check's verdict.
+
+Plain data (numpy and pandas only), so judging evidence needs neither torch nor MLflow;
+`gate_evidence` gathers it, and the canary returns the same `GateCheck`s.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class VersionEvidence:
+    """What the gate knows about one version.
+
+    Attributes:
+        predictions: one row per test input (in and out of scope): `label`, `prediction`,
+            `confidence`, `unsupported` (bool: confident and far from the reference) and a
+            column per slice (e.g. `length`, `channel`).
+        performance: measured in this gate run: `latency_ms` (batch-1 milliseconds per
+            request, timed in turn with the other version on the same inputs, so paired
+            by position) and `model_size_mb`.
+        attention: the `attention` section of the version's evaluation.json.
+        pii_findings: "artifact: ENTITY" for each PII hit in the version's text artifacts.
+    """
+
+    version: str
+    predictions: pd.DataFrame
+    performance: dict[str, object]
+    attention: dict[str, object]
+    tokenizer_sha256: str
+    label_names: tuple[str, ...]
+    pii_findings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

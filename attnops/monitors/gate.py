@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from attnops.models.metrics import classification_metrics, expected_calibration_error
-from attnops.monitors.checks import GateCheck, checks_table
-from attnops.monitors.gate_evidence import VersionEvidence
+from attnops.monitors.checks import GateCheck, VersionEvidence, checks_table
 from attnops.monitors.gate_operational import (
     attention_check,
     performance_checks,

@@ -7,8 +7,6 @@ ratios are not skewed by another machine, another day or a busy minute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pandas as pd
 import torch
 
@@ -19,32 +17,9 @@ from attnops.models.performance import interleaved_latency_ms, model_size_mb
 from attnops.models.records import score_records
 from attnops.models.versions import LoadedVersion
 from attnops.monitors import pii
+from attnops.monitors.checks import VersionEvidence
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.spec import PipelineSpec
-
-
-@dataclass(frozen=True)
-class VersionEvidence:
-    """What the gate knows about one version.
-
-    Attributes:
-        predictions: one row per test input (in and out of scope): `label`, `prediction`,
-            `confidence`, `unsupported` (bool: confident and far from the reference) and a
-            column per slice (e.g. `length`, `channel`).
-        performance: measured in this gate run: `latency_ms` (batch-1 milliseconds per
-            request, timed in turn with the other version on the same inputs, so paired
-            by position) and `model_size_mb`.
-        attention: the `attention` section of the version's evaluation.json.
-        pii_findings: "artifact: ENTITY" for each PII hit in the version's text artifacts.
-    """
-
-    version: str
-    predictions: pd.DataFrame
-    performance: dict[str, object]
-    attention: dict[str, object]
-    tokenizer_sha256: str
-    label_names: tuple[str, ...]
-    pii_findings: list[str] = field(default_factory=list)
 
 
 def gather_evidence(

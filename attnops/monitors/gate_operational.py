@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnops.monitors.attention_health import attention_health
-from attnops.monitors.checks import GateCheck
-from attnops.monitors.gate_evidence import VersionEvidence
+from attnops.monitors.checks import GateCheck, VersionEvidence
 from attnops.monitors.significance import mcnemar_exact
 from attnops.spec import GateSpec
 

@@ -2,8 +2,9 @@
 
 The monitor runs as a short batch job (a Prefect flow run), so Prometheus cannot scrape it;
 it pushes instead. Each push replaces the whole group `{job="attnops-monitor", model=...}`,
-so the gauges always describe the newest judged window of the model's champion, and a
-version that is no longer champion drops out. Prometheus scrapes the Pushgateway with
+so the gauges always describe the newest judged window of the model's champion. A new
+champion without a full window yet has no verdict: the monitor then clears the group, so
+the old champion's alarm does not stand for it. Prometheus scrapes the Pushgateway with
 `honor_labels: true` to keep those two labels (infra/prometheus/prometheus.yml).
 
 The names are a contract of the debug dashboard and the drift alerts, checked by
@@ -12,7 +13,10 @@ tests/unit/test_infra.py like the server's own metrics.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+import urllib.error
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from attnops.monitors.reference import WindowAssessment
 
@@ -79,21 +83,28 @@ class MonitorMetrics:
         self.last_run.set_to_current_time()
 
     def push(self, url: str, model: str) -> None:
-        """Replace the model's group on the Pushgateway at `url` with these gauges.
+        """Replace the model's group on the Pushgateway at `url` with these gauges."""
+        _call_gateway(push_to_gateway, url, model, registry=self.registry)
 
-        Raises:
-            OSError: the Pushgateway did not answer or refused the push (names the URL).
-        """
-        try:
-            push_to_gateway(
-                url,
-                job=PUSH_JOB,
-                registry=self.registry,
-                grouping_key={"model": model},
-                timeout=PUSH_TIMEOUT_S,
-            )
-        except OSError as exc:
-            raise OSError(
-                f"could not push the monitor's metrics to the Pushgateway at {url} "
-                f"(ATTNOPS_PUSHGATEWAY_URL): {exc}"
-            ) from exc
+
+def clear_pushed(url: str, model: str) -> None:
+    """Remove the model's group from the Pushgateway at `url`: no verdict stands."""
+    _call_gateway(delete_from_gateway, url, model)
+
+
+def _call_gateway(call: Callable, url: str, model: str, **kwargs) -> None:
+    """Run a prometheus_client gateway call on the model's group.
+
+    Raises:
+        OSError: the Pushgateway did not answer or failed (5xx); worth a retry.
+        ValueError: it refused the request (4xx); a retry would be refused too.
+    """
+    where = f"the Pushgateway at {url} (ATTNOPS_PUSHGATEWAY_URL)"
+    try:
+        call(url, job=PUSH_JOB, grouping_key={"model": model}, timeout=PUSH_TIMEOUT_S, **kwargs)
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:
+            raise ValueError(f"{where} refused the monitor's metrics: {exc}") from None
+        raise OSError(f"{where} failed: {exc}") from exc
+    except OSError as exc:
+        raise OSError(f"could not reach {where}: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from prometheus_client import (
     CollectorRegistry,
@@ -12,7 +14,8 @@ from prometheus_client import (
     Summary,
 )
 
-from attnops.serving.engine import Answer
+if TYPE_CHECKING:  # the engine loads torch and MLflow; the metrics need neither
+    from attnops.serving.engine import Answer
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024)

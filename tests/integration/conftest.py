@@ -1,4 +1,8 @@
-"""A real Prefect server (temporary, once per session) and a fresh MLflow store per test."""
+"""A real Prefect server (temporary, once per session), a fresh MLflow store per test, and a
+real Prometheus Pushgateway."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -20,9 +24,9 @@ def attnops_home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.fixture(scope="session")
-def pushgateway():
-    """A real Prometheus Pushgateway on a free local port; yields its URL."""
+@contextmanager
+def running_pushgateway() -> Iterator[str]:
+    """A real Prometheus Pushgateway on a free local port, empty; yields its URL."""
     import subprocess
     import time
 
@@ -59,3 +63,19 @@ def pushgateway():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pushgateway() -> Iterator[str]:
+    """One Pushgateway for the session: tests judge only their own model's group."""
+    with running_pushgateway() as url:
+        yield url
+
+
+@pytest.fixture
+def pushgateway_if_installed(request) -> str | None:
+    """The Pushgateway's URL, or None on a laptop without the binary (in CI it must exist)."""
+    try:
+        return request.getfixturevalue("pushgateway")
+    except pytest.skip.Exception:
+        return None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Summary, push_to_gateway
 from prometheus_client.parser import text_string_to_metric_families
 
-from attnops.monitors.pushed_metrics import PUSH_JOB, MonitorMetrics
+from attnops.monitors.pushed_metrics import PUSH_JOB, MonitorMetrics, clear_pushed
 from attnops.monitors.reference import ReferenceProfile
 from attnops.spec import MonitoringSpec
+from tests.integration.conftest import running_pushgateway
 from tests.integration.serving_fixtures import free_port
 from tests.unit.test_reports import record_frame
 
@@ -97,3 +99,28 @@ def test_an_unreachable_pushgateway_is_named_in_the_error(profile):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(OSError, match=f"Pushgateway at {url} .ATTNOPS_PUSHGATEWAY_URL."):
         gauges.push(url, "tickets")
+
+
+def test_clearing_removes_only_that_models_verdict(pushgateway, profile):
+    window = profile.assess(record_frame(6))
+    for model in ("retired", "kept"):
+        gauges = MonitorMetrics()
+        gauges.record("1", window)
+        gauges.push(pushgateway, model)
+    clear_pushed(pushgateway, "retired")
+    models = {dict(labels).get("model") for _, labels in scrape(pushgateway)}
+    assert "retired" not in models and "kept" in models
+    clear_pushed(pushgateway, "never-pushed")  # nothing to clear is not an error
+
+
+def test_a_refused_push_is_not_retried_as_transient(profile):
+    """A gateway refuses metrics whose type clashes with another group's (400): that is a
+    ValueError, which the monitor's I/O task does not retry, unlike an OSError."""
+    with running_pushgateway() as url:  # its own: the clash must come first
+        other = CollectorRegistry()
+        Summary("attnops_monitor_window_records", "not a gauge", registry=other).observe(1)
+        push_to_gateway(url, job="someone-else", registry=other)
+        gauges = MonitorMetrics()
+        gauges.record("1", profile.assess(record_frame(7)))
+        with pytest.raises(ValueError, match="refused the monitor's metrics: HTTP Error 400"):
+            gauges.push(url, "clashing")

@@ -26,7 +26,9 @@ def test_ci_spec_trains_on_the_sample_and_judges_on_the_whole_test_split(
     raw = tiny_spec_dict(demo_dir) | {"ci": {"train_sample": 120, "max_steps": 7}}
     path = write_spec(raw)
     spec = load_spec(path)
-    ci_path, budget = write_ci_spec(spec, str(path), tmp_path)
+    (tmp_path / "ci").mkdir()
+    ci_path, budget = write_ci_spec(spec, str(path), tmp_path / "ci")
+    assert ci_path != str(path)
     assert budget.startswith("at most 7 optimizer steps, ")
     ci = load_spec(ci_path)
     assert ci.training.max_steps == 7

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from attnops.monitors.checks import VersionEvidence
 from attnops.monitors.gate import decide
-from attnops.monitors.gate_evidence import VersionEvidence
 from attnops.spec import GateSpec
 
 LABELS = [f"intent_{i}" for i in range(10)]

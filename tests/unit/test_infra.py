@@ -817,7 +817,7 @@ def test_dashboard_queries_answer_the_questions_asked():
         "debug", "Unsupported assertions by version"
     )
     entropy = exprs("debug", "Attention entropy per head")
-    assert "attnops_attention_entropy_sum" in entropy and "by (layer, head)" in entropy
+    assert "attnops_attention_entropy_sum" in entropy and "by (version, layer, head)" in entropy
     assert "attnops_monitor_drift_score" in exprs("debug", "Drift score per check (alarm above 1)")
     assert "by (version, check)" in exprs("debug", "Drift score per check (alarm above 1)")
     assert 'bound="estimate"' in exprs("executive", "Quality trend (label-free)")
