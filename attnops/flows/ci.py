@@ -159,19 +159,15 @@ def _push(spec: PipelineSpec, spec_path: str) -> tuple[bool, list[str]]:
 def _require_prefect_server() -> str:
     """The team's Prefect API URL, once it answers; a temporary server could not run
     deployments."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import get_current_settings
+    from attnops.flows.deploy import prefect_server
 
-    api_url = get_current_settings().api.url
+    api_url, reason = prefect_server()
     if not api_url:
         raise CiError(
             "the push path runs deployments on the team's Prefect server: set PREFECT_API_URL "
             "(in GitHub: the repository secret PREFECT_API_URL)"
         )
-    with get_client(sync_client=True) as client:
-        error = client.api_healthcheck()
-    if error is not None:
-        reason = " ".join(str(error).split()) or type(error).__name__
+    if reason is not None:
         raise CiError(f"no Prefect server answers at PREFECT_API_URL={api_url} ({reason})")
     return api_url
 

@@ -96,19 +96,26 @@ def _read_declaration(path: Path) -> dict[str, Any]:
     return declaration
 
 
+def prefect_server() -> tuple[str | None, str | None]:
+    """(PREFECT_API_URL, why no server answers there): the reason is None when one does."""
+    api_url = get_current_settings().api.url
+    if not api_url:
+        return None, "PREFECT_API_URL is not set"
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    return api_url, None if error is None else " ".join(str(error).split()) or type(error).__name__
+
+
 def _require_server() -> None:
     """Fail fast unless a Prefect server answers: a temporary one would forget the
     deployments as soon as this process exits, and cannot run them."""
-    api_url = get_current_settings().api.url
+    api_url, reason = prefect_server()
     if not api_url:
         raise DeployError(
             "deployments need a running Prefect server: start one (`prefect server start`) "
             "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or select a profile that has one"
         )
-    with get_client(sync_client=True) as client:
-        error = client.api_healthcheck()
-    if error is not None:
-        reason = " ".join(str(error).split()) or type(error).__name__
+    if reason is not None:
         raise DeployError(
             f"no Prefect server answers at PREFECT_API_URL={api_url} ({reason}); "
             "start one with `prefect server start` or point PREFECT_API_URL at yours"

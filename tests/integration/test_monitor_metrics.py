@@ -82,12 +82,15 @@ def test_a_drifted_window_is_pushed_per_check_and_replaces_the_previous_version(
     assert series(found, "attnops_monitor_alarm", model="tickets", version="4") == window.alarm
 
 
-def test_another_model_keeps_its_own_group(pushgateway, profile):
-    window = profile.assess(record_frame(4))
-    for model in ("model-a", "model-b"):
+def push_as_v1(url: str, window, models: tuple[str, ...]) -> None:
+    for model in models:
         gauges = MonitorMetrics()
         gauges.record("1", window)
-        gauges.push(pushgateway, model)
+        gauges.push(url, model)
+
+
+def test_another_model_keeps_its_own_group(pushgateway, profile):
+    push_as_v1(pushgateway, profile.assess(record_frame(4)), ("model-a", "model-b"))
     found = scrape(pushgateway)
     for model in ("model-a", "model-b"):
         assert series(found, "attnops_monitor_window_records", model=model, version="1") == 200
@@ -102,11 +105,7 @@ def test_an_unreachable_pushgateway_is_named_in_the_error(profile):
 
 
 def test_clearing_removes_only_that_models_verdict(pushgateway, profile):
-    window = profile.assess(record_frame(6))
-    for model in ("retired", "kept"):
-        gauges = MonitorMetrics()
-        gauges.record("1", window)
-        gauges.push(pushgateway, model)
+    push_as_v1(pushgateway, profile.assess(record_frame(6)), ("retired", "kept"))
     clear_pushed(pushgateway, "retired")
     models = {dict(labels).get("model") for _, labels in scrape(pushgateway)}
     assert "retired" not in models and "kept" in models
