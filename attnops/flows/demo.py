@@ -125,8 +125,8 @@ def _server(spec_path: str, url: str) -> Iterator[str]:
     from attnops.models.threads import ENV_VAR, available_cpus  # imports torch
 
     command = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", spec_path]
-    # The demo retrains while this server answers canary traffic: half the CPUs each, so
-    # the two never ask for more threads than there are cores.
+    # The server chooses its threads once, at start, and outlives the demo's other stages
+    # and any neighbour that starts meanwhile: half the CPUs, not all that are free now.
     threads = os.environ.get(ENV_VAR) or str(max(1, available_cpus() // 2))
     process = subprocess.Popen(command, env={**os.environ, ENV_VAR: threads})
     try:
