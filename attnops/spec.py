@@ -144,7 +144,13 @@ class TrainingSpec(_Section):
         description="Keep the input word embeddings fixed (about half of MiniLM's parameters): "
         "about 13% less time per step on a CPU, usually no loss on small data sets.",
     )
-    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch in training, evaluation, gate and serving "
+        "(ATTNOPS_NUM_THREADS overrides it). Default: the CPUs no other process is using "
+        "when the stage starts.",
+    )
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec,
         description="Processes and nodes for data-parallel training (default: one process).",

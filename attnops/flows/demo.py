@@ -122,8 +122,13 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
 @contextmanager
 def _server(spec_path: str, url: str) -> Iterator[str]:
     """`attnops serve` in a child process, ready when the block starts, stopped after it."""
+    from attnops.models.threads import ENV_VAR, available_cpus  # imports torch
+
     command = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", spec_path]
-    process = subprocess.Popen(command)
+    # The server chooses its threads once, at start, and outlives the demo's other stages
+    # and any neighbour that starts meanwhile: half the CPUs, not all that are free now.
+    threads = os.environ.get(ENV_VAR) or str(max(1, available_cpus() // 2))
+    process = subprocess.Popen(command, env={**os.environ, ENV_VAR: threads})
     try:
         deadline = time.monotonic() + 180
         while True:

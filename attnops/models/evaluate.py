@@ -30,6 +30,7 @@ from attnops.models.modeling import build_classifier
 from attnops.models.performance import measure_performance
 from attnops.models.profile import EmbeddingProjection, write_profile_summary
 from attnops.models.records import score_records
+from attnops.models.threads import use_threads
 from attnops.spec import PipelineSpec
 
 EVALUATION_JSON = "evaluation.json"
@@ -55,6 +56,7 @@ def evaluate_classifier(
 
     Writes the PNG figures, `evaluation.json` and the reference profile into `out_dir`.
     """
+    use_threads(spec.training.num_threads, stage="evaluation")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, max_length, pad_id = spec.evaluation, spec.model.max_length, tokenizer.pad_token_id
     names = data.label_names

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from attnops.models.threads import use_threads
 from attnops.spec import DEFAULT_BASE_MODEL, ModelSpec, TrainingSpec
 
 # Strings whose encodings pin down normalisation (case, accents, unicode, whitespace,
@@ -83,7 +84,10 @@ def pick_device(setting: str) -> torch.device:
 
 
 def seed_everything(cfg: TrainingSpec) -> None:
-    """Seed Python, NumPy and torch; in deterministic mode also force deterministic kernels."""
+    """Seed Python, NumPy and torch; in deterministic mode also force deterministic kernels.
+
+    Also sets the torch thread count for training (`threads.use_threads`).
+    """
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -91,8 +95,7 @@ def seed_everything(cfg: TrainingSpec) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    use_threads(cfg.num_threads, stage="training")
 
 
 def tokenizer_sha256(tokenizer) -> str:

@@ -13,8 +13,9 @@ import torch
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT
 from attnops.models.metrics import length_bucket
-from attnops.models.performance import interleaved_latency_ms, model_size_mb
+from attnops.models.performance import model_size_mb, time_side_by_side
 from attnops.models.records import score_records
+from attnops.models.threads import use_threads
 from attnops.models.versions import LoadedVersion
 from attnops.monitors import pii
 from attnops.monitors.checks import VersionEvidence
@@ -38,6 +39,7 @@ def gather_evidence(
         artifact_texts: the version's human-readable artifacts (model card, input example)
             by name, checked for PII together with the stored reference profile.
     """
+    use_threads(spec.training.num_threads, stage="gate")
     model = loaded.model.to(device)
     summary, projection = loaded.profile_summary()
     records = score_records(
@@ -81,16 +83,17 @@ def gather_evidence(
 def measure_side_by_side(
     versions: list[LoadedVersion], texts: list[str], *, samples: int, device: torch.device
 ) -> list[dict[str, object]]:
-    """Per-request latency (alternating request by request between the versions) and size."""
+    """Per-request latency (alternating request by request between the versions, see
+    `time_side_by_side`), the load it was measured under, and size."""
     runs = []
     for loaded in versions:
         summary, _ = loaded.profile_summary()
         encoded = encode(loaded.tokenizer, texts, int(summary["max_length"]))
         runs.append((loaded.model.to(device), encoded, loaded.tokenizer.pad_token_id))
-    latency = interleaved_latency_ms(runs, samples=samples, device=device)
+    timings = time_side_by_side(runs, samples=samples, device=device)
     return [
-        {"latency_ms": ms.tolist(), "model_size_mb": model_size_mb(loaded.model)}
-        for ms, loaded in zip(latency, versions, strict=True)
+        {**timing, "model_size_mb": model_size_mb(loaded.model)}
+        for timing, loaded in zip(timings, versions, strict=True)
     ]
 
 

@@ -17,6 +17,7 @@ import torch
 from attnops.models import registry
 from attnops.models.modeling import pick_device
 from attnops.models.records import TEXT_FEATURES, entropy_columns, score_records
+from attnops.models.threads import use_threads
 from attnops.models.versions import LoadedVersion, load_version, resolve
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
@@ -171,6 +172,8 @@ class Models:
         self.spec, self.settings, self.scratch = spec, settings, scratch
         self.slots: dict[str, ModelSlot] = {}
         self.device = pick_device(spec.training.device)
+        # Before the model thread's first operator: a thread keeps the count it started with.
+        use_threads(spec.training.num_threads, stage="serving")
 
     def load(self) -> dict[str, str | None]:
         """Read the `champion` and `canary` aliases and load what changed (blocking).
