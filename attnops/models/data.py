@@ -6,12 +6,16 @@ file, the column or the rows, and says what to change.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from attnops.models.text_checks import Leakage, describe_empty, is_empty_text, leakage_counts
 from attnops.spec import DataSpec
 
 SPLITS = ("train", "validation", "test")
@@ -35,6 +39,8 @@ class LabelledData:
     label_names: tuple[str, ...]
     out_of_scope_label: str | None
     sha256: dict[str, str]
+    leakage: tuple[Leakage, ...] = ()
+    """Texts shared across splits (see `text_checks.leakage_counts`), for the data evidence."""
 
     @property
     def data_sha256(self) -> str:
@@ -66,8 +72,10 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
         spec_path: shown in error messages so the user knows which file to edit.
 
     Raises:
-        DataError: a file or column is missing, rows are empty or not text, a split is
-            empty, eval labels are unseen in train, or a class has too few examples.
+        DataError: a file or column is missing, a file is not UTF-8 or has a malformed
+            line, rows are empty or not text, a split is empty, eval labels are unseen in
+            train, a class has too few examples, or more than `max_leakage_share` of a
+            split's texts also appear in an earlier split.
     """
     frames = {name: _read_split(spec, name, spec_path) for name in SPLITS}
     oos = spec.out_of_scope_label
@@ -105,6 +113,30 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
         label_names=label_names,
         out_of_scope_label=oos,
         sha256={name: fingerprint(frame) for name, frame in frames.items()},
+        leakage=_check_leakage(spec, frames, spec_path),
+    )
+
+
+def _check_leakage(
+    spec: DataSpec, frames: dict[str, pd.DataFrame], spec_path: str
+) -> tuple[Leakage, ...]:
+    """Count texts shared across splits; stop when a share exceeds data.max_leakage_share."""
+    found = tuple(leakage_counts({name: frame[TEXT].tolist() for name, frame in frames.items()}))
+    worst = max(found, key=lambda leak: leak.near_share)
+    if worst.near_share <= spec.max_leakage_share:
+        return found
+    counts = "; ".join(
+        f"{leak.later} in {leak.earlier}: {leak.exact} exact + {leak.near - leak.exact} near"
+        for leak in found
+    )
+    raise DataError(
+        f"{getattr(spec, worst.later)}: {worst.near} of {worst.later_rows} {worst.later} rows "
+        f"({worst.near_share:.1%}) also appear in the {worst.earlier} split "
+        f"{getattr(spec, worst.earlier)}, above data.max_leakage_share "
+        f"{spec.max_leakage_share:g} in {spec_path}: scores on {worst.later} would be inflated "
+        f"(duplicates {counts}; near = equal after casefolding and collapsing whitespace and "
+        f"punctuation; e.g. {list(worst.examples)}); remove the shared rows from one side, "
+        "or raise data.max_leakage_share if the repeats are expected"
     )
 
 
@@ -118,7 +150,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
     source = getattr(spec, split)
-    raw = _read_table(source, spec.format, split, spec_path)
+    raw, lines = _read_table(source, spec.format, split, spec_path)
     if raw.empty:
         raise DataError(f"{source} ({split} split) has no rows")
     wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
@@ -131,19 +163,20 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
                 f"set {field} in {spec_path}"
             )
     text = raw[spec.text_column]
-    bad_text = ~text.map(lambda v: isinstance(v, str) and bool(v.strip()))
+    # The same definition the server uses to answer 422: nothing visible left.
+    bad_text = text.map(is_empty_text)
     if bad_text.any():
-        rows = _row_numbers(bad_text)
+        first = describe_empty(text[bad_text].iloc[0])
         raise DataError(
             f"{source}: {int(bad_text.sum())} row(s) with empty or non-text '{spec.text_column}' "
-            f"(rows {rows}); remove or fill them"
+            f"({_row_numbers(bad_text, lines)}; first: {first}); remove or fill them"
         )
     labels = raw[spec.label_column]
-    missing = labels.isna() | labels.map(lambda v: str(v).strip() == "")
+    missing = labels.isna() | labels.map(lambda v: is_empty_text(str(v)))
     if missing.any():
         raise DataError(
             f"{source}: {int(missing.sum())} row(s) without a '{spec.label_column}' label "
-            f"(rows {_row_numbers(missing)}); label or remove them"
+            f"({_row_numbers(missing, lines)}); label or remove them"
         )
     frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(_label_str)})
     for column in spec.slice_columns:
@@ -158,19 +191,27 @@ def _label_str(value: object) -> str:
     return str(value).strip()
 
 
-def _row_numbers(mask: pd.Series, limit: int = 5) -> str:
-    positions = [int(i) + 1 for i in mask.to_numpy().nonzero()[0][:limit]]
+def _row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str:
+    """'lines 3, 7' (file lines, for text formats) or 'rows 3, 7' (1-based data rows)."""
+    positions = mask.to_numpy().nonzero()[0][:limit]
+    numbers = [lines[i] if lines is not None else int(i) + 1 for i in positions]
     more = ", ..." if int(mask.sum()) > limit else ""
-    return ", ".join(map(str, positions)) + more
+    unit = "line" if lines is not None else "row"
+    unit += "s" if len(numbers) > 1 else ""
+    return f"{unit} " + ", ".join(map(str, numbers)) + more
 
 
-def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFrame:
+def _read_table(
+    source: str, fmt: str, split: str, spec_path: str
+) -> tuple[pd.DataFrame, list[int] | None]:
+    """The split as read, and for CSV/JSONL the file line where each row starts."""
     if fmt == "hf":
-        return _read_hf(source, split, spec_path)
+        return _read_hf(source, split, spec_path), None
     path = Path(source)
     if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "not found"
         raise DataError(
-            f"{split} data file {source} not found (cwd {Path.cwd()}); set data.{split} in "
+            f"{split} data file {source} {what} (cwd {Path.cwd()}); set data.{split} in "
             f"{spec_path}, or run `attnops demo` to generate the demo data"
         )
     if fmt == "auto":
@@ -182,15 +223,97 @@ def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFra
                 f"cannot tell the format of {source} from its extension; use .csv, .jsonl or "
                 f".parquet, or set data.format in {spec_path}"
             )
+    if fmt == "csv":
+        return _read_csv(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path)
     try:
-        # Read text as text: "007" must stay a label, and a ticket "12345" must stay a string.
-        if fmt == "csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {source} as {fmt}: {exc}") from exc
+        return pd.read_parquet(path), None
+    except (ValueError, OSError) as exc:
+        raise DataError(
+            f"cannot read {source} as parquet: {exc}; set data.format in {spec_path} if it is "
+            "CSV or JSONL"
+        ) from exc
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 (or is binary) names the first bad byte.
+
+    Raises:
+        DataError: with the file, the byte and its line.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the header
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8), or point to the right file"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} holds a NUL byte on line {line}: a binary file, not text")
+    return text
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """Every cell as text ("007" stays a label, a ticket "12345" stays a string).
+
+    Read with the csv module rather than pandas to know the file line of every row (a quoted
+    text may span lines) and to stop at a ragged row instead of shifting or padding it.
+    """
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        header = next(reader, [])
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for record in reader:
+            if record:  # blank lines are skipped, as pandas does
+                if len(record) != len(header):
+                    raise DataError(_ragged(path, start, record, header))
+                rows.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
+    return pd.DataFrame(rows, columns=header, dtype=object), lines
+
+
+def _ragged(path: Path, line: int, record: list[str], header: list[str]) -> str:
+    hint = (
+        'a quote (") opened on this line is not closed, so the lines after it became one text'
+        if any("\n" in field for field in record)
+        else 'put texts that contain commas in double quotes ("...")'
+    )
+    return (
+        f"{path} line {line}: {len(record)} field(s) where the header has {len(header)} "
+        f"({', '.join(header)}); {hint}"
+    )
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """One JSON object per line; blank lines skipped. A bad line is named by its number."""
+    records, lines = [], []
+    # split("\n"), not splitlines(): U+2028 may stand unescaped inside a JSON string.
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path} line {number}, column {exc.colno}: not valid JSON ({exc.msg}); each "
+                'line must be one object such as {"text": "...", "label": "..."}'
+            ) from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path} line {number}: a JSON {type(record).__name__}, not an object; each "
+                'line must be one object such as {"text": "...", "label": "..."}'
+            )
+        records.append(record)
+        lines.append(number)
+    return pd.DataFrame.from_records(records), lines
 
 
 def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:
