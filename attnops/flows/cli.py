@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from attnops.settings import Settings, configure_process_env
 
@@ -162,13 +163,18 @@ def _run(args: argparse.Namespace) -> bool | None:
 def _classes_of_version(spec, settings: Settings):
     """version -> its classes (tag attnops.labels) and the out-of-scope label; None: unknown."""
     import json
+    from functools import cache
 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(settings.tracking_uri)  # not models.registry: no torch import
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return lambda version: None  # no registry yet: do not create one as a side effect
 
+    @cache  # asked only for versions that answered a labelled request
     def classes(version: str) -> set[str] | None:
+        client = MlflowClient(settings.tracking_uri)  # not models.registry: no torch import
         try:
             tags = client.get_model_version(spec.name, version).tags
         except MlflowException:
