@@ -135,7 +135,8 @@ def _check_leakage(
         f"{getattr(spec, worst.earlier)}, above data.max_leakage_share "
         f"{spec.max_leakage_share:g} in {spec_path}: scores on {worst.later} would be inflated "
         f"(duplicates {counts}; near = equal after casefolding and collapsing whitespace and "
-        f"punctuation; e.g. {list(worst.examples)}); remove the shared rows from one side, "
+        f"punctuation; e.g. {[text[:80] for text in worst.examples]}); remove the shared rows "
+        "from one side, "
         "or raise data.max_leakage_share if the repeats are expected"
     )
 

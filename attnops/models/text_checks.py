@@ -68,7 +68,9 @@ def near_duplicate_key(text: str) -> str:
 class Leakage:
     """Rows of `later` whose text also appears in `earlier` (exactly, and near-duplicates).
 
-    `near` includes `exact`. `examples` are up to 3 texts of `later` that leak.
+    `near` includes `exact`. `examples` are up to 3 texts of `later` that leak, for the
+    error message only: `as_dict` (the evidence stored with the run) keeps counts, not texts,
+    since texts may hold PII and models/ cannot redact (that is monitors/pii.py).
     """
 
     earlier: str
@@ -90,7 +92,6 @@ class Leakage:
             "exact_duplicates": self.exact,
             "near_duplicates": self.near,
             "near_share": round(self.near_share, 6),
-            "examples": list(self.examples),
         }
 
 
@@ -110,15 +111,16 @@ def leakage_counts(
     """
     exact_sets = {name: set(values) for name, values in texts.items()}
     keys = {name: [near_duplicate_key(t) for t in values] for name, values in texts.items()}
-    key_sets = {name: set(values) for name, values in keys.items()}
+    # "" is the key of punctuation- or emoji-only texts: "?" and "!!" are not duplicates.
+    key_sets = {name: set(values) - {""} for name, values in keys.items()}
     out = []
     for earlier, later in pairs:
-        exact = sum(t in exact_sets[earlier] for t in texts[later])
         leaking = [
             text
             for text, key in zip(texts[later], keys[later], strict=True)
             if key in key_sets[earlier]
         ]
+        exact = sum(text in exact_sets[earlier] for text in leaking)
         out.append(
             Leakage(earlier, later, len(texts[later]), exact, len(leaking), tuple(leaking[:3]))
         )

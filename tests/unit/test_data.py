@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from attnops.models.data import DataError, load_labelled_data
+from attnops.models.text_checks import is_empty_text, leakage_counts, near_duplicate_key
 from attnops.spec import DataSpec
 
 
@@ -157,3 +158,34 @@ def test_digit_only_texts_and_zero_padded_labels_stay_strings(tmp_path):
     data = load_labelled_data(_spec(_write(tmp_path, _splits(frame, validation, test))))
     assert data.label_names == ("007", "010")
     assert data.splits["train"]["text"].tolist()[:2] == ["12345", "0042"]
+
+
+@pytest.mark.parametrize(
+    ("text", "empty"),
+    [
+        ("", True), (" \t\n", True), ("\u00a0\u3000", True), ("\u200b\u200c\u2060\ufeff", True),
+        ("\x00\x1b\x7f\x85", True), ("\u00ad\u200e", True), (None, True), (12, True),
+        ("a", False), ("\u200bok\u200b", False), ("?", False), ("\U0001f44d", False),
+        ("\u0645", False),
+    ],
+)  # fmt: skip
+def test_empty_text_definition(text, empty):
+    """Nothing visible after whitespace, zero-width, control and format characters: empty."""
+    assert is_empty_text(text) is empty
+
+
+def test_leakage_counts_exact_and_near_duplicates_per_pair():
+    """Case, width, spacing and punctuation fold away; punctuation-only texts never match."""
+    assert near_duplicate_key("  Where's  MY\u00a0card?! ") == near_duplicate_key("where s my card")
+    train = ["Where is my card?", "refund please", "?", "ｆｕｌｌｗｉｄｔｈ text"]
+    test = ["where is my card", "refund please", "!!", "fullwidth TEXT", "new one"]
+    (validation_in_train, test_in_train, test_in_validation) = leakage_counts(
+        {"train": train, "validation": ["nothing shared"], "test": test}
+    )
+    assert (test_in_train.exact, test_in_train.near, test_in_train.later_rows) == (1, 3, 5)
+    assert test_in_train.examples == ("where is my card", "refund please", "fullwidth TEXT")
+    assert test_in_train.as_dict() == {
+        "splits": "test in train", "rows": 5, "exact_duplicates": 1, "near_duplicates": 3,
+        "near_share": 0.6,
+    }  # fmt: skip
+    assert validation_in_train.near == test_in_validation.near == 0
