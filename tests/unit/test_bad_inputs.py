@@ -180,10 +180,12 @@ DATA_CASES = {
         {"train": _csv(_rows_with(3, "fine text", "\u200b"))},
         ["train.csv: 1 row(s) without a 'label' label (line 5); label or remove them"],
     ),
-    "ragged_row_with_an_unquoted_comma": (
-        {"train": HEADER + "refund please,a\nhello, where is it,a\n" + _csv(GOOD["train"])[11:]},
+    # On the first data row pandas took the extra field for an index column and shifted every
+    # row, then reported all but one label missing.
+    "ragged_first_row_with_an_unquoted_comma": (
+        {"train": HEADER + "hello, where is it,a\nrefund please,a\n" + _csv(GOOD["train"])[11:]},
         [
-            "train.csv line 3: 3 field(s) where the header has 2 (text, label)",
+            "train.csv line 2: 3 field(s) where the header has 2 (text, label)",
             'put texts that contain commas in double quotes ("...")',
         ],
     ),
