@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import case, func, select
 
-from attnops.models.data import read_utf8
+from attnops.models.text_files import read_utf8
 from attnops.serving.log_schema import (
     JOINED,
     SCALARS,
