@@ -3,6 +3,7 @@ names the index, id or class, and nothing of them reaches the inference log."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from attnops.demo.tickets import INTENTS
+from attnops.flows.cli import main
 from attnops.flows.train import train
 from attnops.models import aliases
 from tests.integration.serving_fixtures import client, running_server, serving_spec
@@ -27,7 +29,7 @@ EMPTY = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_dir, prefect_server):
-    """One tiny champion behind a real server for the module; yields (url, inference db)."""
+    """One tiny champion behind a real server for the module; yields (url, inference db, spec)."""
     home = tmp_path_factory.mktemp("bad-requests")
     db = home / "inference.db"
     with pytest.MonkeyPatch.context() as mp:
@@ -38,7 +40,7 @@ def server(tmp_path_factory, demo_dir, prefect_server):
         version = train(spec_path)
         client().set_registered_model_alias(NAME, aliases.CHAMPION, version.version)
         with running_server(spec_path) as url:
-            yield url, db
+            yield url, db, spec_path
 
 
 def _logged(db) -> int:
@@ -67,7 +69,7 @@ def _predict(url: str, text: str = "my parcel never arrived") -> str:
 
 @pytest.mark.parametrize("case", EMPTY)
 def test_empty_text_gets_422_and_is_not_logged(server, case):
-    url, db = server
+    url, db, _ = server
     text, why = EMPTY[case]
     before = _settled(url, db)
     answer = httpx.post(f"{url}/predict", json={"text": text}, timeout=60)
@@ -81,7 +83,7 @@ def test_empty_text_gets_422_and_is_not_logged(server, case):
 
 @pytest.mark.parametrize("case", ["whitespace", "zero_width", "control"])
 def test_empty_text_in_a_batch_names_its_index_and_nothing_is_answered(server, case):
-    url, db = server
+    url, db, _ = server
     text, why = EMPTY[case]
     before = _settled(url, db)
     texts = ["where is my order", "refund please", text, "  ", "thanks"]
@@ -98,12 +100,12 @@ def test_empty_text_in_a_batch_names_its_index_and_nothing_is_answered(server, c
 
 def test_text_with_one_visible_character_is_answered(server):
     """The boundary: invisible characters around a real character do not make it empty."""
-    url, _ = server
+    url, _, _ = server
     _predict(url, "\u200b?\u200b")
 
 
 def test_feedback_for_unknown_request_ids_is_refused_whole(server):
-    url, db = server
+    url, db, _ = server
     known = _predict(url)
     body = {"labels": {known: INTENTS[0], "no-such-id": INTENTS[0], "another": INTENTS[1]}}
     answer = httpx.post(f"{url}/feedback", json=body)
@@ -116,7 +118,7 @@ def test_feedback_for_unknown_request_ids_is_refused_whole(server):
 
 
 def test_feedback_with_a_class_the_model_lacks_names_it_and_the_classes(server):
-    url, db = server
+    url, db, _ = server
     known = _predict(url)
     answer = httpx.post(f"{url}/feedback", json={"labels": {known: "refnud_request"}})
     assert answer.status_code == 422
@@ -130,10 +132,37 @@ def test_feedback_with_a_class_the_model_lacks_names_it_and_the_classes(server):
 
 def test_feedback_right_after_the_answer_is_recorded(server):
     """Ids still waiting in the writer's queue count as known, as does the out-of-scope label."""
-    url, db = server
+    url, db, _ = server
     first, second = _predict(url), _predict(url)
     labels = {first: "refund_request", second: "out_of_scope"}
     answer = httpx.post(f"{url}/feedback", json={"labels": labels})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"recorded": 2}
     assert {rid: _labels(db)[rid] for rid in labels} == labels
+
+
+def test_labels_command_checks_classes_against_the_registered_version(server, tmp_path, capsys):
+    """`attnops labels` reads the answering version's classes from its attnops.labels tag."""
+    url, db, spec_path = server
+    known = _predict(url)
+    _settled(url, db)  # the file names a request already in the log
+    bad, good = tmp_path / "bad.csv", tmp_path / "good.csv"
+    bad.write_text(f"request_id,label\n{known},refund_request\n{known}x,refund_request\n")
+    good.write_text(f"request_id,label\n{known},refund_request\n")
+    saved = dict(os.environ)
+    try:
+        assert main(["labels", "--spec", spec_path, "--file", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert f"{bad}: 1 unknown request id(s): {known}x" in err
+        assert known not in _labels(db)
+        bad.write_text(f"request_id,label\n{known},refnud_request\n")
+        assert main(["labels", "--spec", spec_path, "--file", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert f"label(s) the model does not have: 'refnud_request' (for {known})" in err
+        assert "refund_request" in err.split("its classes: ")[1]
+        assert known not in _labels(db)
+        assert main(["labels", "--spec", spec_path, "--file", str(good)]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert _labels(db)[known] == "refund_request"
