@@ -1,7 +1,9 @@
 """Reading the inference log: windows for the monitors and the release, labels joined.
 
 Labels (`feedback`) arrive later than their requests (an endpoint or a file) and are
-joined by request id when reading, so a label may arrive before its record is written.
+joined by request id when reading, so a label may arrive before its record is written
+(`/feedback` accepts ids still waiting in the writer's queue). A labels file names requests
+already answered: its ids must be in the log (see `load_labels_file`).
 """
 
 from __future__ import annotations
