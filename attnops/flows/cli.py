@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from attnops.settings import Settings, configure_process_env
 
@@ -145,7 +146,8 @@ def _run(args: argparse.Namespace) -> bool | None:
     elif args.command == "labels":
         from attnops.serving.log_reader import LogReader
 
-        count = LogReader(settings.inference_db).load_labels_file(args.file)
+        classes = _classes_of_version(spec, settings)
+        count = LogReader(settings.inference_db).load_labels_file(args.file, classes)
         print(f"{count} labels recorded in {settings.inference_db}")
     elif args.command == "ci":
         from attnops.flows.ci import run_ci
@@ -156,6 +158,32 @@ def _run(args: argparse.Namespace) -> bool | None:
 
         run_demo(args.spec, regenerate=args.regenerate)
     return None
+
+
+def _classes_of_version(spec, settings: Settings):
+    """version -> its classes (tag attnops.labels) and the out-of-scope label; None: unknown."""
+    import json
+    from functools import cache
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return lambda version: None  # no registry yet: do not create one as a side effect
+
+    @cache  # asked only for versions that answered a labelled request
+    def classes(version: str) -> set[str] | None:
+        client = MlflowClient(settings.tracking_uri)  # not models.registry: no torch import
+        try:
+            tags = client.get_model_version(spec.name, version).tags
+        except MlflowException:
+            return None
+        if "attnops.labels" not in tags:
+            return None
+        return set(json.loads(tags["attnops.labels"])) | {spec.data.out_of_scope_label} - {None}
+
+    return classes
 
 
 def _rollback(spec, settings: Settings) -> None:

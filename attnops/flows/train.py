@@ -32,6 +32,8 @@ def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
     data = load_labelled_data(spec.data, spec_path)
     counts = {name: len(frame) for name, frame in data.splits.items()}
     print(f"data: {counts}, {len(data.label_names)} classes, sha256 {data.data_sha256[:12]}")
+    shared = ", ".join(f"{leak.later} in {leak.earlier} {leak.near}" for leak in data.leakage)
+    print(f"texts shared across splits (exact or near): {shared}")
     return data
 
 

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnops.models.text_checks import Leakage, describe_empty, is_empty_text, leakage_counts
+from attnops.models.text_files import DataError, read_csv, read_jsonl
 from attnops.spec import DataSpec
 
 SPLITS = ("train", "validation", "test")
 TEXT = "text"
 LABEL = "label"
-
-
-class DataError(ValueError):
-    """Input data that cannot be used as it is."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,8 @@ class LabelledData:
     label_names: tuple[str, ...]
     out_of_scope_label: str | None
     sha256: dict[str, str]
+    leakage: tuple[Leakage, ...] = ()
+    """Texts shared across splits (see `text_checks.leakage_counts`), for the data evidence."""
 
     @property
     def data_sha256(self) -> str:
@@ -66,8 +66,10 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
         spec_path: shown in error messages so the user knows which file to edit.
 
     Raises:
-        DataError: a file or column is missing, rows are empty or not text, a split is
-            empty, eval labels are unseen in train, or a class has too few examples.
+        DataError: a file or column is missing, a file is not UTF-8 or has a malformed
+            line, rows are empty or not text, a split is empty, eval labels are unseen in
+            train, a class has too few examples, or more than `max_leakage_share` of a
+            split's texts also appear in an earlier split.
     """
     frames = {name: _read_split(spec, name, spec_path) for name in SPLITS}
     oos = spec.out_of_scope_label
@@ -105,6 +107,31 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
         label_names=label_names,
         out_of_scope_label=oos,
         sha256={name: fingerprint(frame) for name, frame in frames.items()},
+        leakage=_check_leakage(spec, frames, spec_path),
+    )
+
+
+def _check_leakage(
+    spec: DataSpec, frames: dict[str, pd.DataFrame], spec_path: str
+) -> tuple[Leakage, ...]:
+    """Count texts shared across splits; stop when a share exceeds data.max_leakage_share."""
+    found = tuple(leakage_counts({name: frame[TEXT].tolist() for name, frame in frames.items()}))
+    worst = max(found, key=lambda leak: leak.near_share)
+    if worst.near_share <= spec.max_leakage_share:
+        return found
+    counts = "; ".join(
+        f"{leak.later} in {leak.earlier}: {leak.exact} exact + {leak.near - leak.exact} near"
+        for leak in found
+    )
+    raise DataError(
+        f"{getattr(spec, worst.later)}: {worst.near} of {worst.later_rows} {worst.later} rows "
+        f"({worst.near_share:.1%}) also appear in the {worst.earlier} split "
+        f"{getattr(spec, worst.earlier)}, above data.max_leakage_share "
+        f"{spec.max_leakage_share:g} in {spec_path}: scores on {worst.later} would be inflated "
+        f"(duplicates {counts}; near = equal after casefolding and collapsing whitespace and "
+        f"punctuation; e.g. {[text[:80] for text in worst.examples]}); remove the shared rows "
+        "from one side, "
+        "or raise data.max_leakage_share if the repeats are expected"
     )
 
 
@@ -118,7 +145,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
     source = getattr(spec, split)
-    raw = _read_table(source, spec.format, split, spec_path)
+    raw, lines = _read_table(source, spec.format, split, spec_path)
     if raw.empty:
         raise DataError(f"{source} ({split} split) has no rows")
     wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
@@ -131,19 +158,20 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
                 f"set {field} in {spec_path}"
             )
     text = raw[spec.text_column]
-    bad_text = ~text.map(lambda v: isinstance(v, str) and bool(v.strip()))
+    # The same definition the server uses to answer 422: nothing visible left.
+    bad_text = text.map(is_empty_text)
     if bad_text.any():
-        rows = _row_numbers(bad_text)
+        first = describe_empty(text[bad_text].iloc[0])
         raise DataError(
             f"{source}: {int(bad_text.sum())} row(s) with empty or non-text '{spec.text_column}' "
-            f"(rows {rows}); remove or fill them"
+            f"({_row_numbers(bad_text, lines)}; first: {first}); remove or fill them"
         )
     labels = raw[spec.label_column]
-    missing = labels.isna() | labels.map(lambda v: str(v).strip() == "")
+    missing = labels.isna() | labels.map(lambda v: is_empty_text(str(v)))
     if missing.any():
         raise DataError(
             f"{source}: {int(missing.sum())} row(s) without a '{spec.label_column}' label "
-            f"(rows {_row_numbers(missing)}); label or remove them"
+            f"({_row_numbers(missing, lines)}); label or remove them"
         )
     frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(_label_str)})
     for column in spec.slice_columns:
@@ -158,19 +186,27 @@ def _label_str(value: object) -> str:
     return str(value).strip()
 
 
-def _row_numbers(mask: pd.Series, limit: int = 5) -> str:
-    positions = [int(i) + 1 for i in mask.to_numpy().nonzero()[0][:limit]]
+def _row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str:
+    """'lines 3, 7' (file lines, for text formats) or 'rows 3, 7' (1-based data rows)."""
+    positions = mask.to_numpy().nonzero()[0][:limit]
+    numbers = [lines[i] if lines is not None else int(i) + 1 for i in positions]
     more = ", ..." if int(mask.sum()) > limit else ""
-    return ", ".join(map(str, positions)) + more
+    unit = "line" if lines is not None else "row"
+    unit += "s" if len(numbers) > 1 else ""
+    return f"{unit} " + ", ".join(map(str, numbers)) + more
 
 
-def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFrame:
+def _read_table(
+    source: str, fmt: str, split: str, spec_path: str
+) -> tuple[pd.DataFrame, list[int] | None]:
+    """The split as read, and for CSV/JSONL the file line where each row starts."""
     if fmt == "hf":
-        return _read_hf(source, split, spec_path)
+        return _read_hf(source, split, spec_path), None
     path = Path(source)
     if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "not found"
         raise DataError(
-            f"{split} data file {source} not found (cwd {Path.cwd()}); set data.{split} in "
+            f"{split} data file {source} {what} (cwd {Path.cwd()}); set data.{split} in "
             f"{spec_path}, or run `attnops demo` to generate the demo data"
         )
     if fmt == "auto":
@@ -182,15 +218,17 @@ def _read_table(source: str, fmt: str, split: str, spec_path: str) -> pd.DataFra
                 f"cannot tell the format of {source} from its extension; use .csv, .jsonl or "
                 f".parquet, or set data.format in {spec_path}"
             )
+    if fmt == "csv":
+        return read_csv(path)
+    if fmt == "jsonl":
+        return read_jsonl(path)
     try:
-        # Read text as text: "007" must stay a label, and a ticket "12345" must stay a string.
-        if fmt == "csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise DataError(f"cannot read {source} as {fmt}: {exc}") from exc
+        return pd.read_parquet(path), None
+    except (ValueError, OSError) as exc:
+        raise DataError(
+            f"cannot read {source} as parquet: {exc}; set data.format in {spec_path} if it is "
+            "CSV or JSONL"
+        ) from exc
 
 
 def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:

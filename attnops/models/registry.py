@@ -135,6 +135,9 @@ def log_evidence(
     client.log_dict(
         run_id, {"data_sha256": data.data_sha256, **data.sha256}, "data_fingerprint.json"
     )
+    client.log_dict(
+        run_id, {"leakage": [leak.as_dict() for leak in data.leakage]}, "data_checks.json"
+    )
     for path in evaluation.files:
         folder = "reference_profile" if path.name.startswith("reference_") else "evaluation"
         client.log_artifact(run_id, str(path), folder)

@@ -1,9 +1,11 @@
 """Find and redact PII in ticket texts, offline, with presidio-analyzer pattern recognizers.
 
-Entities: email addresses, phone numbers, Luhn-valid credit cards, IBANs (checksum-validated),
-IPv4/IPv6 addresses and US SSNs. Nothing is downloaded: the NLP engine is a blank spaCy English
-tokenizer (no trained model, no NER), and the email recognizer's domain check uses tldextract's
-bundled public-suffix snapshot (presidio's own check would try to fetch the list from the web).
+Entities: email addresses (also spelled out, "ann at example dot com"), phone numbers,
+Luhn-valid credit cards, IBANs (checksum-validated), IPv4/IPv6 addresses and US SSNs (also
+as 9 bare digits next to "SSN" or "social"). Nothing is downloaded: the NLP engine is a blank
+spaCy English tokenizer (no trained model, no NER), and the email recognizers' domain checks
+use tldextract's bundled public-suffix snapshot (presidio's own would fetch the list from the
+web).
 
 Presidio costs about a millisecond per short text once warm, so `find_pii` first skips texts
 that cannot hold any of these entities (see `_may_contain_pii`).
@@ -37,10 +39,35 @@ ENTITIES: tuple[str, ...] = (
     "CREDIT_CARD", "EMAIL_ADDRESS", "IBAN_CODE", "IP_ADDRESS", "PHONE_NUMBER", "US_SSN",
 )  # fmt: skip
 
-# Every entity above needs an '@' (email), two ':' (any IPv6, even one without digits such as
-# "fe::ab") or at least 4 digits (the shortest, an IPv4 like 1.2.3.4; phones, cards, IBANs and
-# SSNs have 7+). `(?:\d\D*){4}` cannot backtrack: \d and \D never match the same character.
-_MAYBE_PII = re.compile(r"@|:[^:]*:|(?:\d\D*){4}")
+# Every entity above needs an '@' or a bracketed "at" (email), two ':' (any IPv6, even one
+# without digits such as "fe::ab") or at least 4 digits (the shortest, an IPv4 like 1.2.3.4;
+# phones, cards, IBANs and SSNs have 7+); a spelled-out email has the words "at" and "dot".
+# `(?:\d\D*){4}` cannot backtrack: \d and \D never match the same character.
+_MAYBE_PII = re.compile(r"@|:[^:]*:|(?:\d\D*){4}|[\[({<]\s*at\s*[\])}>]", re.IGNORECASE)
+_WORD_AT, _WORD_DOT = re.compile(r"\bat\b", re.I), re.compile(r"\bdot\b", re.I)
+
+# Spelled-out emails: "ann.lee at example dot com", "ann (at) example (dot) co (dot) uk",
+# "ann[at]example.com". A bracketed at is deliberate obfuscation (0.6); plain words "at" and
+# "dot" also occur in prose ("bought it at amazon dot com"), so that form scores 0.3 and counts
+# only next to a context word such as "email" (+0.35). The domain must end in a real suffix.
+_LOCAL = r"(?<![\w.+%-])[a-z0-9][a-z0-9._%+-]*"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_AT_BRACKET = r"\s*[\[({<]\s*at\s*[\])}>]\s*"
+_DOT_SPELLED = r"(?:\s*[\[({<]\s*dot\s*[\])}>]\s*|\s+dot\s+)"
+_DOT_ANY = rf"(?:{_DOT_SPELLED}|\.)"
+_SPELLED_EMAILS = [
+    Pattern(
+        "email, bracketed at",
+        rf"{_LOCAL}{_AT_BRACKET}{_LABEL}(?:{_DOT_ANY}{_LABEL})*{_DOT_ANY}[a-z]{{2,24}}\b",
+        0.6,
+    ),
+    Pattern(
+        "email, words at and dot",
+        rf"{_LOCAL}\s+at\s+{_LABEL}(?:{_DOT_ANY}{_LABEL})*{_DOT_SPELLED}[a-z]{{2,24}}\b",
+        0.3,
+    ),
+]
+_EMAIL_CONTEXT = ["email", "mail", "contact", "reach", "write", "inbox", "address"]
 
 # Phone-shaped numbers that libphonenumber rejects as unassigned (Ofcom's 07700 900xxx drama
 # range, NANP area codes starting with 0 or 1) but that a reader still takes for a phone number.
@@ -78,6 +105,41 @@ class _OfflineEmailRecognizer(EmailRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool:
         return self._extract(pattern_text).fqdn != ""
+
+
+class _SpelledEmailRecognizer(PatternRecognizer):
+    """Emails written out to dodge scrapers; the domain's suffix is checked offline."""
+
+    def __init__(self, extract: tldextract.TLDExtract) -> None:
+        super().__init__(
+            "EMAIL_ADDRESS",
+            name="SpelledEmailRecognizer",
+            patterns=_SPELLED_EMAILS,
+            context=_EMAIL_CONTEXT,
+        )
+        self._extract = extract
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        domain = re.split(r"\s*[\[({<]\s*at\s*[\])}>]\s*|\s+at\s+", pattern_text, flags=re.I)[-1]
+        domain = re.sub(_DOT_SPELLED, ".", domain, flags=re.I)
+        return self._extract(domain).fqdn == ""
+
+
+class _SsnRecognizer(UsSsnRecognizer):
+    """Presidio's SSN check without its list of published sample numbers.
+
+    Presidio drops 078-05-1120, 123-45-6789 and 987-65-4320 as placeholders; 078-05-1120 was
+    printed on a wallet insert and then used as their own by thousands of people, and a reader
+    of a log cannot tell a sample from a real number either, so they are redacted too.
+    Structural checks stay: mixed separators, all one digit, zero groups, area 000 or 666.
+    """
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        if len({c for c in pattern_text if c in ".- "}) > 1:  # 536-22 8726: not one number
+            return True
+        digits = "".join(c for c in pattern_text if c.isdigit())
+        never_issued = digits[:3] in ("000", "666") or digits[3:5] == "00" or digits[5:] == "0000"
+        return never_issued or len(set(digits)) == 1
 
 
 class _PhoneRecognizer(PhoneRecognizer):
@@ -132,7 +194,15 @@ def build_analyzer() -> AnalyzerEngine:
         CreditCardRecognizer(patterns=[_CARD]),
         IbanRecognizer(),
         IpRecognizer(),
-        UsSsnRecognizer(),
+        _SsnRecognizer(),
+        # Nine bare digits are an SSN only next to "ssn"/"social" (0.2 + 0.35 context): without
+        # it they are order or account numbers. Not "security", as in "security code".
+        _SsnRecognizer(
+            patterns=[Pattern("SSN, 9 digits (needs context)", r"\b\d{9}\b", 0.2)],
+            context=["ssn", "ssns", "social"],
+            name="UnseparatedSsnRecognizer",
+        ),
+        _SpelledEmailRecognizer(extract),
     ):
         registry.add_recognizer(recognizer)
     return AnalyzerEngine(
@@ -142,7 +212,9 @@ def build_analyzer() -> AnalyzerEngine:
 
 def _may_contain_pii(text: str) -> bool:
     """False only when `text` cannot hold any entity in `ENTITIES` (cheap regex pre-filter)."""
-    return _MAYBE_PII.search(text) is not None
+    if _MAYBE_PII.search(text) is not None:
+        return True
+    return _WORD_AT.search(text) is not None and _WORD_DOT.search(text) is not None
 
 
 def _resolve(hits: list[PiiHit]) -> list[PiiHit]:

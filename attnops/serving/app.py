@@ -31,6 +31,7 @@ from attnops.serving.engine import Models
 from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
 from attnops.serving.routing import CANARY, CHAMPION, choose_route
+from attnops.serving.validation import ClientError, check_feedback, check_texts
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 class PredictRequest(BaseModel):
-    text: str = Field(min_length=1)
+    text: str  # an empty one gets 422 from check_texts, with the same words as in a batch
     key: str | None = None
     """Sticky-routing key (user, session, ticket): the same key always gets the same version."""
 
@@ -51,14 +52,6 @@ class BatchRequest(BaseModel):
 class Feedback(BaseModel):
     labels: dict[str, str] = Field(min_length=1)
     """request_id -> true label."""
-
-
-class ClientError(Exception):
-    """A request the server will not answer: HTTP status and a sentence saying why."""
-
-    def __init__(self, status: int, reason: str, detail: str, route: str = "none") -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.detail, self.route = status, reason, detail, route
 
 
 def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
@@ -178,6 +171,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     @app.post("/predict")
     async def predict(request: Request) -> dict:
         body = await read(request, PredictRequest)
+        check_texts([body.text], batch=False)
         return (await answer([body.text], body.key))[0]
 
     @app.post("/predict/batch")
@@ -190,15 +184,18 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                 f"{len(body.texts)} texts in one request; the limit is "
                 f"{serving.max_batch_inputs} (serving.max_batch_inputs)",
             )
-        empty = [i for i, t in enumerate(body.texts) if not t]
-        if empty:
-            raise ClientError(422, "invalid", f"texts.{empty[0]}: empty text")
+        check_texts(body.texts, batch=True)
         return {"results": await answer(body.texts, body.key)}
 
     @app.post("/feedback")
     async def feedback(request: Request) -> dict:
         body = await read(request, Feedback)
         log: InferenceLog = state["log"]
+        known = await asyncio.to_thread(log.known_request_ids, body.labels)
+        classes = {spec.data.out_of_scope_label} - {None}
+        for slot in state["models"].slots.values():
+            classes |= set(slot.label_names)
+        check_feedback(body.labels, known, dict.fromkeys(body.labels, classes))
         return {"recorded": await asyncio.to_thread(log.record_labels, body.labels)}
 
     @app.get("/health")

@@ -1,19 +1,23 @@
 """Reading the inference log: windows for the monitors and the release, labels joined.
 
 Labels (`feedback`) arrive later than their requests (an endpoint or a file) and are
-joined by request id when reading, so a label may arrive before its record is written.
+joined by request id when reading, so a label may arrive before its record is written
+(`/feedback` accepts ids still waiting in the writer's queue). A labels file names requests
+already answered: its ids must be in the log (see `load_labels_file`).
 """
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import case, func, select
 
+from attnops.models.text_files import read_utf8
 from attnops.serving.log_schema import (
     JOINED,
     SCALARS,
@@ -25,6 +29,7 @@ from attnops.serving.log_schema import (
     metadata,
     records_frame,
 )
+from attnops.serving.validation import feedback_problems
 
 
 class LogReader:
@@ -53,20 +58,46 @@ class LogReader:
                 conn.execute(feedback.insert(), rows)
         return len(rows)
 
-    def load_labels_file(self, path: str | Path) -> int:
+    def request_versions(self, request_ids: Iterable[str]) -> dict[str, str]:
+        """The model version that answered each of `request_ids` that is in the log."""
+        found: dict[str, str] = {}
+        with self._engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(map(str, request_ids)))):
+                query = select(inference_log.c.request_id, inference_log.c.version).where(
+                    inference_log.c.request_id.in_(chunk)
+                )
+                found.update((rid, version) for rid, version in conn.execute(query))
+        return found
+
+    def load_labels_file(
+        self,
+        path: str | Path,
+        classes_of_version: Callable[[str], Collection[str] | None] = lambda version: None,
+    ) -> int:
         """Record labels from a CSV or JSONL file with columns `request_id,label`.
 
+        All or nothing: every request id must be in the log and every label one of the
+        classes of the version that answered it (`classes_of_version`; None skips the
+        check for that version), or nothing is recorded.
+
         Raises:
-            ValueError: If the file type is not .csv/.jsonl, a column is missing or a row
-                has an empty request id or label.
+            ValueError: If the file type is not .csv/.jsonl, the file is not UTF-8 text or
+                cannot be parsed, a column is missing, a row has an empty request id or
+                label, a request id is not in the log or a label is not a class.
         """
         path = Path(path)
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        elif path.suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
-        else:
+        if path.suffix not in (".csv", ".jsonl", ".ndjson"):
             raise ValueError(f"{path}: expected a .csv or .jsonl file of request_id,label")
+        text = read_utf8(path)  # names the file and the first bad byte of a binary file
+        try:
+            if path.suffix == ".csv":
+                frame = pd.read_csv(
+                    io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""]
+                )
+            else:
+                frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}; expected request_id,label") from None
         missing = [c for c in ("request_id", "label") if c not in frame.columns]
         if missing:
             raise ValueError(
@@ -80,7 +111,15 @@ class LogReader:
                 f"{path}: {empty.sum()} rows have an empty request_id or label "
                 f"(first: data row {np.flatnonzero(empty)[0] + 1})"
             )
-        return self.record_labels(dict(zip(frame["request_id"], frame["label"], strict=True)))
+        labels = dict(zip(frame["request_id"].astype(str), frame["label"].astype(str), strict=True))
+        versions = self.request_versions(labels)
+        classes = {version: classes_of_version(version) for version in set(versions.values())}
+        problems = feedback_problems(
+            labels, versions, {rid: classes[v] for rid, v in versions.items()}
+        )
+        if problems:
+            raise ValueError(f"{path}: " + "; ".join(problems) + "; nothing was recorded")
+        return self.record_labels(labels)
 
     def window(
         self,

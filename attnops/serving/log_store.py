@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -66,6 +66,9 @@ class InferenceLog(LogReader):
         self._queue: deque[LogRecord] = deque()
         self._taken: list[LogRecord] = []  # taken from the queue, not yet redacted
         self._rows: list[dict] = []  # redacted, not yet committed (kept across failed writes)
+        # Ids submitted but not yet committed: feedback may name them before they are written.
+        # Single set operations are atomic under the GIL (request thread adds, writer discards).
+        self._unwritten: set[str] = set()
         self._count_lock = threading.Lock()
         self._submitted = self._written = self._duplicates = self._write_errors = 0
         self._wake, self._closing = threading.Event(), threading.Event()
@@ -94,6 +97,12 @@ class InferenceLog(LogReader):
         """Failed write attempts so far (each retried)."""
         return self._write_errors
 
+    def known_request_ids(self, request_ids: Iterable[str]) -> set[str]:
+        """Those of `request_ids` that are in the log or submitted and waiting to be written."""
+        request_ids = list(request_ids)
+        waiting = {rid for rid in request_ids if rid in self._unwritten}
+        return waiting | set(self.request_versions(set(request_ids) - waiting))
+
     def start(self) -> InferenceLog:
         """Start the writer thread; it loads the PII scanner first, when redacting.
 
@@ -113,6 +122,7 @@ class InferenceLog(LogReader):
             raise RuntimeError(f"inference log {self._where} is closed; create a new one")
         with self._count_lock:  # counted first: `pending` never undercounts a queued record
             self._submitted += 1
+        self._unwritten.add(record.request_id)
         self._queue.append(record)
         if len(self._queue) >= self.max_batch:
             self._wake.set()
@@ -188,6 +198,7 @@ class InferenceLog(LogReader):
             self._failing_since = None
         self._written += len(rows)
         self._duplicates += duplicates
+        self._unwritten.difference_update(row["request_id"] for row in self._rows)
         self._rows = []
 
     def _to_rows(self, records: Sequence[LogRecord]) -> list[dict]:

@@ -64,7 +64,7 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     artifacts = {a.path for folder in ("", "evaluation", "reference_profile")
                  for a in client.list_artifacts(version.run_id, folder)}  # fmt: skip
     assert {
-        "spec.yaml", "spec.source.yaml", "model_card.md", "run_card.json",
+        "spec.yaml", "spec.source.yaml", "model_card.md", "run_card.json", "data_checks.json",
         "evaluation/confusion_matrix.png",
         "evaluation/reliability.png", "evaluation/attention_entropy.png",
         "evaluation/head_importance.png", "evaluation/evaluation.json",
@@ -72,6 +72,10 @@ def test_train_registers_model_with_tokenizer_and_evidence(
         "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
         "reference_profile/reference_drift_calibration.json",
     } <= artifacts  # fmt: skip
+    checks = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/data_checks.json")
+    assert [c["splits"] for c in checks["leakage"]] == [
+        "validation in train", "test in train", "test in validation",
+    ]  # fmt: skip
     profile_path = "reference_profile/reference_profile.parquet"
     profile = pd.read_parquet(
         mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=profile_path)
@@ -110,6 +114,8 @@ def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spe
     [
         ({"data": {"text_column": "body"}}, "column 'body' not found"),
         ({"model": {"base": "/no/such/model"}}, "no/such/model"),
+        # The small demo splits share ~1.5% of their texts: any leakage at all stops here.
+        ({"data": {"max_leakage_share": 0.0}}, "above data.max_leakage_share 0 in"),
     ],
 )
 def test_failed_run_registers_nothing(attnops_home, demo_dir, write_spec, breakage, message):

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from attnops.models.data import DataError, load_labelled_data
+from attnops.models.text_checks import is_empty_text, leakage_counts, near_duplicate_key
 from attnops.spec import DataSpec
 
 
@@ -21,8 +22,9 @@ def _write(tmp_path, frames: dict[str, pd.DataFrame], fmt: str = "csv") -> dict[
     return paths
 
 
-def _frame(labels, texts=None, **extra) -> pd.DataFrame:
-    texts = texts or [f"message number {i} about {label}" for i, label in enumerate(labels)]
+def _frame(labels, texts=None, split="train", **extra) -> pd.DataFrame:
+    # Each split its own texts: shared ones count as leakage (data.max_leakage_share).
+    texts = texts or [f"{split} message {i} about {label}" for i, label in enumerate(labels)]
     return pd.DataFrame({"body": texts, "intent": labels, **extra})
 
 
@@ -33,11 +35,10 @@ def _spec(paths, **kw) -> DataSpec:
 
 
 def _splits(train=None, validation=None, test=None):
-    base = _frame(["a", "a", "b", "b", "c", "c"])
+    given = {"train": train, "validation": validation, "test": test}
     return {
-        "train": train if train is not None else base,
-        "validation": validation if validation is not None else base,
-        "test": test if test is not None else base,
+        split: frame if frame is not None else _frame(["a", "a", "b", "b", "c", "c"], split=split)
+        for split, frame in given.items()
     }
 
 
@@ -55,7 +56,7 @@ def test_formats_load_to_same_content_and_fingerprint(tmp_path, fmt):
 
 def test_fingerprint_changes_when_one_label_changes(tmp_path):
     before = load_labelled_data(_spec(_write(tmp_path, _splits()))).data_sha256
-    changed = _frame(["a", "a", "b", "b", "c", "a"])
+    changed = _frame(["a", "a", "b", "b", "c", "a"], split="test")
     after = load_labelled_data(_spec(_write(tmp_path, _splits(test=changed)))).data_sha256
     assert before != after
 
@@ -87,18 +88,18 @@ def test_missing_slice_column_is_named(tmp_path):
 
 def test_empty_and_non_text_rows_are_reported_with_row_numbers(tmp_path):
     bad = _frame(["a", "a", "b", "b", "c", "c"], texts=["ok", "  ", "fine", "", "x", "y"])
-    with pytest.raises(DataError, match=r"2 row\(s\) with empty or non-text 'body' \(rows 2, 4\)"):
+    with pytest.raises(DataError, match=r"2 row\(s\) with empty or non-text 'body' \(lines 3, 5;"):
         load_labelled_data(_spec(_write(tmp_path, _splits(train=bad))))
 
 
 def test_missing_labels_are_reported(tmp_path):
     bad = _frame(["a", "a", "b", None, "c", "c"])
-    with pytest.raises(DataError, match=r"1 row\(s\) without a 'intent' label \(rows 4\)"):
+    with pytest.raises(DataError, match=r"1 row\(s\) without a 'intent' label \(line 5\)"):
         load_labelled_data(_spec(_write(tmp_path, _splits(train=bad))))
 
 
 def test_unseen_eval_labels_point_to_out_of_scope_setting(tmp_path):
-    test = _frame(["a", "b", "c", "zzz"])
+    test = _frame(["a", "b", "c", "zzz"], split="test")
     with pytest.raises(
         DataError, match=r"labels not present in train: \['zzz'\].*out_of_scope_label"
     ):
@@ -107,8 +108,9 @@ def test_unseen_eval_labels_point_to_out_of_scope_setting(tmp_path):
 
 def test_out_of_scope_rows_stay_out_of_training(tmp_path):
     train = _frame(["a", "a", "b", "b", "none"])
-    test = _frame(["a", "b", "none", "none"])
-    paths = _write(tmp_path, _splits(train=train, validation=train, test=test))
+    validation = _frame(["a", "a", "b", "b", "none"], split="validation")
+    test = _frame(["a", "b", "none", "none"], split="test")
+    paths = _write(tmp_path, _splits(train=train, validation=validation, test=test))
     data = load_labelled_data(_spec(paths, out_of_scope_label="none"))
     assert data.label_names == ("a", "b")
     assert "none" not in set(data.splits["train"]["label"])
@@ -127,7 +129,7 @@ def test_too_few_examples_per_class(tmp_path):
 def test_integer_labels_match_across_formats(tmp_path):
     train = _frame([0, 0, 1, 1])
     test = pd.DataFrame({"body": ["x", "y"], "intent": [0.0, 1.0]})
-    paths = _write(tmp_path, {"train": train, "validation": train})
+    paths = _write(tmp_path, {"train": train, "validation": _frame([0, 1], split="validation")})
     paths |= {"test": _write(tmp_path, {"test": test}, "parquet")["test"]}
     data = load_labelled_data(_spec(paths))
     assert data.label_names == ("0", "1")
@@ -139,12 +141,11 @@ def test_hugging_face_dataset_on_disk_with_class_labels(tmp_path):
     features = datasets.Features(
         {"body": datasets.Value("string"), "intent": datasets.ClassLabel(names=["a", "b", "c"])}
     )
-    frame = _frame(["a", "a", "b", "b", "c", "c"])
-    frame["intent"] = frame["intent"].map({"a": 0, "b": 1, "c": 2})
-    split = datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
-    datasets.DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(
-        tmp_path / "hf"
-    )
+    splits = {}
+    for name, frame in _splits().items():
+        frame["intent"] = frame["intent"].map({"a": 0, "b": 1, "c": 2})
+        splits[name] = datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "hf")
     paths = {name: str(tmp_path / "hf") for name in ("train", "validation", "test")}
     data = load_labelled_data(_spec(paths, format="hf"))
     assert data.label_names == ("a", "b", "c")
@@ -153,6 +154,38 @@ def test_hugging_face_dataset_on_disk_with_class_labels(tmp_path):
 
 def test_digit_only_texts_and_zero_padded_labels_stay_strings(tmp_path):
     frame = _frame(["007", "007", "010", "010"], texts=["12345", "0042", "refund", "track"])
-    data = load_labelled_data(_spec(_write(tmp_path, _splits(frame, frame, frame))))
+    validation, test = (_frame(["007", "010"], split=name) for name in ("validation", "test"))
+    data = load_labelled_data(_spec(_write(tmp_path, _splits(frame, validation, test))))
     assert data.label_names == ("007", "010")
     assert data.splits["train"]["text"].tolist()[:2] == ["12345", "0042"]
+
+
+@pytest.mark.parametrize(
+    ("text", "empty"),
+    [
+        ("", True), (" \t\n", True), ("\u00a0\u3000", True), ("\u200b\u200c\u2060\ufeff", True),
+        ("\x00\x1b\x7f\x85", True), ("\u00ad\u200e", True), (None, True), (12, True),
+        ("a", False), ("\u200bok\u200b", False), ("?", False), ("\U0001f44d", False),
+        ("\u0645", False),
+    ],
+)  # fmt: skip
+def test_empty_text_definition(text, empty):
+    """Nothing visible after whitespace, zero-width, control and format characters: empty."""
+    assert is_empty_text(text) is empty
+
+
+def test_leakage_counts_exact_and_near_duplicates_per_pair():
+    """Case, width, spacing and punctuation fold away; punctuation-only texts never match."""
+    assert near_duplicate_key("  Where's  MY\u00a0card?! ") == near_duplicate_key("where s my card")
+    train = ["Where is my card?", "refund please", "?", "ｆｕｌｌｗｉｄｔｈ text"]
+    test = ["where is my card", "refund please", "!!", "fullwidth TEXT", "new one"]
+    (validation_in_train, test_in_train, test_in_validation) = leakage_counts(
+        {"train": train, "validation": ["nothing shared"], "test": test}
+    )
+    assert (test_in_train.exact, test_in_train.near, test_in_train.later_rows) == (1, 3, 5)
+    assert test_in_train.examples == ("where is my card", "refund please", "fullwidth TEXT")
+    assert test_in_train.as_dict() == {
+        "splits": "test in train", "rows": 5, "exact_duplicates": 1, "near_duplicates": 3,
+        "near_share": 0.6,
+    }  # fmt: skip
+    assert validation_in_train.near == test_in_validation.near == 0

@@ -288,11 +288,12 @@ def test_labels_load_from_csv_and_jsonl(db, tmp_path):
     csv.write_text("request_id,label,note\nreq-00000,refund,x\n007,track_order,y\n")
     jsonl = tmp_path / "labels.jsonl"
     jsonl.write_text(json.dumps({"request_id": "req-00001", "label": "cancel_order"}) + "\n")
-    assert log.load_labels_file(csv) == 2
-    assert log.load_labels_file(jsonl) == 1
     with InferenceLog(f"sqlite:///{db}", flush_interval_s=FAST, redact=False) as writer:
         for rid in ("req-00000", "req-00001", "007"):
             writer.submit(make_record(0, request_id=rid))
+    # A file names requests already answered: their records must be in the log.
+    assert log.load_labels_file(csv) == 2
+    assert log.load_labels_file(jsonl) == 1
     assert dict(log.window()[["request_id", "label"]].values.tolist()) == {
         "req-00000": "refund", "req-00001": "cancel_order", "007": "track_order",
     }  # fmt: skip

@@ -28,6 +28,17 @@ CASES = [
     ("IP_ADDRESS", "The app says 192.168.1.10 is blocked.", "192.168.1.10"),
     ("IP_ADDRESS", "logged in from 2001:db8::8a2e:370:7334 today", "2001:db8::8a2e:370:7334"),
     ("US_SSN", "For verification: 536-22-8726.", "536-22-8726"),
+    # Presidio drops published sample numbers; people do use them, and a log cannot tell.
+    ("US_SSN", "My SSN is 078-05-1120.", "078-05-1120"),
+    ("US_SSN", "My SSN is 078051120, please update it.", "078051120"),
+    ("US_SSN", "social security no. 536228726", "536228726"),
+    ("EMAIL_ADDRESS", "my email is name at example dot com", "name at example dot com"),
+    (
+        "EMAIL_ADDRESS",
+        "write to ann.lee (at) mailbox (dot) co (dot) uk",
+        "ann.lee (at) mailbox (dot) co (dot) uk",
+    ),
+    ("EMAIL_ADDRESS", "contact: jo[at]firma.de thanks", "jo[at]firma.de"),
 ]
 # No PII, but digits, dates, amounts and order numbers a naive scanner would flag.
 CLEAN = [
@@ -37,6 +48,12 @@ CLEAN = [
     "Delivered 14.03.2024, tracking 1Z999AA10123456784.",
     "hi: can I change my address: 12 High Street, Leeds",
     "",
+    # Nine digits without "ssn"/"social" nearby, "at ... dot" in prose, a web address.
+    "order number 100234567 never came",
+    "my security code is 123456780",
+    "I bought it at amazon dot com last week",
+    "look at example.com for the terms",
+    "my email is ann at example dot notatld",
 ]
 
 

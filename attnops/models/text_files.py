@@ -1,0 +1,98 @@
+"""Reading CSV and JSONL splits as text, with the file line of every row.
+
+Errors name the file and the line: a byte that is not UTF-8, a NUL byte (a binary file), a
+CSV row with more or fewer fields than its header, a JSONL line that is not one JSON object.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is."""
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 (or is binary) names the first bad byte.
+
+    Raises:
+        DataError: with the file, the byte and its line.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is not part of the header
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8), or point to the right file"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} holds a NUL byte on line {line}: a binary file, not text")
+    return text
+
+
+def read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """Every cell as text ("007" stays a label, a ticket "12345" stays a string).
+
+    Read with the csv module rather than pandas to know the file line of every row (a quoted
+    text may span lines) and to stop at a ragged row instead of shifting or padding it.
+    """
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        header = next(reader, [])
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for record in reader:
+            if record:  # blank lines are skipped, as pandas does
+                if len(record) != len(header):
+                    raise DataError(_ragged(path, start, record, header))
+                rows.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
+    return pd.DataFrame(rows, columns=header, dtype=object), lines
+
+
+def _ragged(path: Path, line: int, record: list[str], header: list[str]) -> str:
+    hint = (
+        'a quote (") opened on this line is not closed, so the lines after it became one text'
+        if any("\n" in field for field in record)
+        else 'put texts that contain commas in double quotes ("...")'
+    )
+    return (
+        f"{path} line {line}: {len(record)} field(s) where the header has {len(header)} "
+        f"({', '.join(header)}); {hint}"
+    )
+
+
+def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """One JSON object per line; blank lines skipped. A bad line is named by its number."""
+    records, lines = [], []
+    # split("\n"), not splitlines(): U+2028 may stand unescaped inside a JSON string.
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path} line {number}, column {exc.colno}: not valid JSON ({exc.msg}); each "
+                'line must be one object such as {"text": "...", "label": "..."}'
+            ) from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path} line {number}: a JSON {type(record).__name__}, not an object; each "
+                'line must be one object such as {"text": "...", "label": "..."}'
+            )
+        records.append(record)
+        lines.append(number)
+    return pd.DataFrame.from_records(records), lines
