@@ -113,7 +113,8 @@ def test_pii_is_redacted_before_it_reaches_the_database(db):
     log = InferenceLog(f"sqlite:///{db}", flush_interval_s=FAST, on_pii=found.append).start()
     log.submit(make_record(0, text=text))
     log.submit(make_record(1))
-    wait_until(lambda: log.written == 2)
+    # The first batch waits for presidio to load (seconds, many more on a busy machine).
+    wait_until(lambda: log.written == 2, timeout_s=60)
     row, clean = log.window().itertuples()
     assert row.text == "I'm <EMAIL_ADDRESS>, call <PHONE_NUMBER> about order 12"
     assert (row.has_pii, row.pii_entities) == (True, "EMAIL_ADDRESS,PHONE_NUMBER")
