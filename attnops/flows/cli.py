@@ -7,6 +7,7 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import traceback
@@ -14,6 +15,9 @@ import traceback
 from attnops.settings import Settings, configure_process_env
 
 DEFAULT_SPEC = "configs/support-tickets.yaml"
+# Which services each command needs checked before it starts (see attnops/flows/preflight.py).
+NEEDS_TRACKING = {"train", "gate", "release", "rollback", "serve", "monitor", "retrain", "ci"}
+NEEDS_PREFECT = {"train", "gate", "release", "monitor", "retrain", "deploy", "ci", "demo"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         from attnops.flows.demo import use_demo_home
 
         use_demo_home()
-    configure_process_env()
     started = time.perf_counter()
     try:
+        # Before configure_process_env, which creates Prefect's folder: a command refused
+        # here leaves nothing behind.
+        _preflight(args)
+        configure_process_env()
+        if args.command in NEEDS_PREFECT:
+            _quiet_tracebacks(show=args.debug)
         ok = _run(args)
     except KeyboardInterrupt:
         print(f"attnops {args.command}: interrupted", file=sys.stderr)
@@ -90,11 +99,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok is not False else 1
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Fail in seconds on a bad spec, a bad flag or a service that does not answer."""
+    from attnops.flows import preflight
+    from attnops.spec import load_spec
+
+    load_spec(args.spec)
+    port = getattr(args, "port", None)
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port; use 1-65535")
+    settings = Settings.from_env()
+    if args.command in NEEDS_TRACKING:
+        preflight.check_tracking(settings)
+    if args.command in NEEDS_PREFECT:
+        preflight.check_prefect(settings)
+
+
+class _NoTraceback(logging.Filter):
+    """Drops the traceback from a record shown on the console (the message stays).
+
+    Prefect's API handler sits on the run loggers and so sees the record first, traceback
+    included; the console handler sits on their parent and sees it after.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_NO_TRACEBACK = _NoTraceback()
+
+
+def _quiet_tracebacks(*, show: bool) -> None:
+    """Prefect prints a failed task's and flow's traceback on the console; the CLI prints one
+    line instead and keeps tracebacks for --debug. Prefect's API log (the UI) keeps them."""
+    import prefect.main  # noqa: F401 (its import sets up Prefect's handlers, anew each time)
+
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler).__name__ != "PrefectConsoleHandler":
+                continue
+            if show:
+                handler.removeFilter(_NO_TRACEBACK)
+            else:
+                handler.addFilter(_NO_TRACEBACK)
+
+
 def _run(args: argparse.Namespace) -> bool | None:
     """Run one command; False means a decision said no (gate failed, canary rolled back)."""
     from attnops.spec import load_spec
 
-    spec = load_spec(args.spec)  # fail in a second on a bad spec, before Prefect starts
+    spec = load_spec(args.spec)
     settings = Settings.from_env()
     if args.command == "train":
         _train(args.spec, resume=args.resume)
@@ -110,7 +165,7 @@ def _run(args: argparse.Namespace) -> bool | None:
     elif args.command == "rollback":
         _rollback(spec, settings)
     elif args.command == "serve":
-        _serve(spec, settings, host=args.host, port=args.port)
+        _serve(spec, settings, host=args.host, port=args.port, debug=args.debug)
     elif args.command == "monitor":
         from attnops.flows.monitor import monitor
 
@@ -166,7 +221,7 @@ def _rollback(spec, settings: Settings) -> None:
     print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
 
 
-def _serve(spec, settings: Settings, *, host: str | None, port: int | None) -> None:
+def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debug: bool) -> None:
     import uvicorn
 
     from attnops.serving.app import create_app
@@ -176,9 +231,38 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None) -> N
     )
     spec = spec.model_copy(update={"serving": serving})
     print(f"inference log: {settings.inference_db}; metrics: {serving.url}/metrics")
-    uvicorn.run(
-        create_app(spec, settings), host=serving.host, port=serving.port, log_level="warning"
+    app = create_app(spec, settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=serving.host, port=serving.port, log_level="warning")
     )
+    # uvicorn logs a failed start-up (no champion, a refused version, an unwritable log) as
+    # a traceback and exits 3; the CLI says it in one line instead, traceback on --debug.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    quiet = _StartupFailureFilter(app)
+    if not debug:
+        uvicorn_log.addFilter(quiet)
+    try:
+        server.run()
+    finally:
+        uvicorn_log.removeFilter(quiet)
+    if app.state.startup_error is not None:
+        raise app.state.startup_error
+    if not server.started:
+        raise RuntimeError(
+            f"the server did not start on {serving.url} (see the line above); "
+            "pick another --port or stop what holds it"
+        )
+
+
+class _StartupFailureFilter(logging.Filter):
+    """Hides uvicorn's report of a start-up failure that the CLI reports itself."""
+
+    def __init__(self, app) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.app.state.startup_error is None
 
 
 def _train(spec_path: str, *, resume: bool):
