@@ -243,15 +243,15 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debu
         uvicorn_log.addFilter(quiet)
     try:
         server.run()
-    finally:
-        uvicorn_log.removeFilter(quiet)
-    if app.state.startup_error is not None:
-        raise app.state.startup_error
-    if not server.started:
+    except SystemExit:  # uvicorn's way to end a failed start-up
+        if app.state.startup_error is not None:
+            raise app.state.startup_error from None
         raise RuntimeError(
             f"the server did not start on {serving.url} (see the line above); "
             "pick another --port or stop what holds it"
-        )
+        ) from None
+    finally:
+        uvicorn_log.removeFilter(quiet)
 
 
 class _StartupFailureFilter(logging.Filter):

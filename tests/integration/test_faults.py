@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -193,16 +193,29 @@ def registered(tmp_path_factory, demo_dir, prefect_server):
         mp.delenv("ATTNOPS_INFERENCE_DB", raising=False)
         spec_path = serving_spec(demo_dir, home)
         train(spec_path)
-        client().set_registered_model_alias(NAME, aliases.CHAMPION, "1")
         yield spec_path
 
 
-def _stored_file(name: str) -> Path:
-    """The file `name` among version 1's stored model files (local artifact store)."""
+@contextmanager
+def _champion():
+    """Version 1 as the champion (what serve loads), for one test."""
+    client().set_registered_model_alias(NAME, aliases.CHAMPION, "1")
+    try:
+        yield
+    finally:
+        client().delete_registered_model_alias(NAME, aliases.CHAMPION)
+
+
+def _model_folder() -> Path:
+    """Version 1's stored model (local artifact store)."""
     c = client()
-    model_id = c.get_model_version(NAME, "1").model_id
-    folder = Path(c.get_logged_model(model_id).artifact_location.removeprefix("file://"))
-    (found,) = [p for p in folder.rglob(name) if p.is_file()]
+    model_id = c.get_model_version(NAME, "1").source.removeprefix("models:/")
+    return Path(c.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+
+
+def _stored_file(name: str) -> Path:
+    """The file `name` among version 1's stored model files."""
+    (found,) = [p for p in _model_folder().rglob(name) if p.is_file()]
     return found
 
 
@@ -232,8 +245,9 @@ def _registry_state() -> dict:
 
 def test_registration_tags_the_hash_of_the_stored_weights(registered, tmp_path):
     tags = client().get_model_version(NAME, "1").tags
-    stored = _stored_file("model.safetensors")
-    assert tags[registry.WEIGHTS_TAG] == registry.weights_sha256(stored.parent)[0]
+    digest, files = registry.weights_sha256(_model_folder())
+    assert files == ["model/model.safetensors"]
+    assert tags[registry.WEIGHTS_TAG] == digest
     assert len(tags[registry.WEIGHTS_TAG]) == 64
 
 
@@ -260,7 +274,8 @@ def test_a_damaged_version_is_refused_by_the_loader_naming_version_and_file(
 @pytest.mark.parametrize("command", ["gate", "serve"])
 def test_a_flipped_weight_byte_is_refused_by_gate_and_serve_in_one_line(registered, capfd, command):
     before = _registry_state()
-    with _damaged(_stored_file("model.safetensors"), _flip_byte):
+    serving = _champion() if command == "serve" else nullcontext()
+    with _damaged(_stored_file("model.safetensors"), _flip_byte), serving:
         code = main(
             [command, "--spec", registered, *(["--version", "1"] if command == "gate" else [])]
         )
@@ -316,7 +331,8 @@ def test_serve_with_a_tampered_tokenizer_tag_fails_in_one_line(registered, capfd
     real = c.get_model_version(NAME, "1").tags["attnops.tokenizer_sha256"]
     c.set_model_version_tag(NAME, "1", "attnops.tokenizer_sha256", "0" * 64)
     try:
-        code = main(["serve", "--spec", registered])
+        with _champion():
+            code = main(["serve", "--spec", registered])
     finally:
         c.set_model_version_tag(NAME, "1", "attnops.tokenizer_sha256", real)
     assert code == 1
@@ -330,7 +346,8 @@ def test_serve_with_an_unwritable_inference_log_fails_in_one_line(
     (tmp_path / "a-file").write_text("")
     url = f"sqlite:///{tmp_path / 'a-file' / 'inference.db'}"
     monkeypatch.setenv("ATTNOPS_INFERENCE_DB", url)
-    assert main(["serve", "--spec", registered]) == 1
+    with _champion():
+        assert main(["serve", "--spec", registered]) == 1
     line = _one_failure_line(capfd.readouterr().err, "serve")
     assert f"cannot open the inference log {url}" in line
     assert "ATTNOPS_INFERENCE_DB" in line
