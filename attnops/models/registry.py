@@ -99,8 +99,8 @@ def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) ->
     """Mark the run FAILED with the reason and remove any version it registered.
 
     The UI then shows why nothing was registered, and no alias points at a version whose
-    run did not finish. A model it was still logging (stopped mid-upload, e.g. by SIGTERM)
-    is marked FAILED rather than left PENDING.
+    run did not finish. The models it logged belong to no version now: each is marked
+    FAILED, so none is left PENDING (stopped mid-upload, e.g. by SIGTERM) or READY.
     """
     query = f"name = '{model_name}' and run_id = '{run_id}'"
     for stale in client.search_model_versions(query):
@@ -109,7 +109,7 @@ def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) ->
     for logged in client.search_logged_models(
         [experiment_id], filter_string=f"source_run_id = '{run_id}'"
     ):
-        if logged.status == LoggedModelStatus.PENDING:
+        if logged.status != LoggedModelStatus.FAILED:
             client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
     client.set_tag(run_id, f"{TAG}failure", reason[:5000])
     client.set_terminated(run_id, status="FAILED")

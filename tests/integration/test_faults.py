@@ -380,9 +380,58 @@ def test_a_stopped_registration_leaves_no_pending_logged_model(attnops_home, dem
     experiment_id = c.get_run(run_id).info.experiment_id
     pending = c.create_logged_model(experiment_id, source_run_id=run_id, name="model")
     assert pending.status == LoggedModelStatus.PENDING  # as log_model leaves it mid-upload
+    uploaded = c.create_logged_model(experiment_id, source_run_id=run_id, name="model")
+    c.finalize_logged_model(uploaded.model_id, LoggedModelStatus.READY)  # stopped just after
 
     registry.fail_run(c, run_id, spec.name, "TerminationSignal: SIGTERM")
 
-    assert c.get_logged_model(pending.model_id).status == LoggedModelStatus.FAILED
+    for logged in (pending, uploaded):
+        assert c.get_logged_model(logged.model_id).status == LoggedModelStatus.FAILED
     assert c.get_run(run_id).info.status == "FAILED"
     assert not c.search_model_versions(f"name = '{spec.name}'")
+
+
+@pytest.mark.slow
+def test_sigterm_while_registering_leaves_no_version_and_no_pending_model(tmp_path, demo_dir):
+    """A real `attnops train`, stopped by SIGTERM while MLflow logs the model."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(Path(serving_spec(demo_dir, tmp_path)).read_text())
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    environ |= {
+        "ATTNOPS_HOME": str(tmp_path / ".attnops"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attnops.flows.cli", "train", "--spec", "spec.yaml"],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    c = MlflowClient(f"sqlite:///{tmp_path / '.attnops' / 'mlflow.db'}")
+    deadline = time.monotonic() + 300
+    try:
+        while True:  # until log_model has created its (PENDING) logged model
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "registration never started"
+            if (tmp_path / ".attnops" / "mlflow.db").exists():
+                experiments = [e.experiment_id for e in c.search_experiments()]
+                if experiments and c.search_logged_models(experiments):
+                    break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    (run,) = c.search_runs(experiments)
+    assert run.info.status == "FAILED"
+    assert not c.search_model_versions(f"name = '{NAME}'")
+    statuses = {m.status for m in c.search_logged_models(experiments)}
+    assert statuses == {LoggedModelStatus.FAILED}, statuses
