@@ -110,3 +110,6 @@ def configure_process_env(home: Path | None = None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
     request_timeout_s = max(1, math.ceil(3 * service_timeout_s()))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout_s))
+    # Prefect's client likewise (5 retries, 60 s per request by default).
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
+    os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", str(request_timeout_s))

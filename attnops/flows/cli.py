@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         use_demo_home()
     started = time.perf_counter()
+    previous_sigterm = _unwind_on_sigterm()
     try:
         # Before configure_process_env, which creates Prefect's folder: a command refused
         # here leaves nothing behind.
@@ -89,14 +92,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"attnops {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"attnops {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception as exc:  # one line for the user; the traceback on request
         if args.debug:
             traceback.print_exc()
         reason = str(exc).strip().replace("\n", " ") or type(exc).__name__
         print(f"attnops {args.command} failed: {reason}", file=sys.stderr)
         return 1
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if ok is not False else 1
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that cleanups run on the way out."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated
+
+
+def _unwind_on_sigterm():
+    """SIGTERM unwinds the stack instead of ending the process where it stands.
+
+    Inside a flow Prefect turns SIGTERM into its own exception (the train flow then marks
+    the MLflow run and its logged model FAILED) and afterwards re-sends the signal to the
+    handler it found: with Python's default one the process died there, leaving Prefect's
+    temporary server running. Returns the previous handler (None off the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _preflight(args: argparse.Namespace) -> None:

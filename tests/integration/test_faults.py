@@ -405,33 +405,54 @@ def test_sigterm_while_registering_leaves_no_version_and_no_pending_model(tmp_pa
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "attnops.flows.cli", "train", "--spec", "spec.yaml"],
-        cwd=tmp_path,
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    c = MlflowClient(f"sqlite:///{tmp_path / '.attnops' / 'mlflow.db'}")
+    log = tmp_path / "train.log"
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attnops.flows.cli", "train", "--spec", "spec.yaml"],
+            cwd=tmp_path,
+            env=environ,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: what it started can be found, and ended
+        )
     deadline = time.monotonic() + 300
     try:
-        while True:  # until log_model has created its (PENDING) logged model
-            assert process.poll() is None, process.stderr.read()[-3000:]
+        # Until log_model saves the weights (its logged model is PENDING by then). Watching
+        # the log, not the database: a reader of the SQLite store would lock out its writer.
+        while "Writing model shards" not in log.read_text():
+            assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "registration never started"
-            if (tmp_path / ".attnops" / "mlflow.db").exists():
-                experiments = [e.experiment_id for e in c.search_experiments()]
-                if experiments and c.search_logged_models(experiments):
-                    break
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
+        time.sleep(1)
+        left = _group_members(process.pid)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode != 0
+        if _group_members(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert process.returncode == 143, output[-3000:]
+    assert "attnops train: terminated (SIGTERM)" in output
+    assert not left, f"still running after train ended: {left}"
+    c = MlflowClient(f"sqlite:///{tmp_path / '.attnops' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in c.search_experiments()]
     (run,) = c.search_runs(experiments)
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED", output[-3000:]
     assert not c.search_model_versions(f"name = '{NAME}'")
     statuses = {m.status for m in c.search_logged_models(experiments)}
     assert statuses == {LoggedModelStatus.FAILED}, statuses
+
+
+def _group_members(group: int) -> list[str]:
+    """Command lines of the live processes in process group `group`."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append((stat.parent / "cmdline").read_text().replace("\0", " ")[:120])
+        except OSError:  # ended meanwhile
+            continue
+    return members

@@ -23,6 +23,8 @@ MLFLOW_VARS = (
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "PREFECT_CLIENT_MAX_RETRIES",
+    "PREFECT_API_REQUEST_TIMEOUT",
 )
 
 
@@ -56,7 +58,7 @@ def test_task_retries_skip_what_another_layer_already_retried(exc, retried):
     assert _transient(None, None, _failed_with(exc)) is retried
 
 
-def test_mlflow_http_retries_are_bounded_by_default_and_follow_the_service_timeout(
+def test_mlflow_and_prefect_retries_are_bounded_and_follow_the_service_timeout(
     monkeypatch, tmp_path
 ):
     # A copy of the environment: configure_process_env only adds, and must not leak here.
@@ -68,6 +70,8 @@ def test_mlflow_http_retries_are_bounded_by_default_and_follow_the_service_timeo
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "12"
+    assert os.environ["PREFECT_CLIENT_MAX_RETRIES"] == "2"
+    assert os.environ["PREFECT_API_REQUEST_TIMEOUT"] == "12"
 
 
 def test_a_users_mlflow_settings_win(monkeypatch, tmp_path):
