@@ -10,10 +10,15 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 import time
 import traceback
 
+from attnops.flows.console import (
+    StartupFailureFilter,
+    Terminated,
+    quiet_tracebacks,
+    unwind_on_sigterm,
+)
 from attnops.settings import Settings, configure_process_env
 
 DEFAULT_SPEC = "configs/support-tickets.yaml"
@@ -80,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
         use_demo_home()
     started = time.perf_counter()
-    previous_sigterm = _unwind_on_sigterm()
+    previous_sigterm = unwind_on_sigterm()
     try:
         # Before configure_process_env, which creates Prefect's folder: a command refused
         # here leaves nothing behind.
         _preflight(args)
         configure_process_env()
         if args.command in NEEDS_PREFECT:
-            _quiet_tracebacks(show=args.debug)
+            quiet_tracebacks(show=args.debug)
         ok = _run(args)
     except KeyboardInterrupt:
         print(f"attnops {args.command}: interrupted", file=sys.stderr)
@@ -108,27 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok is not False else 1
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that cleanups run on the way out."""
-
-
-def _raise_terminated(_signum, _frame) -> None:
-    raise Terminated
-
-
-def _unwind_on_sigterm():
-    """SIGTERM unwinds the stack instead of ending the process where it stands.
-
-    Inside a flow Prefect turns SIGTERM into its own exception (the train flow then marks
-    the MLflow run and its logged model FAILED) and afterwards re-sends the signal to the
-    handler it found: with Python's default one the process died there, leaving Prefect's
-    temporary server running. Returns the previous handler (None off the main thread).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 def _preflight(args: argparse.Namespace) -> None:
     """Fail in seconds on a bad spec, a bad flag or a service that does not answer."""
     from attnops.flows import preflight
@@ -143,36 +127,6 @@ def _preflight(args: argparse.Namespace) -> None:
         preflight.check_tracking(settings)
     if args.command in NEEDS_PREFECT:
         preflight.check_prefect(settings)
-
-
-class _NoTraceback(logging.Filter):
-    """Drops the traceback from a record shown on the console (the message stays).
-
-    Prefect's API handler sits on the run loggers and so sees the record first, traceback
-    included; the console handler sits on their parent and sees it after.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-_NO_TRACEBACK = _NoTraceback()
-
-
-def _quiet_tracebacks(*, show: bool) -> None:
-    """Prefect prints a failed task's and flow's traceback on the console; the CLI prints one
-    line instead and keeps tracebacks for --debug. Prefect's API log (the UI) keeps them."""
-    import prefect.main  # noqa: F401 (its import sets up Prefect's handlers, anew each time)
-
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler).__name__ != "PrefectConsoleHandler":
-                continue
-            if show:
-                handler.removeFilter(_NO_TRACEBACK)
-            else:
-                handler.addFilter(_NO_TRACEBACK)
 
 
 def _run(args: argparse.Namespace) -> bool | None:
@@ -268,7 +222,7 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debu
     # uvicorn logs a failed start-up (no champion, a refused version, an unwritable log) as
     # a traceback and exits 3; the CLI says it in one line instead, traceback on --debug.
     uvicorn_log = logging.getLogger("uvicorn.error")
-    quiet = _StartupFailureFilter(app)
+    quiet = StartupFailureFilter(app)
     if not debug:
         uvicorn_log.addFilter(quiet)
     try:
@@ -282,17 +236,6 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debu
         ) from None
     finally:
         uvicorn_log.removeFilter(quiet)
-
-
-class _StartupFailureFilter(logging.Filter):
-    """Hides uvicorn's report of a start-up failure that the CLI reports itself."""
-
-    def __init__(self, app) -> None:
-        super().__init__()
-        self.app = app
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.app.state.startup_error is None
 
 
 def _train(spec_path: str, *, resume: bool):
