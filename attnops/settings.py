@@ -5,6 +5,7 @@ Nothing here runs at import; `Settings.from_env()` reads the environment when ca
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ class Settings:
     inference_db: str
     pushgateway_url: str | None = None
     """Where the monitor pushes its gauges for Prometheus; None pushes nothing."""
+    service_timeout_s: float = 10.0
+    """Longest wait for one call to a service (MLflow, Prefect, inference log, Pushgateway)."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """Embedded defaults in ./.attnops unless ATTNOPS_HOME / MLFLOW_TRACKING_URI /
-        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL say otherwise."""
+        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL /
+        ATTNOPS_SERVICE_TIMEOUT_S say otherwise."""
         home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve()
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         embedded = tracking_uri.startswith("sqlite:")
@@ -38,6 +42,7 @@ class Settings:
             inference_db=os.environ.get("ATTNOPS_INFERENCE_DB")
             or f"sqlite:///{home / 'inference.db'}",
             pushgateway_url=os.environ.get("ATTNOPS_PUSHGATEWAY_URL") or None,
+            service_timeout_s=service_timeout_s(),
         )
 
     def prepare(self) -> None:
@@ -52,6 +57,22 @@ class Settings:
         return (
             f"{mlflow if mlflow.exists() else 'mlflow'} ui --backend-store-uri {self.tracking_uri}"
         )
+
+
+def service_timeout_s() -> float:
+    """ATTNOPS_SERVICE_TIMEOUT_S (default 10): the longest wait for one call to a service.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get("ATTNOPS_SERVICE_TIMEOUT_S", "10")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"ATTNOPS_SERVICE_TIMEOUT_S={raw!r} is not a positive number of seconds")
+    return value
 
 
 def configure_process_env(home: Path | None = None) -> None:
@@ -79,3 +100,16 @@ def configure_process_env(home: Path | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # MLflow's own defaults (7 retries, backoff factor 2, 120 s per request) wait for many
+    # minutes on a tracking server that is down. Its HTTP layer is the only one that retries
+    # MLflow calls (the flows' task retries skip them), so this bounds the total: at most
+    # 3 tries of one call, ~3 s of backoff, each try at most 3x ATTNOPS_SERVICE_TIMEOUT_S
+    # (a busy server may take longer to answer a large upload than to accept a connection).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+    request_timeout_s = max(1, math.ceil(3 * service_timeout_s()))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(request_timeout_s))
+    # Prefect's client likewise (5 retries, 60 s per request by default).
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
+    os.environ.setdefault("PREFECT_API_REQUEST_TIMEOUT", str(request_timeout_s))

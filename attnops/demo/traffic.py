@@ -81,6 +81,7 @@ async def send_traffic(
                 labels[body["request_id"]] = str(tickets["intent"].iat[i])
 
     async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+        await _check_server(client, url)
         await asyncio.gather(*(one(client, i) for i in range(n)))
         if labels:
             response = await client.post("/feedback", json={"labels": labels})
@@ -88,6 +89,18 @@ async def send_traffic(
             result.labelled = int(response.json()["recorded"])
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def _check_server(client: httpx.AsyncClient, url: str) -> None:
+    """One request first: no server means one sentence, not `n` connection errors."""
+    try:
+        await client.get("/health", timeout=10.0)
+    except httpx.TransportError as exc:
+        raise ConnectionError(
+            f"no attnops server answers at {url} ({exc or type(exc).__name__}); start one "
+            "with `attnops serve --spec SPEC`, or set serving.host/serving.port in the spec "
+            "to where it runs"
+        ) from None
 
 
 def simulate(url: str, **kwargs) -> TrafficResult:

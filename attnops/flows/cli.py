@@ -7,14 +7,25 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from attnops.flows.console import (
+    StartupFailureFilter,
+    Terminated,
+    quiet_tracebacks,
+    unwind_on_sigterm,
+)
 from attnops.settings import Settings, configure_process_env
 
 DEFAULT_SPEC = "configs/support-tickets.yaml"
+# Which services each command needs checked before it starts (see attnops/flows/preflight.py).
+NEEDS_TRACKING = {"train", "gate", "release", "rollback", "serve", "monitor", "retrain", "ci"}
+NEEDS_PREFECT = {"train", "gate", "release", "monitor", "retrain", "deploy", "ci", "demo"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,28 +85,56 @@ def main(argv: list[str] | None = None) -> int:
         from attnops.flows.demo import use_demo_home
 
         use_demo_home()
-    configure_process_env()
     started = time.perf_counter()
+    previous_sigterm = unwind_on_sigterm()
     try:
+        # Before configure_process_env, which creates Prefect's folder: a command refused
+        # here leaves nothing behind.
+        _preflight(args)
+        configure_process_env()
+        if args.command in NEEDS_PREFECT:
+            quiet_tracebacks(show=args.debug)
         ok = _run(args)
     except KeyboardInterrupt:
         print(f"attnops {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"attnops {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception as exc:  # one line for the user; the traceback on request
         if args.debug:
             traceback.print_exc()
         reason = str(exc).strip().replace("\n", " ") or type(exc).__name__
         print(f"attnops {args.command} failed: {reason}", file=sys.stderr)
         return 1
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if ok is not False else 1
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Fail in seconds on a bad spec, a bad flag or a service that does not answer."""
+    from attnops.flows import preflight
+    from attnops.spec import load_spec
+
+    load_spec(args.spec)
+    port = getattr(args, "port", None)
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port; use 1-65535")
+    settings = Settings.from_env()
+    if args.command in NEEDS_TRACKING:
+        preflight.check_tracking(settings)
+    if args.command in NEEDS_PREFECT:
+        preflight.check_prefect(settings)
 
 
 def _run(args: argparse.Namespace) -> bool | None:
     """Run one command; False means a decision said no (gate failed, canary rolled back)."""
     from attnops.spec import load_spec
 
-    spec = load_spec(args.spec)  # fail in a second on a bad spec, before Prefect starts
+    spec = load_spec(args.spec)
     settings = Settings.from_env()
     if args.command == "train":
         _train(args.spec, resume=args.resume)
@@ -111,7 +150,7 @@ def _run(args: argparse.Namespace) -> bool | None:
     elif args.command == "rollback":
         _rollback(spec, settings)
     elif args.command == "serve":
-        _serve(spec, settings, host=args.host, port=args.port)
+        _serve(spec, settings, host=args.host, port=args.port, debug=args.debug)
     elif args.command == "monitor":
         from attnops.flows.monitor import monitor
 
@@ -194,7 +233,7 @@ def _rollback(spec, settings: Settings) -> None:
     print(f"open the MLflow UI: {settings.mlflow_ui_command()}")
 
 
-def _serve(spec, settings: Settings, *, host: str | None, port: int | None) -> None:
+def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debug: bool) -> None:
     import uvicorn
 
     from attnops.serving.app import create_app
@@ -204,9 +243,27 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None) -> N
     )
     spec = spec.model_copy(update={"serving": serving})
     print(f"inference log: {settings.inference_db}; metrics: {serving.url}/metrics")
-    uvicorn.run(
-        create_app(spec, settings), host=serving.host, port=serving.port, log_level="warning"
+    app = create_app(spec, settings)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=serving.host, port=serving.port, log_level="warning")
     )
+    # uvicorn logs a failed start-up (no champion, a refused version, an unwritable log) as
+    # a traceback and exits 3; the CLI says it in one line instead, traceback on --debug.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    quiet = StartupFailureFilter(app)
+    if not debug:
+        uvicorn_log.addFilter(quiet)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way to end a failed start-up
+        if app.state.startup_error is not None:
+            raise app.state.startup_error from None
+        raise RuntimeError(
+            f"the server did not start on {serving.url} (see the line above); "
+            "pick another --port or stop what holds it"
+        ) from None
+    finally:
+        uvicorn_log.removeFilter(quiet)
 
 
 def _train(spec_path: str, *, resume: bool):

@@ -3,23 +3,27 @@
 A version is created only at the very end, after every artifact is logged, with all of
 its tags in the same call; if anything after that fails the version is deleted again. So
 a failed run never leaves a version behind, and a version never lacks its evidence.
+Its tags hold a hash of the tokenizer's behaviour and one of the stored weight files, so
+whatever loads it later can tell that it is what was registered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import yaml
 from huggingface_hub import ModelCard
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.models import infer_signature
 
 from attnops.models.card import model_card
@@ -32,6 +36,8 @@ from attnops.spec import PipelineSpec
 
 TAG = "attnops."
 CHALLENGER = "challenger"
+WEIGHTS_TAG = f"{TAG}weights_sha256"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PACKAGES = ("attnops", "torch", "transformers", "mlflow", "prefect", "scikit-learn")
 
 
@@ -93,11 +99,18 @@ def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) ->
     """Mark the run FAILED with the reason and remove any version it registered.
 
     The UI then shows why nothing was registered, and no alias points at a version whose
-    run did not finish.
+    run did not finish. The models it logged belong to no version now: each is marked
+    FAILED, so none is left PENDING (stopped mid-upload, e.g. by SIGTERM) or READY.
     """
     query = f"name = '{model_name}' and run_id = '{run_id}'"
     for stale in client.search_model_versions(query):
         client.delete_model_version(model_name, stale.version)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for logged in client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    ):
+        if logged.status != LoggedModelStatus.FAILED:
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
     client.set_tag(run_id, f"{TAG}failure", reason[:5000])
     client.set_terminated(run_id, status="FAILED")
 
@@ -191,6 +204,7 @@ def register_version(
         )
         # MLflow 3 shows a logged model's own metrics on its page and the version's.
         mlflow.log_metrics(evaluation.metrics, model_id=info.model_id)
+    tags[WEIGHTS_TAG] = stored_weights_sha256(info.model_uri)
     if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
         client.create_registered_model(spec.name, description=f"attnops pipeline '{spec.name}'")
     created = client.create_model_version(
@@ -210,6 +224,36 @@ def register_version(
         tags=tags,
         metrics=evaluation.metrics,
     )
+
+
+def weights_sha256(folder: Path) -> tuple[str, list[str]]:
+    """sha256 over the weight files under `folder` (names and bytes), and their paths.
+
+    Hashes the files as stored, so one flipped byte anywhere in them changes the hash.
+
+    Raises:
+        FileNotFoundError: `folder` holds no weight file.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {folder}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest(), [p.relative_to(folder).as_posix() for p in files]
+
+
+def stored_weights_sha256(model_uri: str) -> str:
+    """The weights hash of a logged model, read back from the artifact store.
+
+    Hashing what was uploaded (not the model in memory) is what a later load compares with.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
+        return weights_sha256(Path(local))[0]
 
 
 def git_sha() -> str:

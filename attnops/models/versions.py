@@ -1,8 +1,9 @@
 """Load a registered version back: model, tokenizer, tags and the evidence logged with it.
 
-Whatever loads a version (the gate, the server, the monitor) goes through `load_version`,
-which refuses a version whose tokenizer does not hash to the value recorded at
-registration: a model served with another tokenizer gives wrong answers without an error.
+Whatever loads a version (the gate, the server, the retrain's warm start) goes through
+`load_version`, which refuses a version whose weight files or tokenizer do not hash to the
+values recorded at registration: a model served with altered weights or another tokenizer
+gives wrong answers without an error.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from attnops.models.profile import (
     EmbeddingProjection,
     read_profile_summary,
 )
-from attnops.models.registry import TAG
+from attnops.models.registry import TAG, WEIGHTS_TAG, weights_sha256
 
 EVALUATION_JSON = "evaluation/evaluation.json"
 REFERENCE_FOLDER = "reference_profile"
@@ -78,11 +79,12 @@ def resolve(client: MlflowClient, name: str, ref: str):
 
 
 def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -> LoadedVersion:
-    """Download version `version` of `name` and its evidence into `scratch`; verify the tokenizer.
+    """Download version `version` of `name` and its evidence into `scratch`; verify it.
 
     Raises:
-        ValueError: the tokenizer does not hash to the version's `attnops.tokenizer_sha256`
-            tag (or the tag is missing): the version must not be used.
+        ValueError: the weight files do not hash to the version's `attnops.weights_sha256`
+            tag, the tokenizer does not hash to its `attnops.tokenizer_sha256` tag (or a tag
+            is missing), or a stored file is damaged: the version must not be used.
     """
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
@@ -92,9 +94,21 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
             f"{name} v{version} lacks attnops tags (tokenizer hash, labels); it was not "
             "registered by `attnops train` and cannot be gated or served"
         )
-    components = mlflow.transformers.load_model(
-        f"models:/{name}/{version}", return_type="components"
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(scratch / f"v{version}-model")
+        )
     )
+    _verify_weights(name, version, tags.get(WEIGHTS_TAG), local)
+    _check_json_files(name, version, local)
+    try:
+        components = mlflow.transformers.load_model(str(local), return_type="components")
+    except (OSError, ValueError, RuntimeError, MlflowException) as exc:
+        # The hashes matched, so the files are as registered but do not load here (e.g. a
+        # transformers version that cannot read them): say which version and where.
+        raise ValueError(
+            f"{name} v{version}: its stored model in {local} does not load: {exc}"
+        ) from exc
     actual = tokenizer_sha256(components["tokenizer"])
     if actual != expected:
         raise ValueError(
@@ -111,6 +125,36 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
         tokenizer=components["tokenizer"],
         folder=folder,
     )
+
+
+def _verify_weights(name: str, version: str, expected: str | None, local: Path) -> None:
+    actual, files = weights_sha256(local)
+    if expected is None:
+        raise ValueError(
+            f"{name} v{version} has no {WEIGHTS_TAG} tag (registered before weights were "
+            f"hashed), so its weights cannot be verified; retrain it, or, if you trust its "
+            f"files, tag it: MlflowClient().set_model_version_tag('{name}', '{version}', "
+            f"'{WEIGHTS_TAG}', '{actual}')"
+        )
+    if actual != expected:
+        raise ValueError(
+            f"{name} v{version}: weights ({', '.join(files)}) hash to {actual[:12]}, not to "
+            f"its tag {WEIGHTS_TAG} {expected[:12]}; the stored weights were altered, "
+            "refusing to use this version (retrain, or roll back to another version)"
+        )
+
+
+def _check_json_files(name: str, version: str, local: Path) -> None:
+    """Name a damaged JSON file (tokenizer.json, config.json) instead of a bare parse error."""
+    for path in sorted(local.rglob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{name} v{version}: stored file {path.relative_to(local).as_posix()} is not "
+                f"valid JSON ({exc}); the version is damaged, refusing to use it (retrain, or "
+                "roll back to another version)"
+            ) from None
 
 
 def download_evidence(run_id: str, folder: Path) -> Path:

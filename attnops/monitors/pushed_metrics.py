@@ -19,9 +19,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from attnops.monitors.reference import WindowAssessment
+from attnops.settings import service_timeout_s
 
 PUSH_JOB = "attnops-monitor"
-PUSH_TIMEOUT_S = 10.0
 SCORE_CAP = 1e6  # a statistic over a zero threshold is infinite; Grafana cannot plot that
 
 
@@ -100,8 +100,9 @@ def _call_gateway(call: Callable, url: str, model: str, **kwargs) -> None:
         ValueError: it refused the request (4xx); a retry would be refused too.
     """
     where = f"the Pushgateway at {url} (ATTNOPS_PUSHGATEWAY_URL)"
+    timeout_s = service_timeout_s()  # ATTNOPS_SERVICE_TIMEOUT_S
     try:
-        call(url, job=PUSH_JOB, grouping_key={"model": model}, timeout=PUSH_TIMEOUT_S, **kwargs)
+        call(url, job=PUSH_JOB, grouping_key={"model": model}, timeout=timeout_s, **kwargs)
     except urllib.error.HTTPError as exc:
         if exc.code < 500:
             raise ValueError(f"{where} refused the monitor's metrics: {exc}") from None

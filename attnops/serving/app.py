@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from attnops.serving.batching import MicroBatcher
 from attnops.serving.engine import Models
@@ -62,16 +63,20 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.prepare()
-        with tempfile.TemporaryDirectory(dir=settings.home, prefix="serving-") as scratch:
-            models = Models(spec, settings, Path(scratch))
+        scratch = None
+        try:
+            scratch = tempfile.TemporaryDirectory(dir=_prepared(settings), prefix="serving-")
+            log = _open_log(settings, serving.log_flush_interval_s, metrics)
+            models = Models(spec, settings, Path(scratch.name))
             served = await asyncio.to_thread(models.load)
+        except Exception as exc:
+            # Kept for whoever runs the app (the CLI prints it as one line).
+            app.state.startup_error = exc
+            if scratch is not None:
+                scratch.cleanup()
+            raise
+        with scratch:
             metrics.publish(served)
-            log = InferenceLog(
-                settings.inference_db,
-                flush_interval_s=serving.log_flush_interval_s,
-                on_pii=lambda entity: metrics.pii_hits.labels(entity).inc(),
-            )
             log.start()
             batcher = MicroBatcher(
                 models.run,
@@ -100,6 +105,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                 log.close()  # then writes every record
 
     app = FastAPI(title=f"attnops: {spec.name}", lifespan=lifespan)
+    app.state.startup_error = None
 
     @app.exception_handler(ClientError)
     async def client_error(_: Request, exc: ClientError) -> JSONResponse:
@@ -235,6 +241,34 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         return served
 
     return app
+
+
+def _prepared(settings: Settings) -> Path:
+    """ATTNOPS_HOME, created; the server's scratch space lives there."""
+    try:
+        settings.prepare()
+    except OSError as exc:
+        raise OSError(
+            f"cannot create ATTNOPS_HOME {settings.home} ({exc.strerror}); point ATTNOPS_HOME "
+            "at a writable folder"
+        ) from exc
+    return settings.home
+
+
+def _open_log(settings: Settings, flush_interval_s: float, metrics: ServingMetrics):
+    """The inference log, opened before any model loads: a bad path fails in a second."""
+    try:
+        return InferenceLog(
+            settings.inference_db,
+            flush_interval_s=flush_interval_s,
+            on_pii=lambda entity: metrics.pii_hits.labels(entity).inc(),
+        )
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise RuntimeError(
+            f"cannot open the inference log {settings.inference_db} ({reason}); make its "
+            "folder writable or point ATTNOPS_INFERENCE_DB elsewhere"
+        ) from exc
 
 
 async def _refresh_aliases(

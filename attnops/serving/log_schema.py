@@ -6,6 +6,7 @@ mode so monitors read while the server writes) and Postgres.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from sqlalchemy import (
     make_url,
     select,
 )
+
+from attnops.settings import service_timeout_s
 
 metadata = MetaData()
 inference_log = Table(
@@ -115,6 +118,10 @@ COPIED = [c for c in SCALARS if c.name in LogRecord.__dataclass_fields__ and c.n
 def create_log_engine(url: str):
     """Engine for `url`; SQLite gets its folder created and WAL + synchronous=NORMAL."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # libpq waits for an unreachable host without limit; ATTNOPS_SERVICE_TIMEOUT_S bounds it.
+        timeout_s = max(1, math.ceil(service_timeout_s()))
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": timeout_s})
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database in (None, "", ":memory:"):
