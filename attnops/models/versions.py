@@ -9,6 +9,7 @@ gives wrong answers without an error.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from attnops.models.profile import (
     read_profile_summary,
 )
 from attnops.models.registry import TAG, WEIGHTS_TAG, weights_sha256
+
+logger = logging.getLogger(__name__)
 
 EVALUATION_JSON = "evaluation/evaluation.json"
 REFERENCE_FOLDER = "reference_profile"
@@ -83,8 +86,10 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
 
     Raises:
         ValueError: the weight files do not hash to the version's `attnops.weights_sha256`
-            tag, the tokenizer does not hash to its `attnops.tokenizer_sha256` tag (or a tag
-            is missing), or a stored file is damaged: the version must not be used.
+            tag, the tokenizer does not hash to its `attnops.tokenizer_sha256` tag (or that
+            tag is missing), or a stored file is damaged: the version must not be used. A
+            version without a weights tag (registered before weights were hashed) loads with
+            a warning.
     """
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
@@ -130,12 +135,15 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
 def _verify_weights(name: str, version: str, expected: str | None, local: Path) -> None:
     actual, files = weights_sha256(local)
     if expected is None:
-        raise ValueError(
-            f"{name} v{version} has no {WEIGHTS_TAG} tag (registered before weights were "
-            f"hashed), so its weights cannot be verified; retrain it, or, if you trust its "
-            f"files, tag it: MlflowClient().set_model_version_tag('{name}', '{version}', "
-            f"'{WEIGHTS_TAG}', '{actual}')"
+        # Versions registered before weights were hashed keep loading (a champion must not
+        # stop serving on upgrade), but say so every time.
+        logger.warning(
+            "%s v%s has no %s tag (registered before weights were hashed): its weights are "
+            "not verified; retrain it, or, if you trust its files, tag it: "
+            "MlflowClient().set_model_version_tag('%s', '%s', '%s', '%s')",
+            *(name, version, WEIGHTS_TAG, name, version, WEIGHTS_TAG, actual),
         )
+        return
     if actual != expected:
         raise ValueError(
             f"{name} v{version}: weights ({', '.join(files)}) hash to {actual[:12]}, not to "
