@@ -309,16 +309,20 @@ def test_retrain_warm_start_refuses_altered_champion_weights(registered):
         write_training_spec.fn(spec, registered, settings, "1", labelled)
 
 
-def test_a_version_without_a_weights_tag_is_refused_with_the_tag_to_set(registered, tmp_path):
+def test_a_version_without_a_weights_tag_loads_with_a_warning_naming_the_tag_to_set(
+    registered, tmp_path, caplog
+):
+    """Registered before weights were hashed: it keeps serving, and the log says how to tag it."""
     c = client()
     real = c.get_model_version(NAME, "1").tags[registry.WEIGHTS_TAG]
     c.delete_model_version_tag(NAME, "1", registry.WEIGHTS_TAG)
     try:
-        with pytest.raises(ValueError) as refused:
-            versions.load_version(c, NAME, "1", tmp_path)
+        with caplog.at_level("WARNING", logger="attnops.models.versions"):
+            loaded = versions.load_version(c, NAME, "1", tmp_path)
     finally:
         c.set_model_version_tag(NAME, "1", registry.WEIGHTS_TAG, real)
-    message = str(refused.value)
+    assert loaded.version == "1"
+    message = caplog.text
     assert f"{NAME} v1 has no {registry.WEIGHTS_TAG} tag" in message
     assert f"set_model_version_tag('{NAME}', '1', '{registry.WEIGHTS_TAG}', '{real}')" in message
 
