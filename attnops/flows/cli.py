@@ -28,7 +28,8 @@ NEEDS_TRACKING = {"train", "gate", "release", "rollback", "serve", "monitor", "r
 NEEDS_PREFECT = {"train", "gate", "release", "monitor", "retrain", "deploy", "ci", "demo"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `attnops` parser with every command and its options."""
     parser = argparse.ArgumentParser(prog="attnops", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     command("demo", "the whole loop on the embedded defaults, in a few minutes").add_argument(
         "--regenerate", action="store_true", help="rewrite the demo data files"
     )
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         from attnops.flows.demo import use_demo_home
 

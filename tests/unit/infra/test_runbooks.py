@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 
+from attnops.flows.cli import build_parser
 from tests.unit.infra.infra_files import RUNBOOKS, SPEC, panel_titles, run_attnops_cli
 
 # ---------------------------------------------------------------------------- runbooks
@@ -14,8 +16,13 @@ from tests.unit.infra.infra_files import RUNBOOKS, SPEC, panel_titles, run_attno
 MLFLOW_EVIDENCE = re.compile(
     r"attnops\.(gate|release|tokenizer|alarm)|(gate|release|monitor|evaluation)/"
 )
-# The subcommands of `attnops` (attnops/flows/cli.py), as a regex alternation.
-CLI_COMMANDS = "train|gate|release|rollback|serve|monitor|retrain|deploy|traffic|labels|demo"
+
+
+def _cli_commands() -> str:
+    """The subcommands of `attnops`, read from its parser, as a regex alternation."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return "|".join(commands.choices)
 
 
 def test_runbooks_name_a_panel_a_command_and_the_mlflow_evidence(monkeypatch):
@@ -29,7 +36,7 @@ def test_runbooks_name_a_panel_a_command_and_the_mlflow_evidence(monkeypatch):
         named = set(re.findall(r"(?<![*\w])\*([^*\n]+)\*(?![*\w])", text)) & titles
         assert named, f"{page.name} names no dashboard panel"
         assert MLFLOW_EVIDENCE.search(text), f"{page.name} names no MLflow evidence"
-        commands = re.findall(rf"attnops ((?:{CLI_COMMANDS})\b[^`\n)]*)", text)
+        commands = re.findall(rf"attnops ((?:{_cli_commands()})\b[^`\n)]*)", text)
         assert commands, f"{page.name} names no attnops command"
         for command in commands:
             argv = shlex.split(command.replace("$SPEC", SPEC), comments=True)
