@@ -169,9 +169,9 @@ def lost_classes_check(candidate: VersionEvidence, champion: VersionEvidence) ->
         "lost_classes",
         False,
         f"cannot predict {len(lost)} of the champion's {len(champion.label_names)} classes: "
-        f"{described}; on the champion's {int(served.sum())} test inputs accuracy "
-        f"{accuracy['candidate']:.3f} vs champion {accuracy['champion']:.3f}; dropping "
-        "classes needs a human decision",
+        f"{described}; candidate accuracy {accuracy['candidate']:.3f} vs champion "
+        f"{accuracy['champion']:.3f} on all {int(served.sum())} of the champion's test "
+        "inputs; dropping classes needs a human decision",
         lost=per_class,
         accuracy_on_champion_test=accuracy,
         n=int(served.sum()),

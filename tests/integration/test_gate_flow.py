@@ -129,7 +129,8 @@ def test_narrower_candidate_is_blocked_naming_the_lost_classes(
     assert re.search(
         r"lost_classes: cannot predict 2 of the champion's 20 classes: "
         r"warranty_claim \(champion accuracy \d\.\d{3}, n=\d+\), "
-        r"wrong_item \(champion accuracy \d\.\d{3}, n=\d+\); on the champion's \d+ test inputs",
+        r"wrong_item \(champion accuracy \d\.\d{3}, n=\d+\); candidate accuracy \d\.\d{3} vs "
+        r"champion \d\.\d{3} on all \d+ of the champion's test inputs",
         reasons,
     ), reasons
     champion_test = pd.read_csv(demo_dir / "test.csv", keep_default_na=False)

@@ -339,6 +339,9 @@ def test_baseline_scored_on_other_inputs_or_missing_is_refused():
         gate_of(candidate_from(base), base, baseline=champion(seed=1).predictions)
     with pytest.raises(ValueError, match="min_baseline_margin is set"):
         decide(candidate_from(base), base, GateSpec(), label_names=LABELS, slice_columns=SLICES)
+    foreign = base.predictions.assign(prediction="not_a_label")
+    with pytest.raises(ValueError, match="classes outside the candidate's labels"):
+        gate_of(candidate_from(base), base, baseline=foreign)
 
 
 LOST = {"card_swallowed": (50, 45), "meal_suggestion": (30, 24)}  # class: (inputs, right)
@@ -384,6 +387,14 @@ def test_candidate_without_some_champion_classes_is_blocked_naming_them_with_acc
     assert check.values["lost"]["card_swallowed"]["candidate_answers"] == {"intent_0": 50}
     on_champion_test = check.values["accuracy_on_champion_test"]
     assert on_champion_test["candidate"] < on_champion_test["champion"]
+
+
+def test_lost_classes_judged_on_different_champion_inputs_are_refused():
+    candidate, champ = narrower_than(champion())
+    other = champ.champion_test_predictions.sample(frac=1.0, random_state=0)
+    shuffled = dataclasses.replace(champ, champion_test_predictions=other.reset_index(drop=True))
+    with pytest.raises(ValueError, match="same champion test inputs"):
+        gate_of(candidate, shuffled)
 
 
 def test_lost_classes_not_scored_on_champion_data_are_still_named():
