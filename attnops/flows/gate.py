@@ -99,6 +99,45 @@ def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[
     )
 
 
+@compute_task
+def write_reports(
+    spec: PipelineSpec,
+    loaded: list,
+    cand_records: pd.DataFrame,
+    champ_records: pd.DataFrame | None,
+    folder: Path,
+) -> None:
+    """The Evidently reports for a reviewer: quality side by side and, with a champion, how
+    the two versions' answers on the same inputs differ."""
+    folder.mkdir()
+    candidate, *champion = loaded
+    versus = f"v{champion[0].version}" if champion else "its reference profile"
+    heading = f"{spec.name} v{candidate.version} vs {versus}"
+    labels = candidate.label_names
+    in_scope = [
+        r if r is None else r[r["label"].isin(labels)] for r in (champ_records, cand_records)
+    ]
+    classification_report(
+        *in_scope,
+        folder / "classification.html",
+        # A champion may answer with classes the candidate lacks.
+        labels=sorted(set().union(*(version.label_names for version in loaded))),
+        title=f"{heading}: test-split quality",
+        non_inferiority_margin=spec.gate.non_inferiority_margin,
+    )
+    if champ_records is not None:
+        # Same inputs, two versions: how do their outputs differ? (Embeddings live in
+        # each version's own space, so they are left out.)
+        drift_report(
+            champ_records.drop(columns="embedding"),
+            cand_records.drop(columns="embedding"),
+            folder / "drift.html",
+            title=f"{heading}: outputs on the test split",
+            slice_columns=spec.data.slice_columns,
+            tsne_rows=0,
+        )
+
+
 @io_task
 def record_decision(
     settings: Settings, spec: PipelineSpec, run_id: str, decision: GateDecision, folder: Path
@@ -185,30 +224,7 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
             else score_baseline(data, labels),
         )
         folder = scratch / "gate"
-        folder.mkdir()
-        versus = f"v{champion_version}" if champion_version else "its reference profile"
-        in_scope = [
-            r if r is None else r[r["label"].isin(labels)] for r in (champ_records, cand_records)
-        ]
-        classification_report(
-            *in_scope,
-            folder / "classification.html",
-            # A champion may answer with classes the candidate lacks.
-            labels=sorted(set().union(*(version.label_names for version in loaded))),
-            title=f"{spec.name} v{candidate_version} vs {versus}: test-split quality",
-            non_inferiority_margin=spec.gate.non_inferiority_margin,
-        )
-        if champ_records is not None:
-            # Same inputs, two versions: how do their outputs differ? (Embeddings live in
-            # each version's own space, so they are left out.)
-            drift_report(
-                champ_records.drop(columns="embedding"),
-                cand_records.drop(columns="embedding"),
-                folder / "drift.html",
-                title=f"{spec.name} v{candidate_version} vs {versus}: outputs on the test split",
-                slice_columns=spec.data.slice_columns,
-                tsne_rows=0,
-            )
+        write_reports(spec, loaded, cand_records, champ_records, folder)
         record_decision(settings, spec, run_id, decision, folder)
     print(f"gate {'passed' if decision.passed else 'FAILED'}: {decision.reasons()}")
     return decision
