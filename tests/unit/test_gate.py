@@ -324,6 +324,7 @@ def test_candidate_beating_the_baseline_passes_and_the_margin_is_the_specs():
     demanding = gate_of(candidate_from(base), base, baseline=weaker, min_baseline_margin=0.2)
     assert failed(demanding) == {"quality_vs_baseline"}
     assert "not shown to beat the TF-IDF baseline by more than 0.2" in demanding.reasons()
+    assert "the difference itself is not above the margin" in demanding.reasons()
 
 
 def test_a_tie_with_the_baseline_does_not_beat_it():
