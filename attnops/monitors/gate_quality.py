@@ -90,9 +90,10 @@ def champion_checks(
             GateCheck.of(
                 "quality_vs_champion",
                 False,
+                # Removed classes are named, with what they were worth, by `lost_classes`.
                 f"label set changed (added: {', '.join(added) or 'none'}; removed: "
-                f"{', '.join(removed) or 'none'}); a paired test needs one label set, "
-                "so the change needs a human decision",
+                f"{len(removed)}, see lost_classes); a paired test needs one label set, so "
+                "the change needs a human decision",
                 added=added,
                 removed=removed,
             )
@@ -133,7 +134,8 @@ def lost_classes_check(candidate: VersionEvidence, champion: VersionEvidence) ->
         return GateCheck.of(
             "lost_classes",
             False,
-            f"cannot predict {len(lost)} of the champion's classes: {', '.join(lost)} (not "
+            f"cannot predict {len(lost)} of the champion's {len(champion.label_names)} classes: "
+            f"{', '.join(lost)} (not "
             "scored on the champion's test data, so their accuracy is unknown); dropping "
             "classes needs a human decision",
             lost=lost,

@@ -257,7 +257,10 @@ def test_a_changed_label_set_needs_a_human_in_either_direction():
     decision = gate_of(candidate_from(base), old)
     assert decision.verdict == "not_comparable"
     assert failed(decision) == {"quality_vs_champion", "lost_classes"}
-    assert "removed: retired_intent" in decision.reasons()
+    assert "removed: 1, see lost_classes" in decision.reasons()
+    assert "lost_classes: cannot predict 1 of the champion's 11 classes: retired_intent" in (
+        decision.reasons()
+    )
     grown = candidate_from(base, label_names=(*LABELS, "new_intent"))
     grown_decision = gate_of(grown, base)
     assert failed(grown_decision) == {"quality_vs_champion"}
