@@ -135,9 +135,8 @@ def lost_classes_check(candidate: VersionEvidence, champion: VersionEvidence) ->
             "lost_classes",
             False,
             f"cannot predict {len(lost)} of the champion's {len(champion.label_names)} classes: "
-            f"{', '.join(lost)} (not "
-            "scored on the champion's test data, so their accuracy is unknown); dropping "
-            "classes needs a human decision",
+            f"{', '.join(lost)} (not scored on the champion's test data, so their accuracy "
+            "is unknown); dropping classes needs a human decision",
             lost=lost,
         )
     if not champ_rows["label"].equals(cand_rows["label"]):
