@@ -248,6 +248,16 @@ class GateSpec(_Section):
     allow_tokenizer_change: bool = False
     fail_on_pii: bool = True
     """Fail when the candidate's text artifacts (card, input example, profile) hold PII."""
+    min_baseline_margin: float | None = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Macro-F1 by which the candidate must beat a TF-IDF + logistic-regression "
+        "baseline fitted on the spec's train split and scored on the same test inputs: the "
+        "lower end of the paired-bootstrap CI of (candidate - baseline) must lie above it. "
+        "0 = significantly better than bag-of-words; negative tolerates a loss that small; "
+        "null skips the check.",
+    )
 
 
 class MonitoringSpec(_Section):

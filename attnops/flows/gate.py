@@ -13,10 +13,18 @@ from prefect import flow
 
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import aliases, evidence, registry, versions
-from attnops.models.data import load_labelled_data
+from attnops.models.data import LabelledData, load_labelled_data
 from attnops.models.modeling import pick_device
 from attnops.monitors.gate import GateDecision, decide
-from attnops.monitors.gate_evidence import gather_evidence, measure_side_by_side, slice_columns
+from attnops.monitors.gate_evidence import (
+    baseline_predictions,
+    champion_test_inputs,
+    gather_evidence,
+    lost_classes,
+    measure_side_by_side,
+    score_inputs,
+    slice_columns,
+)
 from attnops.monitors.reports import classification_report, drift_report
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
@@ -43,9 +51,10 @@ def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
 
 
 @io_task
-def load_test_split(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
-    """The spec's test split, read once: both versions are judged on exactly these inputs."""
-    return load_labelled_data(spec.data, spec_path).splits["test"]
+def load_splits(spec: PipelineSpec, spec_path: str) -> LabelledData:
+    """The spec's splits, read once: both versions and the baseline are judged on exactly
+    these test inputs."""
+    return load_labelled_data(spec.data, spec_path)
 
 
 @compute_task
@@ -68,12 +77,65 @@ def score_version(
 
 
 @compute_task
+def score_on_champion_test(spec: PipelineSpec, loaded: list) -> list[pd.DataFrame]:
+    """Every version's records on the champion's own test inputs (the last version's)."""
+    inputs = champion_test_inputs(loaded[-1], spec)
+    device = pick_device(spec.training.device)
+    return [score_inputs(version, inputs, spec, device=device) for version in loaded]
+
+
+@compute_task
+def score_baseline(data: LabelledData, labels: tuple[str, ...]) -> pd.DataFrame:
+    """The TF-IDF baseline, fitted on the train split, on the same test inputs."""
+    return baseline_predictions(data.splits["train"], data.splits["test"], labels)
+
+
+@compute_task
 def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[dict[str, object]]:
     """Latency of all versions at once, request by request in turn, on in-scope test inputs."""
     texts = test[test["label"].isin(loaded[0].label_names)]["text"].tolist()
     return measure_side_by_side(
         loaded, texts, samples=spec.gate.latency_samples, device=pick_device(spec.training.device)
     )
+
+
+@compute_task
+def write_reports(
+    spec: PipelineSpec,
+    loaded: list,
+    cand_records: pd.DataFrame,
+    champ_records: pd.DataFrame | None,
+    folder: Path,
+) -> None:
+    """The Evidently reports for a reviewer: quality side by side and, with a champion, how
+    the two versions' answers on the same inputs differ."""
+    folder.mkdir()
+    candidate, *champion = loaded
+    versus = f"v{champion[0].version}" if champion else "its reference profile"
+    heading = f"{spec.name} v{candidate.version} vs {versus}"
+    labels = candidate.label_names
+    in_scope = [
+        r if r is None else r[r["label"].isin(labels)] for r in (champ_records, cand_records)
+    ]
+    classification_report(
+        *in_scope,
+        folder / "classification.html",
+        # A champion may answer with classes the candidate lacks.
+        labels=sorted(set().union(*(version.label_names for version in loaded))),
+        title=f"{heading}: test-split quality",
+        non_inferiority_margin=spec.gate.non_inferiority_margin,
+    )
+    if champ_records is not None:
+        # Same inputs, two versions: how do their outputs differ? (Embeddings live in
+        # each version's own space, so they are left out.)
+        drift_report(
+            champ_records.drop(columns="embedding"),
+            cand_records.drop(columns="embedding"),
+            folder / "drift.html",
+            title=f"{heading}: outputs on the test split",
+            slice_columns=spec.data.slice_columns,
+            tsne_rows=0,
+        )
 
 
 @io_task
@@ -117,7 +179,8 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
         f"gating {spec.name} v{candidate_version} against "
         + (f"champion v{champion_version}" if champion_version else "absolute limits")
     )
-    test = load_test_split(spec, spec_path)
+    data = load_splits(spec, spec_path)
+    test = data.splits["test"]
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         scratch = Path(scratch)
         cand_loaded, cand, cand_records = score_version(
@@ -131,6 +194,18 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
             )
             loaded.append(champ_loaded)
             scored.append(champ)
+            if lost := lost_classes(cand_loaded, champ_loaded):
+                # The candidate's test split has no inputs of classes it was not trained
+                # on: only the champion's own test data shows what they were worth.
+                print(
+                    f"v{candidate_version} lacks {len(lost)} of the champion's classes; "
+                    "scoring both on the champion's test data as well"
+                )
+                on_champion_test = score_on_champion_test(spec, loaded)
+                scored = [
+                    dataclasses.replace(e, champion_test_predictions=records)
+                    for e, records in zip(scored, on_champion_test, strict=True)
+                ]
         timings = time_versions(spec, test, loaded)
         cand, *rest = [
             dataclasses.replace(e, performance=t) for e, t in zip(scored, timings, strict=True)
@@ -144,30 +219,12 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
             label_names=labels,
             slice_columns=slice_columns(spec),
             ece_bins=spec.evaluation.ece_bins,
+            baseline=None
+            if spec.gate.min_baseline_margin is None
+            else score_baseline(data, labels),
         )
         folder = scratch / "gate"
-        folder.mkdir()
-        versus = f"v{champion_version}" if champion_version else "its reference profile"
-        in_scope = [
-            r if r is None else r[r["label"].isin(labels)] for r in (champ_records, cand_records)
-        ]
-        classification_report(
-            *in_scope,
-            folder / "classification.html",
-            labels=labels,
-            title=f"{spec.name} v{candidate_version} vs {versus}: test-split quality",
-        )
-        if champ_records is not None:
-            # Same inputs, two versions: how do their outputs differ? (Embeddings live in
-            # each version's own space, so they are left out.)
-            drift_report(
-                champ_records.drop(columns="embedding"),
-                cand_records.drop(columns="embedding"),
-                folder / "drift.html",
-                title=f"{spec.name} v{candidate_version} vs {versus}: outputs on the test split",
-                slice_columns=spec.data.slice_columns,
-                tsne_rows=0,
-            )
+        write_reports(spec, loaded, cand_records, champ_records, folder)
         record_decision(settings, spec, run_id, decision, folder)
     print(f"gate {'passed' if decision.passed else 'FAILED'}: {decision.reasons()}")
     return decision

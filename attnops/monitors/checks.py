@@ -26,6 +26,10 @@ class VersionEvidence:
             by position) and `model_size_mb`.
         attention: the `attention` section of the version's evaluation.json.
         pii_findings: "artifact: ENTITY" for each PII hit in the version's text artifacts.
+        champion_test_predictions: like `predictions`, on the champion's own test inputs
+            (from its stored reference profile), for both versions, when the candidate
+            lacks some of the champion's classes: the candidate's test split has no inputs
+            of a class it was not trained on, so only the champion's data shows what is lost.
     """
 
     version: str
@@ -35,6 +39,7 @@ class VersionEvidence:
     tokenizer_sha256: str
     label_names: tuple[str, ...]
     pii_findings: list[str] = field(default_factory=list)
+    champion_test_predictions: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ Both versions are judged on the same evidence gathered in the same gate run: pre
 on the same test split, latency measured on the same machine moments apart. With a
 champion, quality is a paired test (a candidate is neither accepted nor rejected on noise);
 without one, absolute limits apply. Every check returns its numbers and a sentence a
-reviewer can act on; the decision passes only when every check does. Quality checks are
-here; what serving the candidate costs and risks is in `gate_operational`.
+reviewer can act on; the decision passes only when every check does. What the answers are
+worth is in `gate_quality`; what serving the candidate costs and risks in `gate_operational`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pandas as pd
 
-from attnops.models.metrics import classification_metrics, expected_calibration_error
 from attnops.monitors.checks import GateCheck, VersionEvidence, checks_table
 from attnops.monitors.gate_operational import (
     attention_check,
@@ -24,7 +22,14 @@ from attnops.monitors.gate_operational import (
     tokenizer_check,
     unsupported_check,
 )
-from attnops.monitors.significance import compare_paired, mcnemar_exact
+from attnops.monitors.gate_quality import (
+    Answers,
+    baseline_check,
+    calibration_check,
+    champion_checks,
+    lost_classes_check,
+    quality_floor_check,
+)
 from attnops.spec import GateSpec
 
 
@@ -73,94 +78,36 @@ def decide(
     label_names: Sequence[str],
     slice_columns: Sequence[str],
     ece_bins: int = 15,
+    baseline: pd.DataFrame | None = None,
 ) -> GateDecision:
-    """Run every gate check on the candidate (against the champion when there is one)."""
-    names = list(label_names)
-    cand_in = _in_scope(candidate.predictions, names)
-    y_true = _codes(cand_in["label"], names)
-    y_cand = _codes(cand_in["prediction"], names)
-    quality = classification_metrics(y_true, y_cand, names)
-    checks = [
-        GateCheck.of(
-            "quality_floor",
-            quality["macro_f1"] >= gate.min_macro_f1,
-            f"macro-F1 {quality['macro_f1']:.4f} (floor {gate.min_macro_f1})",
-            macro_f1=quality["macro_f1"],
-            accuracy=quality["accuracy"],
-        )
-    ]
+    """Run every gate check on the candidate (against the champion when there is one).
+
+    Args:
+        baseline: the TF-IDF baseline's predictions (`label`, `prediction`) on the same
+            test rows as the candidate's; required unless `gate.min_baseline_margin` is null.
+
+    Raises:
+        ValueError: the versions (or the baseline) were scored on different test inputs, or
+            the spec asks for the baseline check and no baseline predictions were given.
+    """
+    answers = Answers.of(candidate.predictions, label_names)
+    checks = [quality_floor_check(answers, gate)]
+    if gate.min_baseline_margin is not None:
+        if baseline is None:
+            raise ValueError(
+                "gate.min_baseline_margin is set but no baseline predictions were gathered; "
+                "score the TF-IDF baseline on the test split, or set it to null"
+            )
+        checks.append(baseline_check(answers, baseline, gate))
     verdict = "no_champion"
     if champion is not None:
-        champ_in = _in_scope(champion.predictions, names)
-        if not champ_in["label"].equals(cand_in["label"]):
-            raise ValueError(
-                f"v{candidate.version} and v{champion.version} were not scored on the same "
-                "test inputs; a paired comparison needs both on the same split"
-            )
-        y_champ = _codes(champ_in["prediction"], names)
-        added = sorted(set(candidate.label_names) - set(champion.label_names))
-        removed = sorted(set(champion.label_names) - set(candidate.label_names))
-        if added or removed:
-            # Different label sets have no common macro-F1: a person must decide.
-            verdict = "not_comparable"
-            checks.append(
-                GateCheck.of(
-                    "quality_vs_champion",
-                    False,
-                    f"label set changed (added: {', '.join(added) or 'none'}; removed: "
-                    f"{', '.join(removed) or 'none'}); a paired test needs one label set, "
-                    "so the change needs a human decision",
-                    added=added,
-                    removed=removed,
-                )
-            )
-        else:
-            comparison = compare_paired(
-                y_true,
-                y_cand,
-                y_champ,
-                n_classes=len(names),
-                margin=gate.non_inferiority_margin,
-                confidence=gate.confidence,
-            )
-            verdict = comparison.verdict
-            reason = f"{comparison.verdict.replace('_', ' ')}: {comparison.reason()}"
-            if verdict == "no_difference" and not comparison.non_inferior:
-                reason = (
-                    f"inconclusive, not shown to be within {comparison.margin} of the champion: "
-                    f"{comparison.reason()}; the test split is too small for this margin "
-                    "(enlarge it, or widen gate.non_inferiority_margin)"
-                )
-            checks.append(
-                GateCheck.of(
-                    "quality_vs_champion",
-                    comparison.non_inferior,
-                    reason,
-                    **asdict(comparison),
-                )
-            )
-            checks.append(_slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate))
-    ece, _ = expected_calibration_error(
-        cand_in["confidence"].to_numpy(), y_cand == y_true, ece_bins
-    )
-    checks.append(
-        GateCheck.of(
-            "calibration", ece <= gate.max_ece, f"ECE {ece:.4f} (max {gate.max_ece})", ece=ece
-        )
-    )
+        verdict, versus = champion_checks(answers, candidate, champion, slice_columns, gate)
+        checks += [*versus, lost_classes_check(candidate, champion)]
+    checks.append(calibration_check(answers, gate, ece_bins))
     checks += performance_checks(candidate.performance, champion and champion.performance, gate)
-    checks.append(unsupported_check(candidate, champion, names, gate))
+    checks.append(unsupported_check(candidate, champion, answers.names, gate))
     checks.append(attention_check(candidate, champion, gate))
-    checks.append(
-        GateCheck.of(
-            "pii",
-            not (gate.fail_on_pii and candidate.pii_findings),
-            "PII in " + ", ".join(candidate.pii_findings)
-            if candidate.pii_findings
-            else "no PII in the model card, input example or reference profile",
-            findings=candidate.pii_findings,
-        )
-    )
+    checks.append(_pii_check(candidate, gate))
     checks.append(tokenizer_check(candidate, champion, gate))
     return GateDecision(
         candidate=candidate.version,
@@ -170,50 +117,12 @@ def decide(
     )
 
 
-def _in_scope(predictions: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    return predictions[predictions["label"].isin(names)].reset_index(drop=True)
-
-
-def _codes(values: pd.Series, names: list[str]) -> np.ndarray:
-    return pd.Categorical(values, categories=names).codes.astype(np.int64)
-
-
-def _slices(cand_in, champ_in, y_true, y_cand, y_champ, slice_columns, gate: GateSpec):
-    """Block a significant accuracy drop larger than the limit on any slice large enough.
-
-    Significance is judged at (1 - confidence) / number of slices tested (Bonferroni), so
-    testing many slices does not make one of them fail by chance.
-    """
-    tested = []
-    for column in slice_columns:
-        if column in cand_in:
-            values = cand_in[column].astype(str).to_numpy()
-            for value in sorted(set(values)):
-                if (values == value).sum() >= gate.min_slice_size:
-                    tested.append((column, value, values == value))
-    alpha = (1.0 - gate.confidence) / max(len(tested), 1)
-    worst: dict[str, object] = {}
-    regressions = []
-    for column, value, mask in tested:
-        acc_cand = float((y_cand[mask] == y_true[mask]).mean())
-        acc_champ = float((y_champ[mask] == y_true[mask]).mean())
-        p = mcnemar_exact(y_true[mask], y_cand[mask], y_champ[mask])
-        drop = acc_champ - acc_cand
-        row = {"slice": f"{column}={value}", "n": int(mask.sum()), "drop": drop, "p": p}
-        if not worst or drop > worst["drop"]:
-            worst = row
-        if drop >= gate.max_slice_drop and p < alpha:
-            regressions.append(
-                f"{column}={value}: accuracy {acc_cand:.3f} vs {acc_champ:.3f} "
-                f"(-{drop:.3f}, McNemar p={p:.3g}, n={int(mask.sum())})"
-            )
-    if regressions:
-        reason = "significant regression on " + "; ".join(regressions)
-    elif worst:
-        reason = (
-            f"no slice significantly worse by >= {gate.max_slice_drop}; largest drop "
-            f"{worst['drop']:+.3f} on {worst['slice']} (p={worst['p']:.3g})"
-        )
-    else:
-        reason = f"no slice with >= {gate.min_slice_size} inputs"
-    return GateCheck.of("slices", not regressions, reason, worst=worst, regressions=regressions)
+def _pii_check(candidate: VersionEvidence, gate: GateSpec) -> GateCheck:
+    return GateCheck.of(
+        "pii",
+        not (gate.fail_on_pii and candidate.pii_findings),
+        "PII in " + ", ".join(candidate.pii_findings)
+        if candidate.pii_findings
+        else "no PII in the model card, input example or reference profile",
+        findings=candidate.pii_findings,
+    )

@@ -1,15 +1,18 @@
 """Gather a version's gate evidence: score it on the test split now, on this machine.
 
-The candidate and the champion are scored on the same inputs in the same run, so the
-paired test compares like with like, and timed request by request in turn, so latency
-ratios are not skewed by another machine, another day or a busy minute.
+The candidate and the champion (and the TF-IDF baseline) are scored on the same inputs in
+the same run, so the paired test compares like with like, and timed request by request in
+turn, so latency ratios are not skewed by another machine, another day or a busy minute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import torch
 
+from attnops.models.baseline import fit_tfidf_baseline
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT
 from attnops.models.metrics import length_bucket
@@ -40,34 +43,7 @@ def gather_evidence(
             by name, checked for PII together with the stored reference profile.
     """
     use_threads(spec.training.num_threads, stage="gate")
-    model = loaded.model.to(device)
-    summary, projection = loaded.profile_summary()
-    records = score_records(
-        model,
-        loaded.tokenizer,
-        test[TEXT].tolist(),
-        label_names=loaded.label_names,
-        max_length=int(summary["max_length"]),
-        projection=projection,
-        device=device,
-        attention_share=spec.monitoring.attention_sample_share,
-        seed=spec.training.seed,
-    )
-    reference = loaded.reference_records()
-    detector = UnsupportedAssertionDetector(
-        reference,
-        out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
-        out_of_scope_label=summary.get("out_of_scope_label"),
-        distance_quantile=spec.monitoring.unsupported_distance_quantile,
-    )
-    records[LABEL] = test[LABEL].to_numpy()
-    records["unsupported"] = detector.flags(records)
-    records["length"] = length_bucket(
-        records["n_tokens"].to_numpy(), spec.evaluation.length_buckets
-    )
-    for column in spec.data.slice_columns:
-        records[column] = test[column].to_numpy()
-
+    records = score_inputs(loaded, test, spec, device=device)
     evidence = VersionEvidence(
         version=loaded.version,
         predictions=records,
@@ -75,9 +51,76 @@ def gather_evidence(
         attention=loaded.evaluation()["attention"],
         tokenizer_sha256=loaded.tokenizer_sha256,
         label_names=loaded.label_names,
-        pii_findings=_pii_findings(artifact_texts or {}, reference),
+        pii_findings=_pii_findings(artifact_texts or {}, loaded.reference_records()),
     )
     return evidence, records
+
+
+def score_inputs(
+    loaded: LoadedVersion, inputs: pd.DataFrame, spec: PipelineSpec, *, device: torch.device
+) -> pd.DataFrame:
+    """Records of `loaded` on labelled `inputs`: its answers, `label`, `unsupported`, the
+    token-length bucket and whichever of the spec's slice columns `inputs` has."""
+    model = loaded.model.to(device)
+    summary, projection = loaded.profile_summary()
+    records = score_records(
+        model,
+        loaded.tokenizer,
+        inputs[TEXT].tolist(),
+        label_names=loaded.label_names,
+        max_length=int(summary["max_length"]),
+        projection=projection,
+        device=device,
+        attention_share=spec.monitoring.attention_sample_share,
+        seed=spec.training.seed,
+    )
+    detector = UnsupportedAssertionDetector(
+        loaded.reference_records(),
+        out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
+        out_of_scope_label=summary.get("out_of_scope_label"),
+        distance_quantile=spec.monitoring.unsupported_distance_quantile,
+    )
+    records[LABEL] = inputs[LABEL].to_numpy()
+    records["unsupported"] = detector.flags(records)
+    records["length"] = length_bucket(
+        records["n_tokens"].to_numpy(), spec.evaluation.length_buckets
+    )
+    for column in spec.data.slice_columns:
+        if column in inputs:
+            records[column] = inputs[column].to_numpy()
+    return records
+
+
+def lost_classes(candidate: LoadedVersion, champion: LoadedVersion) -> list[str]:
+    """The champion's classes the candidate was not trained on."""
+    return sorted(set(champion.label_names) - set(candidate.label_names))
+
+
+def champion_test_inputs(champion: LoadedVersion, spec: PipelineSpec) -> pd.DataFrame:
+    """The labelled test inputs the champion was evaluated on, from its reference profile:
+    `text`, `label` and those of the spec's slice columns it has.
+
+    Stored with the version, so they are there however the spec's data has changed since;
+    the text is redacted (PII replaced by placeholders), the same for both versions scored.
+    """
+    reference = champion.reference_records()
+    slices = [c for c in spec.data.slice_columns if c in reference]
+    return reference[[TEXT, LABEL, *slices]].reset_index(drop=True)
+
+
+def baseline_predictions(
+    train: pd.DataFrame, test: pd.DataFrame, label_names: Sequence[str]
+) -> pd.DataFrame:
+    """The TF-IDF baseline fitted on `train`'s rows of `label_names`, on every `test` row.
+
+    Returns:
+        `label` and `prediction` per test row, in order: paired with the versions' records.
+    """
+    rows = train[train[LABEL].isin(label_names)]
+    model = fit_tfidf_baseline(rows[TEXT], rows[LABEL])
+    return pd.DataFrame(
+        {LABEL: test[LABEL].to_numpy(), "prediction": model.predict(test[TEXT].tolist())}
+    )
 
 
 def measure_side_by_side(

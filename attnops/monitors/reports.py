@@ -38,7 +38,6 @@ NUMERIC_FEATURES = (
 )  # fmt: skip
 CATEGORICAL_FEATURES = ("prediction", "label", "truncated")
 EMBEDDING = "embedding"
-NON_INFERIORITY_MARGIN = 0.01  # the candidate may trail the champion by this much (absolute)
 _ENTROPY_HEAD = re.compile(r"^l(\d+)h(\d+)$")
 _ENTROPY_LAYER = "attention_entropy_layer"
 _MIN_ROWS = 5  # non-null rows per side below which a column's drift test means nothing
@@ -144,11 +143,12 @@ def classification_report(
     *,
     labels: Sequence[str],
     title: str,
+    non_inferiority_margin: float,
 ) -> dict:
     """Classification quality of a candidate (current) next to the champion (reference).
 
     Both frames hold predictions on the same labelled test set. With a champion the tests
-    are non-inferiority checks (candidate >= champion - `NON_INFERIORITY_MARGIN`), not
+    are non-inferiority checks (candidate >= champion - `non_inferiority_margin`), not
     Evidently's "equal within 20%", which fails a candidate for being better. Without one,
     Evidently tests the candidate against a constant-prediction baseline.
 
@@ -156,8 +156,11 @@ def classification_report(
         reference: Champion predictions (`label`, `prediction`), or None when there is none.
         current: Candidate predictions (`label`, `prediction`, optionally `confidence`).
         out_html: Where the report goes; written only when the report succeeded.
-        labels: The model's label set; every `label` and `prediction` must be in it.
+        labels: Every `label` and `prediction` must be in it: both versions' label sets
+            when they differ (a champion may answer with a class the candidate lacks).
         title: Shown at the top of the HTML.
+        non_inferiority_margin: How much (absolute) each score may trail the champion's:
+            the gate's `gate.non_inferiority_margin`, so the report and the gate agree.
 
     Returns:
         Flat summary: `{accuracy,precision,recall,f1}_{current,reference}` (macro averages over
@@ -190,7 +193,7 @@ def classification_report(
         )
         for side, f in frames.items()
     }
-    tests = None if reference is None else [gte(Reference(absolute=NON_INFERIORITY_MARGIN))]
+    tests = None if reference is None else [gte(Reference(absolute=non_inferiority_margin))]
     metrics: list = [
         ClassificationPreset(
             accuracy_tests=tests, precision_tests=tests, recall_tests=tests, f1score_tests=tests

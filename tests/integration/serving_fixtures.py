@@ -37,6 +37,7 @@ def serving_spec(data_dir: Path, folder: Path, **serving) -> str:
         "max_latency_ms_p95": 10_000,
         "max_latency_ms_p99": 10_000,
         "max_latency_increase": 10.0,
+        "min_baseline_margin": None,  # a random tiny model does not beat bag-of-words
     }
     spec["monitoring"] = {"window_size": 60, "bootstrap_resamples": 200}
     spec["serving"] = {"port": free_port(), "max_batch_wait_ms": 2.0, **serving}

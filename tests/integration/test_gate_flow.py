@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -18,15 +20,21 @@ from tests.conftest import tiny_spec_dict
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 # Tiny random models score low: these tests are about the decision's plumbing, so the
-# quality, calibration and hallucination limits are opened up.
-LENIENT = {"min_macro_f1": 0.0, "max_ece": 1.0, "max_unsupported_assertion_rate": 1.0}
+# quality, calibration and hallucination limits are opened up (the baseline is still fitted
+# and compared: a margin of -1 lets any candidate pass).
+LENIENT = {
+    "min_macro_f1": 0.0,
+    "max_ece": 1.0,
+    "max_unsupported_assertion_rate": 1.0,
+    "min_baseline_margin": -1.0,
+}
 
 
-def _spec(demo_dir, write_spec, **gate):
+def _spec(demo_dir, write_spec, name="spec.yaml", **gate):
     spec = tiny_spec_dict(demo_dir, epochs=2)
     spec["gate"] = {**LENIENT, **gate}
     spec["monitoring"] = {"window_size": 50, "bootstrap_resamples": 200}
-    return str(write_spec(spec))
+    return str(write_spec(spec, name))
 
 
 def _client() -> MlflowClient:
@@ -52,6 +60,8 @@ def test_first_version_is_gated_on_absolute_limits_and_the_evidence_lands_on_it(
     assert {"gate/gate.json", "gate/gate.md", "gate/classification.html"} <= artifacts
     decision = json.loads(mlflow.artifacts.load_text(f"runs:/{version.run_id}/gate/gate.json"))
     assert decision["passed"] and decision["champion"] is None
+    baseline = next(c for c in decision["checks"] if c["name"] == "quality_vs_baseline")
+    assert 0 < baseline["values"]["baseline_macro_f1"] <= 1 and baseline["values"]["n"] > 0
 
 
 def test_same_recipe_retrained_is_no_different_from_the_champion(
@@ -73,7 +83,7 @@ def test_same_recipe_retrained_is_no_different_from_the_champion(
 
 
 def test_failed_gate_exits_non_zero_and_tags_the_reason(attnops_home, demo_dir, write_spec, capsys):
-    path = _spec(demo_dir, write_spec, min_macro_f1=0.99)
+    path = _spec(demo_dir, write_spec, min_macro_f1=0.99, min_baseline_margin=0.0)
     version = train(path)
     # A model card that leaks an address must fail the gate too.
     client = _client()
@@ -86,6 +96,50 @@ def test_failed_gate_exits_non_zero_and_tags_the_reason(attnops_home, demo_dir, 
     assert tags["attnops.gate"] == "failed"
     assert "quality_floor" in tags["attnops.gate_reasons"]
     assert "pii: PII in model_card.md: EMAIL_ADDRESS x1" in tags["attnops.gate_reasons"]
+    # A random tiny model is far below bag-of-words on the same inputs.
+    assert re.search(
+        r"quality_vs_baseline: loses to the TF-IDF baseline: macro-F1 0\.\d{4} vs TF-IDF "
+        r"baseline 0\.\d{4}",
+        tags["attnops.gate_reasons"],
+    )
+
+
+def test_narrower_candidate_is_blocked_naming_the_lost_classes(
+    attnops_home, demo_dir, write_spec, tmp_path
+):
+    """Champion on all demo intents, challenger on the same data less two intents in every
+    split: a blocked verdict on the version naming them, judged on the champion's test data."""
+    full = _spec(demo_dir, write_spec)
+    train(full)
+    _client().set_registered_model_alias("tiny-tickets", "champion", "1")
+    lost = ["warranty_claim", "wrong_item"]
+    narrow_dir = tmp_path / "narrow"
+    narrow_dir.mkdir()
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(demo_dir / f"{split}.csv", keep_default_na=False)
+        frame[~frame["intent"].isin(lost)].to_csv(narrow_dir / f"{split}.csv", index=False)
+    narrow = _spec(narrow_dir, write_spec, name="narrow.yaml")
+    train(narrow)
+
+    decision = gate(narrow)
+    assert not decision.passed and decision.verdict == "not_comparable"
+    tags = _client().get_model_version("tiny-tickets", "2").tags
+    assert tags["attnops.gate"] == "failed"
+    reasons = tags["attnops.gate_reasons"]
+    assert re.search(
+        r"lost_classes: cannot predict 2 of the champion's 20 classes: "
+        r"warranty_claim \(champion accuracy \d\.\d{3}, n=\d+\), "
+        r"wrong_item \(champion accuracy \d\.\d{3}, n=\d+\); candidate accuracy \d\.\d{3} vs "
+        r"champion \d\.\d{3} on all \d+ of the champion's test inputs",
+        reasons,
+    ), reasons
+    champion_test = pd.read_csv(demo_dir / "test.csv", keep_default_na=False)
+    run_id = _client().get_model_version("tiny-tickets", "2").run_id
+    recorded = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/gate/gate.json"))
+    check = next(c for c in recorded["checks"] if c["name"] == "lost_classes")
+    for name in lost:
+        assert check["values"]["lost"][name]["n"] == (champion_test["intent"] == name).sum()
+    assert "lost_classes" in _client().get_model_version("tiny-tickets", "2").description
 
 
 def test_tampered_tokenizer_is_refused_before_any_decision(attnops_home, demo_dir, write_spec):

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
 from attnops.monitors.checks import VersionEvidence
 from attnops.monitors.gate import decide
@@ -60,9 +61,16 @@ def with_predictions(base: VersionEvidence, mutate) -> VersionEvidence:
     return candidate_from(base, predictions=frame)
 
 
-def gate_of(candidate, champion_evidence, **limits):
+def gate_of(candidate, champion_evidence, baseline=None, **limits):
+    """The decision; the baseline check only when baseline predictions are given."""
+    limits = {"min_baseline_margin": None if baseline is None else 0.0, **limits}
     return decide(
-        candidate, champion_evidence, GateSpec(**limits), label_names=LABELS, slice_columns=SLICES
+        candidate,
+        champion_evidence,
+        GateSpec(**limits),
+        label_names=LABELS,
+        slice_columns=SLICES,
+        baseline=baseline,
     )
 
 
@@ -248,10 +256,15 @@ def test_a_changed_label_set_needs_a_human_in_either_direction():
     old = dataclasses.replace(base, label_names=(*LABELS, "retired_intent"))
     decision = gate_of(candidate_from(base), old)
     assert decision.verdict == "not_comparable"
-    assert failed(decision) == {"quality_vs_champion"}
-    assert "removed: retired_intent" in decision.reasons()
+    assert failed(decision) == {"quality_vs_champion", "lost_classes"}
+    assert "removed: 1, see lost_classes" in decision.reasons()
+    assert "lost_classes: cannot predict 1 of the champion's 11 classes: retired_intent" in (
+        decision.reasons()
+    )
     grown = candidate_from(base, label_names=(*LABELS, "new_intent"))
-    assert "added: new_intent" in gate_of(grown, base).reasons()
+    grown_decision = gate_of(grown, base)
+    assert failed(grown_decision) == {"quality_vs_champion"}
+    assert "added: new_intent" in grown_decision.reasons()
 
 
 def spoil_share(share: float):
@@ -278,3 +291,127 @@ def test_margin_tighter_than_the_evidence_is_inconclusive_not_worse():
     assert decision.verdict == "no_difference"
     assert failed(decision) == {"quality_vs_champion"}
     assert "inconclusive" in decision.reasons() and "too small" in decision.reasons()
+
+
+def baseline_of(accuracy: float) -> pd.DataFrame:
+    """TF-IDF baseline predictions on the champion's test rows (same labels, same order)."""
+    return champion(accuracy=accuracy).predictions[["label", "prediction"]]
+
+
+def macro_f1(frame: pd.DataFrame) -> float:
+    rows = frame[frame["label"].isin(LABELS)]
+    return f1_score(rows["label"], rows["prediction"], labels=LABELS, average="macro")
+
+
+def test_candidate_losing_to_the_baseline_is_blocked_naming_both_scores():
+    base = champion(accuracy=0.8)
+    stronger = baseline_of(0.95)
+    decision = gate_of(candidate_from(base), base, baseline=stronger)
+    assert failed(decision) == {"quality_vs_baseline"}
+    check = next(c for c in decision.checks if c.name == "quality_vs_baseline")
+    assert check.reason.startswith("loses to the TF-IDF baseline: ")
+    cand_f1, base_f1 = macro_f1(base.predictions), macro_f1(stronger)
+    assert f"macro-F1 {cand_f1:.4f} vs TF-IDF baseline {base_f1:.4f}" in decision.reasons()
+    assert check.values["ci_high"] < 0 and check.values["n"] == N
+
+
+def test_candidate_beating_the_baseline_passes_and_the_margin_is_the_specs():
+    base = champion(accuracy=0.9)
+    weaker = baseline_of(0.8)
+    decision = gate_of(candidate_from(base), base, baseline=weaker)
+    check = next(c for c in decision.checks if c.name == "quality_vs_baseline")
+    assert decision.passed, decision.reasons()
+    assert check.reason.startswith("beats the baseline by more than 0: ")
+    assert check.values["baseline_macro_f1"] == pytest.approx(macro_f1(weaker))
+    # The same evidence against a margin the CI does not clear is blocked, with the reason.
+    demanding = gate_of(candidate_from(base), base, baseline=weaker, min_baseline_margin=0.2)
+    assert failed(demanding) == {"quality_vs_baseline"}
+    assert "not shown to beat the TF-IDF baseline by more than 0.2" in demanding.reasons()
+    assert "the difference itself is not above the margin" in demanding.reasons()
+
+
+def test_a_tie_with_the_baseline_does_not_beat_it():
+    base = champion()
+    decision = gate_of(candidate_from(base), base, baseline=base.predictions)
+    assert failed(decision) == {"quality_vs_baseline"}
+    assert "difference +0.0000" in decision.reasons()
+
+
+def test_baseline_scored_on_other_inputs_or_missing_is_refused():
+    base = champion()
+    with pytest.raises(ValueError, match="baseline was not scored on the same test inputs"):
+        gate_of(candidate_from(base), base, baseline=champion(seed=1).predictions)
+    with pytest.raises(ValueError, match="min_baseline_margin is set"):
+        decide(candidate_from(base), base, GateSpec(), label_names=LABELS, slice_columns=SLICES)
+    foreign = base.predictions.assign(prediction="not_a_label")
+    with pytest.raises(ValueError, match="classes outside the candidate's labels"):
+        gate_of(candidate_from(base), base, baseline=foreign)
+
+
+LOST = {"card_swallowed": (50, 45), "meal_suggestion": (30, 24)}  # class: (inputs, right)
+
+
+def narrower_than(base: VersionEvidence) -> tuple[VersionEvidence, VersionEvidence]:
+    """(candidate, champion): the champion also serves the LOST classes, the candidate not.
+
+    Both were scored on the champion's test data too: its in-scope rows plus the LOST
+    classes' inputs, which the champion gets right as often as LOST says and the candidate
+    (not trained on them) answers with one of its own classes.
+    """
+    lost_rows = [
+        (name, name if i < right else "intent_0", "intent_0")
+        for name, (n, right) in LOST.items()
+        for i in range(n)
+    ]
+    shared = base.predictions[["label", "prediction"]]
+    champ_test = pd.concat(
+        [shared, pd.DataFrame([r[:2] for r in lost_rows], columns=["label", "prediction"])],
+        ignore_index=True,
+    )
+    cand_test = pd.concat(
+        [shared, pd.DataFrame([(r[0], r[2]) for r in lost_rows], columns=["label", "prediction"])],
+        ignore_index=True,
+    )
+    champ = dataclasses.replace(
+        base, label_names=(*LABELS, *LOST), champion_test_predictions=champ_test
+    )
+    return candidate_from(base, champion_test_predictions=cand_test), champ
+
+
+def test_candidate_without_some_champion_classes_is_blocked_naming_them_with_accuracy():
+    candidate, champ = narrower_than(champion())
+    decision = gate_of(candidate, champ)
+    assert decision.verdict == "not_comparable"
+    assert failed(decision) == {"quality_vs_champion", "lost_classes"}
+    check = next(c for c in decision.checks if c.name == "lost_classes")
+    assert check.reason.startswith(
+        "cannot predict 2 of the champion's 12 classes: card_swallowed (champion accuracy "
+        "0.900, n=50), meal_suggestion (champion accuracy 0.800, n=30); "
+    )
+    assert check.values["lost"]["card_swallowed"]["candidate_answers"] == {"intent_0": 50}
+    on_champion_test = check.values["accuracy_on_champion_test"]
+    assert on_champion_test["candidate"] < on_champion_test["champion"]
+
+
+def test_lost_classes_judged_on_different_champion_inputs_are_refused():
+    candidate, champ = narrower_than(champion())
+    other = champ.champion_test_predictions.sample(frac=1.0, random_state=0)
+    shuffled = dataclasses.replace(champ, champion_test_predictions=other.reset_index(drop=True))
+    with pytest.raises(ValueError, match="same champion test inputs"):
+        gate_of(candidate, shuffled)
+
+
+def test_lost_classes_not_scored_on_champion_data_are_still_named():
+    candidate, champ = narrower_than(champion())
+    unscored = dataclasses.replace(champ, champion_test_predictions=None)
+    check = next(c for c in gate_of(candidate, unscored).checks if c.name == "lost_classes")
+    assert not check.passed
+    assert "card_swallowed, meal_suggestion (not scored on the champion's test data" in (
+        check.reason
+    )
+
+
+def test_same_classes_lose_nothing():
+    base = champion()
+    check = next(c for c in gate_of(candidate_from(base), base).checks if c.name == "lost_classes")
+    assert check.passed and check.reason == "serves all 10 of the champion's classes"

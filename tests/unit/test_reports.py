@@ -102,6 +102,9 @@ def test_missing_prediction_raises_and_writes_nothing(reference, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+MARGIN = {"non_inferiority_margin": 0.03}
+
+
 def classified(seed: int, accuracy: float) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     label = rng.choice(INTENTS, 300)
@@ -114,21 +117,27 @@ def test_classification_report_against_champion(tmp_path):
     """A clearly better candidate passes every non-inferiority test; a worse one fails them."""
     champion, candidate = classified(0, 0.6), classified(0, 0.9)
     out = tmp_path / "cls.html"
-    better = classification_report(champion, candidate, out, labels=INTENTS, title="candidate")
+    better = classification_report(
+        champion, candidate, out, labels=INTENTS, title="candidate", **MARGIN
+    )
     expected = float((candidate["label"] == candidate["prediction"]).mean())
     assert better["accuracy_current"] == pytest.approx(expected)
     assert better["accuracy_reference"] < better["accuracy_current"]
     assert better["f1_reference"] < better["f1_current"]
     assert better["tests_failed"] == 0 and better["tests_total"] >= 4
     assert "track_order" in out.read_text(encoding="utf-8")
-    worse = classification_report(candidate, champion, out, labels=INTENTS, title="candidate")
+    worse = classification_report(
+        candidate, champion, out, labels=INTENTS, title="candidate", **MARGIN
+    )
     assert any(name.startswith("Accuracy") for name in worse["failed_tests"])
 
 
 def test_classification_report_without_champion(tmp_path):
     """With no champion the reference side is None and the candidate is still reported."""
     out = tmp_path / "cls.html"
-    summary = classification_report(None, classified(1, 0.8), out, labels=INTENTS, title="first")
+    summary = classification_report(
+        None, classified(1, 0.8), out, labels=INTENTS, title="first", **MARGIN
+    )
     assert summary["accuracy_reference"] is None and summary["f1_reference"] is None
     assert 0.7 < summary["accuracy_current"] < 0.9
     assert summary[f"f1_current.{INTENTS[0]}"] is not None
@@ -141,5 +150,43 @@ def test_classification_report_rejects_unknown_labels(tmp_path):
     current = classified(2, 0.8)
     current.loc[0, "prediction"] = "not_an_intent"
     with pytest.raises(ValueError, match="not_an_intent"):
-        classification_report(None, current, tmp_path / "c.html", labels=INTENTS, title="x")
+        classification_report(
+            None, current, tmp_path / "c.html", labels=INTENTS, title="x", **MARGIN
+        )
     assert not (tmp_path / "c.html").exists()
+
+
+def test_classification_report_uses_the_margin_it_is_given(tmp_path):
+    """A candidate 2 points behind passes at the gate's margin 0.05 and fails at 0.01."""
+    champion = classified(3, 0.9)
+    candidate = champion.copy()
+    right = np.flatnonzero(candidate["label"] == candidate["prediction"])[:6]  # 6/300 = 0.02
+    candidate.loc[right, "prediction"] = [
+        INTENTS[(INTENTS.index(v) + 1) % len(INTENTS)] for v in candidate.loc[right, "label"]
+    ]
+    kwargs = {"labels": INTENTS, "title": "candidate"}
+    out = tmp_path / "cls.html"
+    wide = classification_report(champion, candidate, out, non_inferiority_margin=0.05, **kwargs)
+    assert wide["accuracy_reference"] - wide["accuracy_current"] == pytest.approx(0.02)
+    assert wide["tests_failed"] == 0, wide["failed_tests"]
+    tight = classification_report(champion, candidate, out, non_inferiority_margin=0.01, **kwargs)
+    assert any(name.startswith("Accuracy") for name in tight["failed_tests"])
+
+
+def test_classification_report_with_a_champion_answering_a_class_the_candidate_lacks(tmp_path):
+    """A narrower candidate: the report over both label sets works and shows the class."""
+    candidate = classified(4, 0.8)
+    champion = candidate.copy()
+    champion.loc[:9, "prediction"] = "meal_suggestion"
+    summary = classification_report(
+        champion,
+        candidate,
+        tmp_path / "cls.html",
+        labels=[*INTENTS, "meal_suggestion"],
+        title="narrower",
+        **MARGIN,
+    )
+    assert summary["accuracy_current"] == pytest.approx(
+        float((candidate["label"] == candidate["prediction"]).mean())
+    )
+    assert "meal_suggestion" in (tmp_path / "cls.html").read_text(encoding="utf-8")
