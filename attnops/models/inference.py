@@ -16,6 +16,8 @@ class Predictions:
 
     probs: np.ndarray
     embeddings: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    """Pre-softmax outputs: out-of-scope scores such as energy need what softmax discards."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -44,7 +46,7 @@ def predict(
     was_training = model.training
     if was_training:  # eval() walks every module: not on each served batch
         model.eval()
-    probs = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     embeddings = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for indices, batch in iterate(
@@ -53,7 +55,7 @@ def predict(
         batch.pop("labels", None)
         with autocast:
             out = model(**batch, output_hidden_states=with_embeddings)
-        probs[indices] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        logits[indices] = out.logits.float().cpu().numpy()
         if with_embeddings:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1)
@@ -62,4 +64,5 @@ def predict(
             embeddings[indices] = pooled.cpu().numpy()
     if was_training:
         model.train()
-    return Predictions(probs=probs, embeddings=embeddings)
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    return Predictions(probs=probs, embeddings=embeddings, logits=logits)

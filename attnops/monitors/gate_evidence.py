@@ -13,9 +13,10 @@ import torch
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT
 from attnops.models.metrics import length_bucket
+from attnops.models.ood import load_detector
 from attnops.models.performance import interleaved_latency_ms, model_size_mb
 from attnops.models.records import score_records
-from attnops.models.versions import LoadedVersion
+from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion
 from attnops.monitors import pii
 from attnops.monitors.checks import VersionEvidence
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
@@ -50,16 +51,14 @@ def gather_evidence(
         device=device,
         attention_share=spec.monitoring.attention_sample_share,
         seed=spec.training.seed,
+        out_of_scope=load_detector(loaded.folder / REFERENCE_FOLDER),
     )
     reference = loaded.reference_records()
-    detector = UnsupportedAssertionDetector(
-        reference,
-        out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
-        out_of_scope_label=summary.get("out_of_scope_label"),
-        distance_quantile=spec.monitoring.unsupported_distance_quantile,
+    detector = UnsupportedAssertionDetector.from_summary(
+        reference, summary, spec.monitoring.unsupported_distance_quantile
     )
     records[LABEL] = test[LABEL].to_numpy()
-    records["unsupported"] = detector.flags(records)
+    records["unsupported"] = detector.labelled_flags(records, loaded.label_names)
     records["length"] = length_bucket(
         records["n_tokens"].to_numpy(), spec.evaluation.length_buckets
     )
