@@ -68,14 +68,14 @@ def main() -> None:
     val_in_scope = val_frame[LABEL].isin(data.label_names).to_numpy()
     test_in_scope = test_frame[LABEL].isin(data.label_names).to_numpy()
     detector = fit_detector(
-        fitted.embeddings,
+        fitted.features,
         np.asarray(data.label_ids(train)),
         validation_logits=val.logits,
-        validation_embeddings=val.embeddings,
+        validation_features=val.features,
         validation_in_scope=val_in_scope,
         spec=evaluation,
     )
-    test_scores = detector.scores(test.logits, test.embeddings)
+    test_scores = detector.scores(test.logits, test.features)
     rate = evaluation.in_scope_rejection_rate
     print(
         f"{spec.name} v{mv.version}: {len(train)} training embeddings; validation "

@@ -74,10 +74,10 @@ def evaluate_classifier(
     fit = encoded(fit_frame, labelled=False)
     fit_pred = predict(model, fit, pad_id=pad_id, device=device, with_embeddings=True)
     detector = fit_detector(
-        fit_pred.embeddings,
+        fit_pred.features,
         np.asarray(data.label_ids(fit_frame)),
         validation_logits=val_pred.logits,
-        validation_embeddings=val_pred.embeddings,
+        validation_features=val_pred.features,
         validation_in_scope=val_in_scope,
         spec=cfg,
     )

@@ -2,9 +2,9 @@
 
 A classifier always answers with one of its classes; whether the input belongs to any of
 them is a separate question, answered by a score (`attnops.models.ood_scorers`: the
-softmax baseline, energy, Mahalanobis and knn distance on the pooled embeddings).
+softmax baseline, energy, Mahalanobis and knn distance on the output layer's inputs).
 
-The embedding scores are fitted on the training split, never on the inputs the choice
+The feature scores are fitted on the training split, never on the inputs the choice
 and the threshold are made on. On validation the score that rejects the most
 out-of-scope inputs at the spec's in-scope rejection rate is chosen (AUROC breaks ties);
 without enough out-of-scope validation rows the spec's default is. Each score's threshold
@@ -77,13 +77,13 @@ class OutOfScopeDetector:
     def threshold(self) -> float:
         return self.thresholds[self.chosen]
 
-    def scores(self, logits: np.ndarray, embeddings: np.ndarray) -> dict[str, np.ndarray]:
+    def scores(self, logits: np.ndarray, features: np.ndarray) -> dict[str, np.ndarray]:
         """Every held score of each input (an evaluation detector holds all it compared)."""
-        return {name: s.score(logits, embeddings) for name, s in self.scorers.items()}
+        return {name: s.score(logits, features) for name, s in self.scorers.items()}
 
-    def score(self, logits: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    def score(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
         """The chosen score of each input."""
-        return self.scorers[self.chosen].score(logits, embeddings)
+        return self.scorers[self.chosen].score(logits, features)
 
     def summary(self) -> dict[str, object]:
         """What the reference profile and evaluation.json record about the choice."""
@@ -133,27 +133,28 @@ def load_detector(folder: Path) -> OutOfScopeDetector | None:
 
 
 def fit_detector(
-    train_embeddings: np.ndarray,
+    train_features: np.ndarray,
     train_labels: np.ndarray,
     *,
     validation_logits: np.ndarray,
-    validation_embeddings: np.ndarray,
+    validation_features: np.ndarray,
     validation_in_scope: np.ndarray,
     spec: EvaluationSpec,
 ) -> OutOfScopeDetector:
-    """Fit the spec's scores on training embeddings; threshold and choose on validation.
+    """Fit the spec's scores on training features; threshold and choose on validation.
 
     Args:
-        train_embeddings: pooled embeddings of (a sample of) the training split.
+        train_features: the output layer's inputs (`Predictions.features`) on (a sample
+            of) the training split.
         train_labels: their class indices.
         validation_in_scope: True for validation rows of a trained class, False for
             out-of-scope rows (the spec's out_of_scope_label).
     """
     scorers = fit_scorers(
-        spec.out_of_scope_scores, train_embeddings, train_labels, knn_k=spec.out_of_scope_knn_k
+        spec.out_of_scope_scores, train_features, train_labels, knn_k=spec.out_of_scope_knn_k
     )
     val_scores = {
-        name: s.score(validation_logits, validation_embeddings) for name, s in scorers.items()
+        name: s.score(validation_logits, validation_features) for name, s in scorers.items()
     }
     rate = spec.in_scope_rejection_rate
     thresholds = {

@@ -82,8 +82,8 @@ def score_records(
     Columns: the `TEXT_FEATURES`, `prediction` (label name), `confidence`, `embedding`
     (projected pooled output, float32) and, when `attention_share` > 0, `l{i}h{j}`
     attention entropy on that seeded share of inputs (NaN elsewhere). With `out_of_scope`,
-    `out_of_scope_score` (the detector's chosen score, from the full embedding and the
-    logits) and, when it holds several (at evaluation), `out_of_scope_score.<name>` for
+    `out_of_scope_score` (the detector's chosen score, from the output layer's input
+    and the logits) and, when it holds several (at evaluation), `out_of_scope_score.<name>` for
     each. The text itself is not included: the caller decides whether and how (redacted)
     to keep it. Inputs run in length-sorted batches of `batch_size` (less padding; smaller
     suits a CPU).
@@ -99,7 +99,7 @@ def score_records(
     frame["confidence"] = scored.confidence.astype(np.float64)
     frame["embedding"] = list(projection.transform(scored.embeddings).astype(np.float32))
     if out_of_scope is not None:
-        scores = out_of_scope.scores(scored.logits, scored.embeddings)
+        scores = out_of_scope.scores(scored.logits, scored.features)
         frame[OUT_OF_SCOPE_SCORE] = scores[out_of_scope.chosen]
         if len(scores) > 1:
             for name, values in scores.items():

@@ -78,7 +78,7 @@ def fitted() -> OutOfScopeDetector:
         train,
         labels,
         validation_logits=logits_of(val),
-        validation_embeddings=val,
+        validation_features=val,
         validation_in_scope=in_scope,
         spec=EvaluationSpec(out_of_scope_knn_k=5),
     )
@@ -132,7 +132,7 @@ def test_without_out_of_scope_validation_rows_the_spec_default_is_used():
         train,
         labels,
         validation_logits=logits_of(val),
-        validation_embeddings=val,
+        validation_features=val,
         validation_in_scope=in_scope,
         spec=EvaluationSpec(out_of_scope_default_score="knn"),
     )
@@ -219,10 +219,10 @@ def tiny_version(tokenizer, tmp_path_factory):
     )  # fmt: skip
     in_scope = np.arange(len(texts)) < 30
     detector = fit_detector(
-        pred.embeddings[:20],
+        pred.features[:20],
         np.arange(20) % 2,
         validation_logits=pred.logits[20:],
-        validation_embeddings=pred.embeddings[20:],
+        validation_features=pred.features[20:],
         validation_in_scope=in_scope[20:],
         spec=EvaluationSpec(out_of_scope_scores=("knn",), out_of_scope_default_score="knn",
                             out_of_scope_knn_k=3, in_scope_rejection_rate=0.2),
@@ -257,7 +257,7 @@ def tiny_version(tokenizer, tmp_path_factory):
 def test_records_carry_the_detectors_chosen_score(tiny_version):
     loaded, detector, _, pred = tiny_version
     records = loaded.reference_records()
-    expected = detector.score(pred.logits, pred.embeddings)
+    expected = detector.score(pred.logits, pred.features)
     np.testing.assert_allclose(records[OUT_OF_SCOPE_SCORE], expected, rtol=1e-4, atol=1e-5)
     assert f"{OUT_OF_SCOPE_SCORE}.knn" not in records  # one score held: one column
 
@@ -269,6 +269,6 @@ def test_served_answers_are_flagged_by_the_versions_stored_score(tiny_version):
         unsupported_distance_quantile=0.95,
     )  # fmt: skip
     answers = slot.answer(texts)
-    expected = detector.score(pred.logits, pred.embeddings) > detector.threshold
+    expected = detector.score(pred.logits, pred.features) > detector.threshold
     assert expected.any() and not expected.all()
     assert [a.unsupported for a in answers] == expected.tolist()
