@@ -272,3 +272,11 @@ def test_served_answers_are_flagged_by_the_versions_stored_score(tiny_version):
     expected = detector.score(pred.logits, pred.features) > detector.threshold
     assert expected.any() and not expected.all()
     assert [a.unsupported for a in answers] == expected.tolist()
+
+
+def test_features_are_what_the_output_layer_reads(tiny_version):
+    """The output layer applied to the captured features gives the logits back."""
+    loaded, _, _, pred = tiny_version
+    with torch.no_grad():
+        logits = loaded.model.classifier(torch.from_numpy(pred.features)).numpy()
+    np.testing.assert_allclose(logits, pred.logits, rtol=1e-4, atol=1e-5)
