@@ -78,7 +78,7 @@ def main() -> None:
     test_scores = detector.scores(test.logits, test.features)
     rate = evaluation.in_scope_rejection_rate
     print(
-        f"{spec.name} v{mv.version}: {len(train)} training embeddings; validation "
+        f"{spec.name} v{mv.version}: {len(train)} training inputs fitted; validation "
         f"{val_in_scope.sum()} in-scope / {(~val_in_scope).sum()} out-of-scope; test "
         f"{test_in_scope.sum()} / {(~test_in_scope).sum()}; knn k={evaluation.out_of_scope_knn_k}; "
         f"{time.perf_counter() - started:.0f} s"
