@@ -182,6 +182,10 @@ class TrainingSpec(_Section):
         return self
 
 
+OutOfScopeScore = Literal["max_softmax", "energy", "mahalanobis", "knn"]
+"""The scores of `attnops.models.ood`, each higher for inputs less like the training data."""
+
+
 class EvaluationSpec(_Section):
     ece_bins: int = Field(15, ge=2)
     in_scope_rejection_rate: float = Field(
@@ -202,6 +206,26 @@ class EvaluationSpec(_Section):
     )
     embedding_dim: int = Field(32, ge=2, description="Width of the reference-profile embeddings.")
     baseline: bool = Field(True, description="Train the TF-IDF + logistic-regression baseline.")
+    out_of_scope_scores: tuple[OutOfScopeScore, ...] = Field(
+        ("max_softmax", "energy", "mahalanobis", "knn"),
+        min_length=1,
+        description="Out-of-scope scores compared on validation (attnops.models.ood); the one "
+        "with the highest out-of-scope recall at in_scope_rejection_rate flags unsupported "
+        "assertions in evaluation, gate, serving and monitoring.",
+    )
+    out_of_scope_default_score: OutOfScopeScore = Field(
+        "mahalanobis",
+        description="The score used when validation has too few out-of-scope inputs to choose.",
+    )
+    out_of_scope_knn_k: int = Field(
+        10, ge=1, description="Neighbour rank of the knn score (distance to the k-th nearest)."
+    )
+    out_of_scope_fit_rows: int = Field(
+        20000,
+        ge=10,
+        description="Training inputs (a seeded sample when there are more) the embedding "
+        "scores are fitted on; knn keeps them, so serving holds them in memory.",
+    )
 
     @field_validator("length_buckets")
     @classmethod
@@ -209,6 +233,15 @@ class EvaluationSpec(_Section):
         if list(edges) != sorted(set(edges)) or any(e <= 0 for e in edges):
             raise ValueError("must be positive and strictly increasing, e.g. [16, 32, 64]")
         return edges
+
+    @model_validator(mode="after")
+    def _default_is_compared(self) -> EvaluationSpec:
+        if self.out_of_scope_default_score not in self.out_of_scope_scores:
+            raise ValueError(
+                f"out_of_scope_default_score '{self.out_of_scope_default_score}' is not in "
+                f"out_of_scope_scores {list(self.out_of_scope_scores)}; add it there"
+            )
+        return self
 
 
 class GateSpec(_Section):

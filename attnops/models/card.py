@@ -26,8 +26,8 @@ def model_card(
     ]
     shown = (
         "test_macro_f1", "test_accuracy", "baseline_macro_f1", "macro_f1_gain_over_baseline",
-        "test_ece", "unsupported_assertion_rate", "out_of_scope_recall", "latency_ms_p50",
-        "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "model_size_mb",
+        "test_ece", "unsupported_assertion_rate", "out_of_scope_recall", "out_of_scope_auroc",
+        "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "model_size_mb",
         "tokens_per_input_p95", "truncation_rate", "attention_collapsed_heads",
     )  # fmt: skip
     lines += [f"| {key} | {m[key]:.4g} |" for key in shown if key in m]
@@ -43,6 +43,7 @@ def model_card(
     weakest = sorted(report["per_class"].items(), key=lambda item: item[1]["f1"])[:5]
     lines += ["", "## Weakest classes", "", "| class | F1 | support |", "| --- | --- | --- |"]
     lines += [f"| {name} | {s['f1']:.3f} | {s['support']} |" for name, s in weakest]
+    lines += _out_of_scope_lines(report["out_of_scope"])
     attention = report["attention"]
     lines += [
         "",
@@ -60,8 +61,32 @@ def model_card(
         "",
         "## Intended use and limits",
         "",
-        "Routes inputs to the classes above. Inputs below the out-of-scope confidence "
-        f"threshold ({m.get('out_of_scope_threshold', float('nan')):.3f}) should be treated as "
-        "'no class'. Quality outside the training distribution is unknown; watch drift monitors.",
+        "Routes inputs to the classes above. Answers flagged `unsupported` (out-of-scope score "
+        f"`{report['out_of_scope']['score']}` above {report['out_of_scope']['threshold']:.4g}) "
+        "should be treated as 'no class'. Quality outside the training distribution is "
+        "unknown; watch drift monitors.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _out_of_scope_lines(section: dict) -> list[str]:
+    """Each out-of-scope score on validation (where chosen) and test, and why the one chosen."""
+    rate = section["in_scope_rejection_rate"]
+    lines = [
+        "",
+        "## Out-of-scope detection",
+        "",
+        f"Flags inputs by `{section['score']}`: {section['reason']}.",
+        "",
+        f"| score | validation AUROC | validation recall @{rate:.0%} | test AUROC | "
+        f"test recall @{rate:.0%} | test in-scope rejected |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    nan = {"auroc": float("nan"), "recall": float("nan"), "in_scope_rejection": float("nan")}
+    for name, val in section["validation"].items():
+        test = section["test"].get(name, nan)
+        lines.append(
+            f"| {name} | {val['auroc']:.3f} | {val['recall']:.3f} | {test['auroc']:.3f} | "
+            f"{test['recall']:.3f} | {test['in_scope_rejection']:.3f} |"
+        )
+    return lines

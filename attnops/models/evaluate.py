@@ -21,12 +21,11 @@ from attnops.models.metrics import (
     classification_metrics,
     expected_calibration_error,
     length_bucket,
-    out_of_scope_threshold,
     percentiles,
     slice_metrics,
-    unsupported_assertions,
 )
 from attnops.models.modeling import build_classifier
+from attnops.models.ood import fit_detector, out_of_scope_report
 from attnops.models.performance import measure_performance
 from attnops.models.profile import EmbeddingProjection, write_profile_summary
 from attnops.models.records import score_records
@@ -69,9 +68,22 @@ def evaluate_classifier(
     val_in_scope = val_frame[LABEL].isin(names).to_numpy()
     validation = encoded(val_frame, labelled=False)
     val_pred = predict(model, validation, pad_id=pad_id, device=device, with_embeddings=True)
-    threshold = out_of_scope_threshold(
-        val_pred.confidence[val_in_scope], cfg.in_scope_rejection_rate
+    # Out-of-scope scores: fitted on (a seeded sample of) the training split, thresholded
+    # and chosen on validation, measured on test below.
+    fit_frame = data.splits["train"]
+    if len(fit_frame) > cfg.out_of_scope_fit_rows:
+        fit_frame = fit_frame.sample(n=cfg.out_of_scope_fit_rows, random_state=spec.training.seed)
+    fit = encoded(fit_frame, labelled=False)
+    fit_pred = predict(model, fit, pad_id=pad_id, device=device, with_embeddings=True)
+    detector = fit_detector(
+        fit_pred.features,
+        np.asarray(data.label_ids(fit_frame)),
+        validation_logits=val_pred.logits,
+        validation_features=val_pred.features,
+        validation_in_scope=val_in_scope,
+        spec=cfg,
     )
+    del fit, fit_pred
 
     # The reference profile: the test split (never used to pick weights, temperature or
     # threshold) as records through the version's own eyes, in and out of scope alike,
@@ -89,6 +101,7 @@ def evaluate_classifier(
         device=device,
         attention_share=min(1.0, cfg.probe_size / max(len(full_test), 1)),
         seed=spec.training.seed,
+        out_of_scope=detector,
     )
     in_scope = full_test[LABEL].isin(names).to_numpy()
     test_frame = data.in_scope("test")
@@ -105,8 +118,7 @@ def evaluate_classifier(
     slice_rows = slice_metrics(y_true, test_labels, slices)
 
     oos = encoded(data.out_of_scope("test"), labelled=False)
-    oos_confidence = reference["confidence"][~in_scope].to_numpy()
-    hallucination = unsupported_assertions(oos_confidence, threshold)
+    hallucination, out_of_scope = out_of_scope_report(reference, in_scope, detector)
 
     # The whole test split (in-scope and out-of-scope), from encodings already made.
     full_lengths = np.asarray(test.full_lengths + oos.full_lengths)
@@ -169,6 +181,7 @@ def evaluate_classifier(
         "confusion_matrix": quality["confusion_matrix"],
         "calibration_bins": bins.to_dict(orient="records"),
         "slices": slice_rows,
+        "out_of_scope": out_of_scope,
         "attention": {
             "entropy": attention.entropy.tolist(),
             "importance": attention.importance.tolist(),
@@ -222,7 +235,7 @@ def evaluate_classifier(
             summary={
                 "label_names": list(names),
                 "out_of_scope_label": data.out_of_scope_label,
-                "out_of_scope_threshold": threshold,
+                "out_of_scope": detector.summary(),
                 "max_length": max_length,
                 "attention_entropy": attention.entropy.tolist(),
                 "attention_importance": attention.importance.tolist(),
@@ -230,4 +243,5 @@ def evaluate_classifier(
             },
         )
     )
+    files.append(detector.save(out_dir))  # the chosen score, fitted: serving loads it
     return Evaluation(metrics=metrics, report=report, files=files, reference=reference)

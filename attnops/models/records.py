@@ -3,7 +3,8 @@
 The reference profile (the test split, at registration) and every live window (the
 inference log) are built by this one function, so drift checks compare like with like:
 the version's own tokenizer statistics, its pooled embeddings (PCA-projected), its
-prediction and confidence, and attention entropy on a sampled share of inputs.
+prediction and confidence, its out-of-scope score, and attention entropy on a sampled
+share of inputs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from attnops.models.attention import attention_entropy
 from attnops.models.batching import Encoded, encode
 from attnops.models.inference import predict
+from attnops.models.ood import OUT_OF_SCOPE_SCORE, OutOfScopeDetector
 from attnops.models.profile import EmbeddingProjection
 
 TEXT_FEATURES = (
@@ -73,14 +75,18 @@ def score_records(
     attention_share: float = 0.0,
     seed: int = 0,
     batch_size: int = 64,
+    out_of_scope: OutOfScopeDetector | None = None,
 ) -> pd.DataFrame:
     """Run the model over `texts` and return one record per input.
 
     Columns: the `TEXT_FEATURES`, `prediction` (label name), `confidence`, `embedding`
     (projected pooled output, float32) and, when `attention_share` > 0, `l{i}h{j}`
-    attention entropy on that seeded share of inputs (NaN elsewhere). The text itself is
-    not included: the caller decides whether and how (redacted) to keep it. Inputs run in
-    length-sorted batches of `batch_size` (less padding; smaller suits a CPU).
+    attention entropy on that seeded share of inputs (NaN elsewhere). With `out_of_scope`,
+    `out_of_scope_score` (the detector's chosen score, from the output layer's input
+    and the logits) and, when it holds several (at evaluation), `out_of_scope_score.<name>` for
+    each. The text itself is not included: the caller decides whether and how (redacted)
+    to keep it. Inputs run in length-sorted batches of `batch_size` (less padding; smaller
+    suits a CPU).
     """
     texts = list(texts)
     encoded = encode(tokenizer, texts, max_length)
@@ -92,6 +98,12 @@ def score_records(
     frame["prediction"] = np.asarray(label_names, dtype=object)[scored.labels]
     frame["confidence"] = scored.confidence.astype(np.float64)
     frame["embedding"] = list(projection.transform(scored.embeddings).astype(np.float32))
+    if out_of_scope is not None:
+        scores = out_of_scope.scores(scored.logits, scored.features)
+        frame[OUT_OF_SCOPE_SCORE] = scores[out_of_scope.chosen]
+        if len(scores) > 1:
+            for name, values in scores.items():
+                frame[f"{OUT_OF_SCOPE_SCORE}.{name}"] = values
     if attention_share > 0 and texts:
         rng = np.random.default_rng(seed)
         chosen = np.flatnonzero(rng.random(len(texts)) < attention_share)

@@ -19,8 +19,8 @@ class VersionEvidence:
 
     Attributes:
         predictions: one row per test input (in and out of scope): `label`, `prediction`,
-            `confidence`, `unsupported` (bool: confident and far from the reference) and a
-            column per slice (e.g. `length`, `channel`).
+            `confidence`, `unsupported` (bool: an out-of-scope input labelled without the
+            version's out-of-scope flag) and a column per slice (e.g. `length`, `channel`).
         performance: measured in this gate run: `latency_ms` (batch-1 milliseconds per
             request, timed in turn with the other version on the same inputs, so paired
             by position) and `model_size_mb`.

@@ -16,10 +16,11 @@ from attnops.models.baseline import fit_tfidf_baseline
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT
 from attnops.models.metrics import length_bucket
+from attnops.models.ood import load_detector
 from attnops.models.performance import model_size_mb, time_side_by_side
 from attnops.models.records import score_records
 from attnops.models.threads import use_threads
-from attnops.models.versions import LoadedVersion
+from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion
 from attnops.monitors import pii
 from attnops.monitors.checks import VersionEvidence
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
@@ -73,15 +74,13 @@ def score_inputs(
         device=device,
         attention_share=spec.monitoring.attention_sample_share,
         seed=spec.training.seed,
+        out_of_scope=load_detector(loaded.folder / REFERENCE_FOLDER),
     )
-    detector = UnsupportedAssertionDetector(
-        loaded.reference_records(),
-        out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
-        out_of_scope_label=summary.get("out_of_scope_label"),
-        distance_quantile=spec.monitoring.unsupported_distance_quantile,
+    detector = UnsupportedAssertionDetector.from_summary(
+        loaded.reference_records(), summary, spec.monitoring.unsupported_distance_quantile
     )
     records[LABEL] = inputs[LABEL].to_numpy()
-    records["unsupported"] = detector.flags(records)
+    records["unsupported"] = detector.labelled_flags(records, loaded.label_names)
     records["length"] = length_bucket(
         records["n_tokens"].to_numpy(), spec.evaluation.length_buckets
     )

@@ -116,8 +116,9 @@ def unsupported_check(
     names: list[str],
     gate: GateSpec,
 ) -> GateCheck:
-    """Absolute limit, and vs the champion an increase that is also significant: both
-    versions flag the same out-of-scope inputs or not, so McNemar's test pairs them."""
+    """Out-of-scope test inputs each version labels unflagged (`unsupported`, from the
+    version's own out-of-scope score): an absolute limit, and vs the champion an increase
+    that is also significant: both versions see the same inputs, so McNemar's test pairs them."""
 
     def flags(evidence: VersionEvidence) -> np.ndarray:
         rows = evidence.predictions[~evidence.predictions["label"].isin(names)]
@@ -144,7 +145,7 @@ def unsupported_check(
             problems.append(f"{value:.1%} vs champion {champ_value:.1%} (max +"
                             f"{gate.max_unsupported_assertion_increase:.0%}, McNemar "
                             f"p={p_value:.3g})")  # fmt: skip
-    reason = f"{value:.1%} of {n} out-of-scope inputs confidently labelled far from the reference"
+    reason = f"{value:.1%} of {n} out-of-scope inputs labelled without an out-of-scope flag"
     if champ_value is not None:
         reason += f" (champion {champ_value:.1%}, McNemar p={p_value:.3g})"
     return GateCheck.of(

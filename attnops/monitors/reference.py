@@ -87,8 +87,8 @@ class WindowAssessment:
         found = self.unsupported
         if found.alarm:
             reasons.append(
-                f"unsupported assertions: {found.rate:.1%} of the window is confident and far "
-                f"from the reference (alarm above {found.alarm_rate:.1%}, reference "
+                f"unsupported assertions: {found.rate:.1%} of the window's answers have inputs "
+                f"out of scope (alarm above {found.alarm_rate:.1%}, reference "
                 f"{found.reference_rate:.1%})"
             )
         return reasons
@@ -125,11 +125,8 @@ class ReferenceProfile:
         self.summary = summary
         self.drift = _detector(records, monitoring)
         self.estimator = PerformanceEstimator(records)
-        self.unsupported = UnsupportedAssertionDetector(
-            records,
-            out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
-            out_of_scope_label=summary.get("out_of_scope_label"),
-            distance_quantile=monitoring.unsupported_distance_quantile,
+        self.unsupported = UnsupportedAssertionDetector.from_summary(
+            records, summary, monitoring.unsupported_distance_quantile
         )
 
     @classmethod

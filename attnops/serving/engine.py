@@ -16,9 +16,10 @@ import torch
 
 from attnops.models import registry
 from attnops.models.modeling import pick_device
+from attnops.models.ood import load_detector
 from attnops.models.records import TEXT_FEATURES, entropy_columns, score_records
 from attnops.models.threads import use_threads
-from attnops.models.versions import LoadedVersion, load_version, resolve
+from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version, resolve
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
 from attnops.serving.routing import CANARY, CHAMPION
@@ -71,11 +72,10 @@ class ModelSlot:
         self.forward_batch_size = forward_batch_size
         self.layers = self.model.config.num_hidden_layers
         self.heads = self.model.config.num_attention_heads
-        self.unsupported = UnsupportedAssertionDetector(
-            loaded.reference_records(),
-            out_of_scope_threshold=float(summary["out_of_scope_threshold"]),
-            out_of_scope_label=summary.get("out_of_scope_label"),
-            distance_quantile=unsupported_distance_quantile,
+        # The version's own out-of-scope score, as its evaluation measured it.
+        self.out_of_scope = load_detector(loaded.folder / REFERENCE_FOLDER)
+        self.unsupported = UnsupportedAssertionDetector.from_summary(
+            loaded.reference_records(), summary, unsupported_distance_quantile
         )
         self._calls = 0
 
@@ -97,6 +97,7 @@ class ModelSlot:
             attention_share=self.attention_share,
             seed=self._calls,  # a different sample each batch
             batch_size=self.forward_batch_size,
+            out_of_scope=self.out_of_scope,
         )
         unsupported = self.unsupported.flags(records)
         columns = entropy_columns(self.layers, self.heads)

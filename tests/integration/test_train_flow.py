@@ -56,6 +56,7 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED"
     for key in ("test_macro_f1", "baseline_macro_f1", "test_ece", "unsupported_assertion_rate",
+                "out_of_scope_auroc", "out_of_scope_recall.mahalanobis",
                 "latency_ms_p95", "throughput_per_s", "model_size_mb", "process_peak_rss_mb",
                 "truncation_rate", "attention_entropy_mean", "train_tokens_per_s",
                 "calibration_temperature"):  # fmt: skip
@@ -71,6 +72,7 @@ def test_train_registers_model_with_tokenizer_and_evidence(
         "evaluation/attention_entropy_change.png", "evaluation/test_predictions.parquet",
         "reference_profile/reference_profile.parquet", "reference_profile/reference_profile.json",
         "reference_profile/reference_drift_calibration.json",
+        "reference_profile/reference_out_of_scope.npz",
     } <= artifacts  # fmt: skip
     checks = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/data_checks.json")
     assert [c["splits"] for c in checks["leakage"]] == [

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from attnops.models.ood import OUT_OF_SCOPE_SCORE
 from attnops.monitors.estimate import PerformanceEstimator
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 
@@ -72,6 +73,7 @@ def reference_records(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def unsupported() -> UnsupportedAssertionDetector:
+    """A version registered before out-of-scope scores: confidence and distance."""
     return UnsupportedAssertionDetector(
         reference_records(), out_of_scope_threshold=0.7, out_of_scope_label="out_of_scope"
     )
@@ -107,5 +109,42 @@ def test_reference_like_windows_do_not_alarm(unsupported):
     alarms = [
         unsupported.assess(window(500, far_share=0.0, confident=None, seed=s)).alarm
         for s in range(10, 30)
+    ]
+    assert sum(alarms) <= 2
+
+
+def scored(n: int, *, out_of_scope_share: float, seed: int) -> pd.DataFrame:
+    """Records with an out-of-scope score: in-scope ~ N(0, 1), out-of-scope ~ N(4, 1)."""
+    rng = np.random.default_rng(seed)
+    out = rng.random(n) < out_of_scope_share
+    return pd.DataFrame(
+        {
+            "label": np.where(out, "out_of_scope", "a"),
+            OUT_OF_SCOPE_SCORE: rng.normal(0, 1, n) + 4 * out,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def by_score() -> UnsupportedAssertionDetector:
+    """A version with a stored out-of-scope score, thresholded at 5% in-scope rejection."""
+    return UnsupportedAssertionDetector.from_summary(
+        scored(2000, out_of_scope_share=0.1, seed=0),
+        {"out_of_scope_label": "out_of_scope", "out_of_scope": {"threshold": 1.645}},
+        distance_quantile=0.95,
+    )
+
+
+def test_more_out_of_scope_traffic_than_the_reference_alarms(by_score):
+    # Reference: 5% of 90% in-scope + ~95% of 10% out-of-scope, about 14%.
+    assert by_score.reference_rate == pytest.approx(0.9 * 0.05 + 0.1 * 0.95, abs=0.02)
+    found = by_score.assess(scored(500, out_of_scope_share=0.4, seed=1))
+    assert found.rate == pytest.approx(0.6 * 0.05 + 0.4 * 0.95, abs=0.05)
+    assert found.alarm
+
+
+def test_reference_like_traffic_does_not_alarm_by_score(by_score):
+    alarms = [
+        by_score.assess(scored(500, out_of_scope_share=0.1, seed=s)).alarm for s in range(10, 30)
     ]
     assert sum(alarms) <= 2
