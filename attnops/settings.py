@@ -20,11 +20,14 @@ class Settings:
     inference_db: str
     pushgateway_url: str | None = None
     """Where the monitor pushes its gauges for Prometheus; None pushes nothing."""
+    search_db: str | None = None
+    """SQLAlchemy URL of the hyperparameter-search studies (`from_env`: SQLite under home)."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """Embedded defaults in ./.attnops unless ATTNOPS_HOME / MLFLOW_TRACKING_URI /
-        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL say otherwise."""
+        ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL /
+        ATTNOPS_SEARCH_DB say otherwise."""
         home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve()
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         embedded = tracking_uri.startswith("sqlite:")
@@ -38,6 +41,7 @@ class Settings:
             inference_db=os.environ.get("ATTNOPS_INFERENCE_DB")
             or f"sqlite:///{home / 'inference.db'}",
             pushgateway_url=os.environ.get("ATTNOPS_PUSHGATEWAY_URL") or None,
+            search_db=os.environ.get("ATTNOPS_SEARCH_DB") or f"sqlite:///{home / 'search.db'}",
         )
 
     def prepare(self) -> None:

@@ -1,0 +1,326 @@
+"""Hyperparameter search with Optuna: one study per spec and data, trials that prune and resume.
+
+Needs optuna and the training code only (no MLflow, no Prefect): the flow decides where
+trials run and what is logged. The study lives in a database (any SQLAlchemy URL), which is
+what makes the search survive restarts and spread over processes:
+
+- a restarted flow opens the same study (its name comes from the spec, the data fingerprint
+  and the search settings) and spends only the budget left;
+- a running trial writes a heartbeat; one silent for longer than the grace period was
+  killed, so the next trial to start marks it failed and queues its parameters again;
+- trial numbers and queued trials are claimed in the database, so processes sharing one
+  study never run the same trial, and each trial's random draws are seeded by its number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from attnops.models.classifier import train_classifier
+from attnops.models.data import LabelledData
+from attnops.spec import PipelineSpec, SearchSpec, TrainingSpec
+
+OBJECTIVE = "best validation macro-F1"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""Trials that count against `n_trials`; a killed (failed) trial is run again instead."""
+
+
+def study_name(spec: PipelineSpec, data_sha256: str) -> str:
+    """The spec's study: a restarted flow with the same spec and data resumes it.
+
+    The budget and the parallelism are left out of the name, so raising `n_trials` continues
+    the same study; anything a trial's score depends on is in it.
+    """
+    search = searched(spec)
+    if search.study_name:
+        return search.study_name
+    scored = {
+        "model": spec.model.model_dump(mode="json"),
+        "training": spec.training.model_dump(mode="json", exclude={"search", "distributed"}),
+        "search": search.model_dump(
+            mode="json",
+            include={
+                "params",
+                "sampler_startup_trials",
+                "pruner",
+                "pruner_startup_trials",
+                "pruner_warmup_evaluations",
+            },
+        ),
+    }
+    digest = hashlib.sha256(json.dumps(scored, sort_keys=True).encode()).hexdigest()
+    return f"{spec.name}-{data_sha256[:12]}-{digest[:8]}"
+
+
+def open_study(spec: PipelineSpec, data_sha256: str, storage_url: str) -> optuna.Study:
+    """Create the spec's study in `storage_url`, or load it when it exists."""
+    search = searched(spec)
+    if spec.training.distributed.world_size > 1:
+        raise ValueError(
+            "training.search runs each trial in one process, which cannot follow a torchrun "
+            "job; set training.distributed to one process or remove training.search"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in practice
+        storage = RDBStorage(
+            storage_url,
+            # SQLite locks the whole file per write: wait for the other process, don't fail.
+            engine_kwargs={"connect_args": {"timeout": 60}} if _is_sqlite(storage_url) else {},
+            heartbeat_interval=search.heartbeat_interval_s,
+            grace_period=search.grace_period_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=search.max_retries
+            ),
+        )
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=search.pruner_startup_trials,
+            n_warmup_steps=search.pruner_warmup_evaluations,
+        )
+        if search.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name(spec, data_sha256),
+        direction="maximize",
+        sampler=_sampler(search, spec.training.seed),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def trials_left(study: optuna.Study, search: SearchSpec) -> int:
+    """Trials that may start now: 0 once the budget is spent by finished and running trials.
+
+    Killed trials are failed first (their heartbeat went stale), so they stop holding a
+    slot. With only a time budget, any number may start until the time is spent.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    if search.time_budget_s is not None and spent_seconds(trials) >= search.time_budget_s:
+        return 0
+    if search.n_trials is None:
+        return search.parallel_trials
+    taken = sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
+    return max(0, search.n_trials - taken)
+
+
+def spent_seconds(trials: list[FrozenTrial]) -> float:
+    """Trial time the study has used: every trial's run time, running ones so far."""
+    now = datetime.now()
+    return sum(
+        ((t.datetime_complete or now) - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_start is not None
+    )
+
+
+def run_trial(
+    study: optuna.Study, spec: PipelineSpec, data: LabelledData, *, progress: bool = False
+) -> FrozenTrial | None:
+    """Run the study's next trial here: a killed trial's parameters first, else new ones.
+
+    The trial fine-tunes on the train split with its drawn `training` values and reports the
+    validation macro-F1 of every evaluation; the pruner may stop it there.
+
+    Returns:
+        The finished (complete or pruned) trial, or None when the budget is already spent.
+    """
+    search = searched(spec)
+    if trials_left(study, search) == 0:
+        return None
+
+    def objective(trial: optuna.Trial) -> float:
+        # Draws depend on (seed, trial number) and on the finished trials only: reproducible
+        # in one process, and two processes never draw the same random-phase point.
+        study.sampler = _sampler(search, spec.training.seed + trial.number)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial_spec = spec_for_trial(spec, trial)
+        evaluations = 0
+
+        def report(step: int, val_macro_f1: float) -> None:
+            nonlocal evaluations
+            evaluations += 1
+            trial.report(val_macro_f1, evaluations)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"validation macro-F1 {val_macro_f1:.4f} at evaluation {evaluations} "
+                    f"(step {step}) is below the median of earlier trials"
+                )
+
+        trained = train_classifier(trial_spec, data, on_evaluate=report, progress=progress)
+        return trained.result.best_val_macro_f1
+
+    finished: list[FrozenTrial] = []
+    study.optimize(
+        objective, n_trials=1, callbacks=[lambda _s, t: finished.append(t)], gc_after_trial=True
+    )
+    return finished[0]
+
+
+def spec_for_trial(spec: PipelineSpec, trial: optuna.Trial) -> PipelineSpec:
+    """The spec with `trial`'s draws for the searched fields (uncalibrated: only scored)."""
+    drawn = {name: _suggest(trial, name, param) for name, param in searched(spec).params.items()}
+    return with_training(spec, {**drawn, "calibrate": False})
+
+
+def best_spec(spec: PipelineSpec, study: optuna.Study) -> PipelineSpec:
+    """The spec with the best completed trial's values, to train and register."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        raise ValueError(
+            f"search study '{study.study_name}' has no completed trial: every trial was pruned "
+            "or failed; raise training.search.n_trials / time_budget_s or widen the ranges"
+        )
+    return with_training(spec, study.best_trial.params)
+
+
+def with_training(spec: PipelineSpec, values: dict[str, object]) -> PipelineSpec:
+    """`spec` with these `training` values, validated, and without a search of its own."""
+    try:
+        training = TrainingSpec.model_validate(
+            {**spec.training.model_dump(), **values, "search": None}
+        )
+    except ValueError as exc:
+        raise ValueError(f"training values {values} from the search are invalid: {exc}") from exc
+    return spec.model_copy(update={"training": training})
+
+
+def trial_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, score, evaluations, run time, retry origin and parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        started, completed = t.datetime_start, t.datetime_complete
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "val_macro_f1": t.value,
+                "evaluations": len(t.intermediate_values),
+                "seconds": (completed - started).total_seconds() if started and completed else None,
+                "retry_of": t.system_attrs.get("failed_trial"),  # set by the retry callback
+                **t.params,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_evidence(study: optuna.Study, folder: Path) -> list[Path]:
+    """Trial table (CSV and markdown), best parameters (JSON), parameter importance (PNG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = trial_table(study)
+    files = [folder / "search_trials.csv", folder / "search_trials.md", folder / "search_best.json"]
+    table.to_csv(files[0], index=False)
+    files[1].write_text(markdown_table(table))
+    best = study.best_trial
+    files[2].write_text(
+        json.dumps(
+            {
+                "study": study.study_name,
+                "objective": OBJECTIVE,
+                "trial": best.number,
+                "val_macro_f1": best.value,
+                "params": best.params,
+            },
+            indent=2,
+        ),
+    )
+    importances = param_importances(study)
+    if importances:
+        files.append(folder / "search_importance.png")
+        importance_png(importances, files[-1])
+    return files
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """Optuna's importances over completed trials; empty when they are too few to tell."""
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError):  # fewer than 2 completed trials, or no variation
+        return {}
+
+
+def importance_png(importances: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(importances)[::-1]  # most important on top
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.4 * len(names)))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance (share of the variation in the score)")
+    ax.set_title(f"Parameter importance for {OBJECTIVE}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_markdown(study: optuna.Study) -> str:
+    """The search section of the model card: budget used, best values, where the evidence is."""
+    table = trial_table(study)
+    states = table["state"].value_counts().to_dict()
+    best = study.best_trial
+    lines = [
+        "## Hyperparameter search",
+        "",
+        f"Optuna study `{study.study_name}`: {len(table)} trials "
+        f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items()))}), "
+        f"{spent_seconds(study.get_trials(deepcopy=False)):.0f} s of trial time. "
+        f"Best: trial {best.number}, {OBJECTIVE} {best.value:.4f}, trained again for this version:",
+        "",
+        *[f"- `{name}`: {value}" for name, value in best.params.items()],
+        "",
+        "Trial table, parameter importance and best values: run artifacts under `search/`; "
+        "each trial is a nested run of this one.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def searched(spec: PipelineSpec) -> SearchSpec:
+    if spec.training.search is None:
+        raise ValueError(f"spec '{spec.name}' has no training.search section")
+    return spec.training.search
+
+
+def _sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(n_startup_trials=search.sampler_startup_trials, seed=seed)
+
+
+def _suggest(trial: optuna.Trial, name: str, param) -> object:
+    if param.type == "categorical":
+        return trial.suggest_categorical(name, list(param.choices))
+    if param.type == "int":
+        step = int(param.step or 1)
+        return trial.suggest_int(name, int(param.low), int(param.high), step=step, log=param.log)
+    return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:")
