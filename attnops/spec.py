@@ -188,6 +188,11 @@ class SearchSpec(_Section):
         "is marked failed and its parameters are queued to run again.",
     )
     max_retries: int = Field(1, ge=0, description="Reruns of a killed trial's parameters.")
+    first_trial_from_spec: bool = Field(
+        True,
+        description="A new study's first trial uses the values written in `training` (those "
+        "inside the ranges), so the hand-set recipe is one of the candidates.",
+    )
     study_name: str | None = Field(
         None,
         description="Default: the spec name, data fingerprint and search settings, so the "

@@ -92,7 +92,7 @@ def open_study(spec: PipelineSpec, data_sha256: str, storage_url: str) -> optuna
         if search.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=study_name(spec, data_sha256),
         direction="maximize",
@@ -100,6 +100,12 @@ def open_study(spec: PipelineSpec, data_sha256: str, storage_url: str) -> optuna
         pruner=pruner,
         load_if_exists=True,
     )
+    if search.first_trial_from_spec and not study.get_trials(deepcopy=False):
+        written = {name: getattr(spec.training, name) for name in search.params}
+        inside = {name: v for name, v in written.items() if _inside(search.params[name], v)}
+        if inside:  # the fields left out are drawn
+            study.enqueue_trial(inside, skip_if_exists=True)
+    return study
 
 
 def trials_left(study: optuna.Study, search: SearchSpec) -> int:
@@ -320,6 +326,12 @@ def _suggest(trial: optuna.Trial, name: str, param) -> object:
         step = int(param.step or 1)
         return trial.suggest_int(name, int(param.low), int(param.high), step=step, log=param.log)
     return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
+
+
+def _inside(param, value) -> bool:
+    if param.type == "categorical":
+        return value in param.choices
+    return value is not None and param.low <= value <= param.high
 
 
 def _is_sqlite(url: str) -> bool:

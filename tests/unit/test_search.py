@@ -75,12 +75,12 @@ def _setup(tmp_path: Path, training: dict | None = None, **search_fields):
 def test_a_trial_behind_the_median_is_pruned_at_an_evaluation(tmp_path):
     spec, data, url = _setup(tmp_path, pruner_startup_trials=1, pruner_warmup_evaluations=5)
     study = search.open_study(spec, data.data_sha256, url)
-    study.enqueue_trial({"learning_rate": LEARNS})
-    study.enqueue_trial({"learning_rate": NEVER_LEARNS})
+    study.enqueue_trial({"learning_rate": NEVER_LEARNS})  # after the spec's own value
     first = search.run_trial(study, spec, data)
     second = search.run_trial(study, spec, data)
     assert search.run_trial(study, spec, data) is None, "n_trials=2 is spent"
 
+    assert first.params == {"learning_rate": LEARNS}, "the first trial is the spec's recipe"
     assert first.state == TrialState.COMPLETE and len(first.intermediate_values) == 8
     assert first.value > 0.5
     # Pruned at the first evaluation after the warm-up: 0.1 against the first trial's 0.73.
@@ -144,7 +144,9 @@ def test_a_killed_trial_is_failed_and_run_again(tmp_path):
     worker = _worker(spec, url, "hang")
     study = search.open_study(spec, data.data_sha256, url)
     deadline = time.monotonic() + 120
-    while not study.get_trials(states=(TrialState.RUNNING,)):
+    # Mid-trial: parameters drawn, heartbeat running (Optuna cannot tell a process killed in
+    # the milliseconds between claiming a trial and its first heartbeat from a slow one).
+    while not [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.params]:
         assert worker.poll() is None, worker.stderr.read()
         assert time.monotonic() < deadline, "the worker never started a trial"
         time.sleep(0.2)
