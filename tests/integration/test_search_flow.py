@@ -30,6 +30,7 @@ def test_train_with_search_registers_the_best_trial_with_its_evidence(
         },
         "n_trials": 3,
         "pruner": "none",
+        "parallel_trials": 2,  # two Prefect tasks at once, then the third
     }
     version = train(str(write_spec(spec)))
     client = _client()
