@@ -78,9 +78,9 @@ def run_trials(
     study = optuna_search.open_study(spec, data.data_sha256, settings.search_db)
     if parent_run_id is not None:
         study.set_user_attr(PARENT_RUN, parent_run_id)
-    done = optuna_search.trial_table(study)
+    finished = study.get_trials(deepcopy=False, states=optuna_search.FINISHED)
     print(
-        f"search: study {study.study_name} ({len(done)} trials so far), "
+        f"search: study {study.study_name} ({len(finished)} trials finished so far), "
         f"budget n_trials={search.n_trials} time_budget_s={search.time_budget_s}"
     )
     ran = 0
