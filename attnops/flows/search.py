@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect import flow
 
 from attnops.flows.tasks import compute_task, io_task
-from attnops.models import registry
+from attnops.models import registry, search_evidence
 from attnops.models import search as optuna_search
 from attnops.models.data import LabelledData, load_labelled_data
 from attnops.settings import Settings
@@ -61,9 +61,9 @@ def log_search(
     best = optuna_search.best_spec(spec, study)
     client = registry.client_for(settings)
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
-        files = optuna_search.write_evidence(study, Path(scratch))
+        files = search_evidence.write_evidence(study, Path(scratch))
         registry.log_search_evidence(client, run_id, files, study.best_trial.params)
-    return SearchOutcome(spec=best, card_section=optuna_search.summary_markdown(study))
+    return SearchOutcome(spec=best, card_section=search_evidence.summary_markdown(study))
 
 
 def run_trials(

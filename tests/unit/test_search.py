@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from attnops.models import search
+from attnops.models import search, search_evidence
 from attnops.models.data import load_labelled_data
 from attnops.spec import PipelineSpec, SpecError, load_spec
 from tests.conftest import TINY_BERT
@@ -102,15 +102,15 @@ def test_a_restarted_search_resumes_its_study_and_budget(tmp_path):
     params = [t.params["learning_rate"] for t in study.trials]
     assert len(set(params)) == 3, "each trial number seeds its own draws"
 
-    table = search.trial_table(study)
+    table = search_evidence.trial_table(study)
     assert list(table["trial"]) == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
-    files = search.write_evidence(study, tmp_path / "evidence")
+    files = search_evidence.write_evidence(study, tmp_path / "evidence")
     assert {f.name for f in files} == {
         "search_trials.csv", "search_trials.md", "search_best.json", "search_importance.png",
     }  # fmt: skip
     best = json.loads((tmp_path / "evidence" / "search_best.json").read_text())
     assert best["trial"] == study.best_trial.number
-    assert "learning_rate" in search.summary_markdown(study)
+    assert "learning_rate" in search_evidence.summary_markdown(study)
     # Raising the budget continues the same study instead of starting a new one.
     bigger = PipelineSpec.model_validate(_spec_dict(tmp_path, n_trials=4, pruner="none"))
     assert search.study_name(bigger, data.data_sha256) == study.study_name
@@ -164,7 +164,7 @@ def test_a_killed_trial_is_failed_and_run_again(tmp_path):
     assert [t.number for t in ran] == [1, 2]
     assert ran[0].params == killed.params and ran[0].system_attrs["failed_trial"] == 0
     assert [t.state for t in ran] == [TrialState.COMPLETE] * 2
-    assert search.trial_table(study)["retry_of"].tolist()[1] == 0
+    assert search_evidence.trial_table(study)["retry_of"].tolist()[1] == 0
 
 
 @pytest.mark.slow
