@@ -7,6 +7,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from attnops.flows.search import search
 from attnops.flows.train import train
 from attnops.models import registry
 from attnops.settings import Settings
@@ -84,3 +85,13 @@ def test_train_with_search_registers_the_best_trial_with_its_evidence(
     )
     resumed = client.get_run(again.run_id).data.params
     assert resumed["search.best.learning_rate"] == parent.data.params["search.best.learning_rate"]
+
+    # An extra worker (the `search` flow) on the same study runs what a raised budget adds,
+    # nested under the train run that last worked on the study.
+    spec["training"]["search"]["n_trials"] = 4
+    assert search(str(write_spec(spec))) == 1
+    (extra,) = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{again.run_id}'",
+    )
+    assert extra.data.tags["attnops.trial_number"] == "3"
