@@ -7,6 +7,7 @@ work-pool slots with the same spec and ATTNOPS_SEARCH_DB pointing at one shared 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from prefect import flow
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry, search_evidence
 from attnops.models import search as optuna_search
+from attnops.models.classifier import TrainedClassifier
 from attnops.models.data import LabelledData, load_labelled_data
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
@@ -30,6 +32,8 @@ class SearchOutcome:
     """The spec with the best trial's training values, to train and register."""
     card_section: str
     """Markdown for the model card: what was searched and what won."""
+    trained: TrainedClassifier | None
+    """The winning trial's model when this machine kept it; None: train `spec` again."""
 
 
 @compute_task
@@ -42,7 +46,7 @@ def run_trial(
     worked on the study (an extra worker's trials show up there too).
     """
     study = optuna_search.open_study(spec, data.data_sha256, settings.search_db)
-    trial = optuna_search.run_trial(study, spec, data)
+    trial = optuna_search.run_trial(study, spec, data, keep_dir=kept_trials(settings, study))
     if trial is None:
         return None
     parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN)
@@ -54,16 +58,39 @@ def run_trial(
 
 
 @io_task
-def log_search(
-    settings: Settings, run_id: str, spec: PipelineSpec, data: LabelledData
-) -> SearchOutcome:
+def log_search(settings: Settings, run_id: str, spec: PipelineSpec, data: LabelledData) -> str:
+    """The trial table, importance plot and best values on the run; the card's section."""
     study = optuna_search.open_study(spec, data.data_sha256, settings.search_db)
-    best = optuna_search.best_spec(spec, study)
     client = registry.client_for(settings)
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         files = search_evidence.write_evidence(study, Path(scratch))
         registry.log_search_evidence(client, run_id, files, study.best_trial.params)
-    return SearchOutcome(spec=best, card_section=search_evidence.summary_markdown(study))
+    return search_evidence.summary_markdown(study)
+
+
+@compute_task
+def best_configuration(
+    settings: Settings, spec: PipelineSpec, data: LabelledData
+) -> tuple[PipelineSpec, TrainedClassifier | None]:
+    """The best trial's spec, and its model if this machine kept it (the others are deleted)."""
+    study = optuna_search.open_study(spec, data.data_sha256, settings.search_db)
+    best = optuna_search.best_spec(spec, study)
+    kept_dir = kept_trials(settings, study)
+    winner = kept_dir / f"trial-{study.best_trial.number}"
+    trained = optuna_search.kept_classifier(best, data, winner)
+    for folder in kept_dir.glob("trial-*"):
+        if folder != winner:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(
+        f"best: trial {study.best_trial.number} {study.best_trial.params}, "
+        + ("kept" if trained else "not kept here: training it again")
+    )
+    return best, trained
+
+
+def kept_trials(settings: Settings, study) -> Path:
+    """Where this machine keeps the weights of the study's best trials so far."""
+    return settings.home / "search" / study.study_name
 
 
 def run_trials(
@@ -101,7 +128,9 @@ def run_search(
 ) -> SearchOutcome:
     """Run the spec's search (resuming its study) and return the best configuration."""
     run_trials(spec, data, settings, run_id)
-    return log_search(settings, run_id, spec, data)
+    best, trained = best_configuration(settings, spec, data)
+    card_section = log_search(settings, run_id, spec, data)
+    return SearchOutcome(spec=best, card_section=card_section, trained=trained)
 
 
 @flow(name="search", flow_run_name="search-{spec_path}", log_prints=True)

@@ -97,12 +97,14 @@ def train(
     checkpoints = settings.home / "checkpoints" / spec.name
     try:
         data = load_data(spec, spec_path)
-        card_section = None
+        card_section, trained = None, None
         if spec.training.search is not None:
-            # The study resumes after a restart; the best configuration is trained below.
+            # The study resumes after a restart; the winner is registered (trained again
+            # below when another machine ran it).
             searched = run_search(spec, data, settings, run_id)
-            spec, card_section = searched.spec, searched.card_section
-        trained = fine_tune(spec, data, checkpoints, resume)
+            spec, card_section, trained = searched.spec, searched.card_section, searched.trained
+        if trained is None:
+            trained = fine_tune(spec, data, checkpoints, resume)
         with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
             evaluation = evaluate(spec, trained, data, Path(scratch))
             version = register(spec, settings, run_id, trained, data, evaluation, card_section)

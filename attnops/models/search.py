@@ -14,20 +14,30 @@ what makes the search survive restarts and spread over processes:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import socket
 import warnings
 from datetime import datetime
+from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
+from safetensors.torch import load_model, save_model
 
-from attnops.models.classifier import train_classifier
-from attnops.models.data import LabelledData
+from attnops.models.batching import encode
+from attnops.models.calibration import fit_temperature, fold_temperature
+from attnops.models.classifier import TrainedClassifier, train_classifier
+from attnops.models.data import TEXT, LabelledData
+from attnops.models.distributed import rank_device
+from attnops.models.inference import predict
+from attnops.models.modeling import build_classifier, load_tokenizer
+from attnops.models.train import TrainResult
 from attnops.spec import PipelineSpec, SearchSpec, TrainingSpec
 
 OBJECTIVE = "best validation macro-F1"
@@ -135,12 +145,19 @@ def spent_seconds(trials: list[FrozenTrial]) -> float:
 
 
 def run_trial(
-    study: optuna.Study, spec: PipelineSpec, data: LabelledData, *, progress: bool = False
+    study: optuna.Study,
+    spec: PipelineSpec,
+    data: LabelledData,
+    *,
+    keep_dir: Path | None = None,
+    progress: bool = False,
 ) -> FrozenTrial | None:
     """Run the study's next trial here: a killed trial's parameters first, else new ones.
 
     The trial fine-tunes on the train split with its drawn `training` values and reports the
-    validation macro-F1 of every evaluation; the pruner may stop it there.
+    validation macro-F1 of every evaluation; the pruner may stop it there. A completed trial
+    that beats the study's best so far is kept in `keep_dir/trial-N`, so the winner can be
+    registered without training it again (`kept_classifier`).
 
     Returns:
         The finished (complete or pruned) trial, or None when the budget is already spent.
@@ -167,14 +184,58 @@ def run_trial(
                     f"(step {step}) is below the median of earlier trials"
                 )
 
+        best_so_far = max(
+            (t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+            default=float("-inf"),
+        )
         trained = train_classifier(trial_spec, data, on_evaluate=report, progress=progress)
-        return trained.result.best_val_macro_f1
+        score = trained.result.best_val_macro_f1
+        if keep_dir is not None and score > best_so_far:
+            keep_trial(keep_dir / f"trial-{trial.number}", trained)
+        return score
 
     finished: list[FrozenTrial] = []
     study.optimize(
         objective, n_trials=1, callbacks=[lambda _s, t: finished.append(t)], gc_after_trial=True
     )
     return finished[0]
+
+
+def keep_trial(folder: Path, trained: TrainedClassifier) -> None:
+    """A trial's best weights and training record, to register without training again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(trained.model, str(folder / "model.safetensors"))
+    (folder / "train_result.json").write_text(json.dumps(dataclasses.asdict(trained.result)))
+
+
+def kept_classifier(
+    spec: PipelineSpec, data: LabelledData, folder: Path
+) -> TrainedClassifier | None:
+    """The trial kept in `folder` (trained with `spec`'s values), calibrated as `spec` asks.
+
+    None when it was not kept here (e.g. another machine ran it): then train it again.
+    """
+    if not (folder / "model.safetensors").is_file():
+        return None
+    device = rank_device(spec.training.device)
+    tokenizer = load_tokenizer(spec.model)
+    model = build_classifier(spec.model, data.label_names)
+    load_model(model, str(folder / "model.safetensors"))
+    model.to(device).eval()
+    result = TrainResult(**json.loads((folder / "train_result.json").read_text()))
+    result = dataclasses.replace(result, run_card={**result.run_card, "search_trial": folder.name})
+    temperature = 1.0
+    if spec.training.calibrate:  # trials skip it: only the registered model needs it
+        frame = data.in_scope("validation")
+        validation = encode(
+            tokenizer, frame[TEXT].tolist(), spec.model.max_length, data.label_ids(frame)
+        )
+        probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
+        temperature = fit_temperature(probs, np.asarray(validation.labels))
+        fold_temperature(model, temperature)
+    return TrainedClassifier(
+        model=model, tokenizer=tokenizer, result=result, device=device, temperature=temperature
+    )
 
 
 def spec_for_trial(spec: PipelineSpec, trial: optuna.Trial) -> PipelineSpec:

@@ -64,6 +64,13 @@ def test_train_with_search_registers_the_best_trial_with_its_evidence(
     assert trained_with["batch_size"] == int(best.data.params["batch_size"])
     assert trained_with["search"] is None
 
+    # ... and is the best trial itself, kept rather than trained again.
+    run_card = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/run_card.json")
+    assert run_card["search_trial"] == f"trial-{best.data.tags['attnops.trial_number']}"
+    assert parent.data.metrics["best_val_macro_f1"] == best.data.metrics["best_val_macro_f1"]
+    kept = list((attnops_home / "search").glob("*/trial-*"))
+    assert [p.name for p in kept] == [run_card["search_trial"]], "only the winner stays on disk"
+
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "search")}
     assert {
         "search/search_trials.csv", "search/search_trials.md", "search/search_best.json",

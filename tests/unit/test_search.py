@@ -14,9 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from sklearn.metrics import f1_score
 
 from attnops.models import search, search_evidence
+from attnops.models.batching import encode
 from attnops.models.data import load_labelled_data
+from attnops.models.inference import predict
 from attnops.spec import PipelineSpec, SpecError, load_spec
 from tests.conftest import TINY_BERT
 
@@ -76,9 +79,10 @@ def test_a_trial_behind_the_median_is_pruned_at_an_evaluation(tmp_path):
     spec, data, url = _setup(tmp_path, pruner_startup_trials=1, pruner_warmup_evaluations=5)
     study = search.open_study(spec, data.data_sha256, url)
     study.enqueue_trial({"learning_rate": NEVER_LEARNS})  # after the spec's own value
-    first = search.run_trial(study, spec, data)
-    second = search.run_trial(study, spec, data)
-    assert search.run_trial(study, spec, data) is None, "n_trials=2 is spent"
+    kept = tmp_path / "kept"
+    first = search.run_trial(study, spec, data, keep_dir=kept)
+    second = search.run_trial(study, spec, data, keep_dir=kept)
+    assert search.run_trial(study, spec, data, keep_dir=kept) is None, "n_trials=2 is spent"
 
     assert first.params == {"learning_rate": LEARNS}, "the first trial is the spec's recipe"
     assert first.state == TrialState.COMPLETE and len(first.intermediate_values) == 8
@@ -86,8 +90,20 @@ def test_a_trial_behind_the_median_is_pruned_at_an_evaluation(tmp_path):
     # Pruned at the first evaluation after the warm-up: 0.1 against the first trial's 0.73.
     assert second.state == TrialState.PRUNED
     assert sorted(second.intermediate_values) == [1, 2, 3, 4, 5]
-    assert search.best_spec(spec, study).training.learning_rate == LEARNS
-    assert search.best_spec(spec, study).training.search is None
+    best = search.best_spec(spec, study)
+    assert best.training.learning_rate == LEARNS and best.training.search is None
+
+    # The winner is kept (a pruned trial is not): registering it needs no second training.
+    assert sorted(p.name for p in kept.iterdir()) == ["trial-0"]
+    trained = search.kept_classifier(best, data, kept / "trial-0")
+    assert trained.result.best_val_macro_f1 == first.value
+    assert trained.result.run_card["search_trial"] == "trial-0"
+    frame = data.in_scope("validation")
+    validation = encode(trained.tokenizer, frame["text"].tolist(), 16, data.label_ids(frame))
+    predicted = predict(trained.model, validation, pad_id=0, device=trained.device).labels
+    kept_f1 = f1_score(validation.labels, predicted, average="macro", zero_division=0)
+    assert kept_f1 == pytest.approx(first.value), "calibration keeps the predictions"
+    assert search.kept_classifier(best, data, kept / "trial-1") is None
 
 
 def test_a_restarted_search_resumes_its_study_and_budget(tmp_path):
