@@ -95,12 +95,12 @@ def summary_markdown(study: optuna.Study) -> str:
         f"Optuna study `{study.study_name}`: {len(table)} trials "
         f"({', '.join(f'{n} {s.lower()}' for s, n in sorted(states.items()))}), "
         f"{spent_seconds(study.get_trials(deepcopy=False)):.0f} s of trial time. "
-        f"Best: trial {best.number}, {OBJECTIVE} {best.value:.4f}, trained again for this version:",
+        f"Best: trial {best.number}, {OBJECTIVE} {best.value:.4f}, with:",
         "",
         *[f"- `{name}`: {value}" for name, value in best.params.items()],
         "",
         "Trial table, parameter importance and best values: run artifacts under `search/`; "
-        "each trial is a nested run of this one.",
+        "each trial is a nested MLflow run of the train run that ran it.",
     ]
     return "\n".join(lines) + "\n"
 
