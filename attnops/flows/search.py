@@ -29,7 +29,7 @@ PARENT_RUN = "mlflow_parent_run_id"
 @dataclass(frozen=True)
 class SearchOutcome:
     spec: PipelineSpec
-    """The spec with the best trial's training values, to train and register."""
+    """The spec with the best trial's training values: what the registered model used."""
     card_section: str
     """Markdown for the model card: what was searched and what won."""
     trained: TrainedClassifier | None
