@@ -132,6 +132,16 @@ def test_a_restarted_search_resumes_its_study_and_budget(tmp_path):
     assert search.study_name(bigger, data.data_sha256) == study.study_name
 
 
+def test_a_time_budget_stops_new_trials_once_the_trial_time_is_spent(tmp_path):
+    spec, data, url = _setup(tmp_path, n_trials=None, time_budget_s=0.5, pruner="none")
+    study = search.open_study(spec, data.data_sha256, url)
+    assert search.trials_left(study, spec.training.search) == 1  # parallel_trials
+    first = search.run_trial(study, spec, data)
+    assert first.duration.total_seconds() > 0.5, "a started trial runs to its end"
+    assert search.run_trial(study, spec, data) is None
+    assert search.spent_seconds(study.get_trials()) == first.duration.total_seconds()
+
+
 WORKER = """
 import json, sys, time
 from attnops.models import classifier, search
