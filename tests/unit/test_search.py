@@ -143,8 +143,9 @@ def test_a_time_budget_stops_new_trials_once_the_trial_time_is_spent(tmp_path):
 
 
 WORKER = """
-import json, sys, time
-from attnops.models import classifier, search
+import json, os, sys, time
+from pathlib import Path
+from attnops.models import search
 from attnops.models.data import load_labelled_data
 from attnops.spec import PipelineSpec
 
@@ -153,27 +154,46 @@ if sys.argv[3] == "hang":  # a trial that never ends, until the test kills the p
     search.train_classifier = lambda *a, **k: time.sleep(3600)
 data = load_labelled_data(spec.data)
 study = search.open_study(spec, data.data_sha256, sys.argv[2])
+barrier = Path(sys.argv[4])  # start together: imports take long on a busy machine
+(barrier / f"ready-{os.getpid()}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.05)
 while search.run_trial(study, spec, data) is not None:
     pass
 """
 
 
-def _worker(spec: PipelineSpec, url: str, mode: str) -> subprocess.Popen:
+def _workers(spec: PipelineSpec, url: str, mode: str, folder: Path, n: int = 1) -> list:
+    """`n` processes running the study's trials, started together once all are ready."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-c", WORKER, spec.model_dump_json(), url, mode]
-    return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, "-c", WORKER, spec.model_dump_json(), url, mode, str(folder)]
+    workers = []
+    for i in range(n):
+        with (folder / f"worker-{i}.log").open("w") as log:  # a pipe could fill and block
+            workers.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=log))
+    deadline = time.monotonic() + 180
+    while len(list(folder.glob("ready-*"))) < n:
+        assert all(w.poll() is None for w in workers), _logs(folder)
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+    (folder / "go").touch()
+    return workers
+
+
+def _logs(folder: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sorted(folder.glob("worker-*.log")))
 
 
 @pytest.mark.slow
 def test_a_killed_trial_is_failed_and_run_again(tmp_path):
     spec, data, url = _setup(tmp_path, pruner="none")
-    worker = _worker(spec, url, "hang")
+    (worker,) = _workers(spec, url, "hang", tmp_path)
     study = search.open_study(spec, data.data_sha256, url)
     deadline = time.monotonic() + 120
     # Mid-trial: parameters drawn, heartbeat running (Optuna cannot tell a process killed in
     # the milliseconds between claiming a trial and its first heartbeat from a slow one).
     while not [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.params]:
-        assert worker.poll() is None, worker.stderr.read()
+        assert worker.poll() is None, _logs(tmp_path)
         assert time.monotonic() < deadline, "the worker never started a trial"
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)  # mid-trial: no chance to clean up
@@ -197,9 +217,8 @@ def test_a_killed_trial_is_failed_and_run_again(tmp_path):
 def test_two_processes_sharing_a_study_run_distinct_trials(tmp_path):
     spec, data, url = _setup(tmp_path, {"epochs": 3}, n_trials=6, pruner="none")
     search.open_study(spec, data.data_sha256, url)  # created once, before the race
-    workers = [_worker(spec, url, "run") for _ in range(2)]
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-3000:]
+    for worker in _workers(spec, url, "run", tmp_path, n=2):
+        assert worker.wait(timeout=300) == 0, _logs(tmp_path)
 
     study = search.open_study(spec, data.data_sha256, url)
     trials = study.get_trials()
