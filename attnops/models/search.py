@@ -120,27 +120,35 @@ def trials_left(study: optuna.Study, search: SearchSpec) -> int:
     """Trials that may start now: 0 once the budget is spent by finished and running trials.
 
     Killed trials are failed first (their heartbeat went stale), so they stop holding a
-    slot. With only a time budget, any number may start until the time is spent.
+    slot. With only a time budget, any number may start until the time is spent. Until a
+    trial completes, one more may always start: a search ends with a configuration to use.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     if search.time_budget_s is not None and spent_seconds(trials) >= search.time_budget_s:
-        return 0
-    if search.n_trials is None:
-        return search.parallel_trials
-    taken = sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
-    return max(0, search.n_trials - taken)
+        left = 0
+    elif search.n_trials is None:
+        left = search.parallel_trials
+    else:
+        taken = sum(t.state in (*FINISHED, TrialState.RUNNING) for t in trials)
+        left = max(0, search.n_trials - taken)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return max(left, 1)
+    return left
 
 
 def spent_seconds(trials: list[FrozenTrial]) -> float:
-    """Trial time the study has used: every trial's run time, running ones so far."""
+    """Trial time charged to the budget: finished trials, and running ones so far.
+
+    A failed (killed) trial is not charged, as it does not count against `n_trials`.
+    """
     now = datetime.now()
     return sum(
         ((t.datetime_complete or now) - t.datetime_start).total_seconds()
         for t in trials
-        if t.datetime_start is not None
+        if t.datetime_start is not None and t.state in (*FINISHED, TrialState.RUNNING)
     )
 
 

@@ -142,6 +142,18 @@ def test_a_time_budget_stops_new_trials_once_the_trial_time_is_spent(tmp_path):
     assert search.spent_seconds(study.get_trials()) == first.duration.total_seconds()
 
 
+def test_a_killed_trial_costs_no_budget_and_a_search_ends_with_a_result(tmp_path):
+    spec, data, url = _setup(tmp_path, n_trials=None, time_budget_s=0.5, pruner="none")
+    study = search.open_study(spec, data.data_sha256, url)
+    killed = study.ask()
+    time.sleep(0.6)
+    # Still running (not yet stale) and over the budget: nothing has completed, so one more.
+    assert search.trials_left(study, spec.training.search) == 1
+    study.tell(killed, state=TrialState.FAIL)
+    assert search.spent_seconds(study.get_trials()) == 0
+    assert search.trials_left(study, spec.training.search) == 1
+
+
 WORKER = """
 import json, os, sys, time
 from pathlib import Path
