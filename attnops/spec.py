@@ -155,8 +155,9 @@ class SearchSpec(_Section):
     time_budget_s: float | None = Field(
         None,
         gt=0,
-        description="No trial starts once the study's trials have run this many "
-        "seconds in total (summed over all workers and restarts).",
+        description="No trial starts once the study's finished and running trials "
+        "have run this many seconds in total (summed over all workers and restarts; killed "
+        "trials are not charged).",
     )
     parallel_trials: int = Field(
         1,
