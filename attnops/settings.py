@@ -23,12 +23,14 @@ class Settings:
     """Where the monitor pushes its gauges for Prometheus; None pushes nothing."""
     service_timeout_s: float = 10.0
     """Longest wait for one call to a service (MLflow, Prefect, inference log, Pushgateway)."""
+    search_db: str | None = None
+    """SQLAlchemy URL of the hyperparameter-search studies (`from_env`: SQLite under home)."""
 
     @classmethod
     def from_env(cls) -> Settings:
         """Embedded defaults in ./.attnops unless ATTNOPS_HOME / MLFLOW_TRACKING_URI /
         ATTNOPS_ARTIFACT_ROOT / ATTNOPS_INFERENCE_DB / ATTNOPS_PUSHGATEWAY_URL /
-        ATTNOPS_SERVICE_TIMEOUT_S say otherwise."""
+        ATTNOPS_SERVICE_TIMEOUT_S / ATTNOPS_SEARCH_DB say otherwise."""
         home = Path(os.environ.get("ATTNOPS_HOME", ".attnops")).resolve()
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
         embedded = tracking_uri.startswith("sqlite:")
@@ -43,6 +45,7 @@ class Settings:
             or f"sqlite:///{home / 'inference.db'}",
             pushgateway_url=os.environ.get("ATTNOPS_PUSHGATEWAY_URL") or None,
             service_timeout_s=service_timeout_s(),
+            search_db=os.environ.get("ATTNOPS_SEARCH_DB") or f"sqlite:///{home / 'search.db'}",
         )
 
     def prepare(self) -> None:

@@ -114,6 +114,124 @@ class DistributedSpec(_Section):
         return self
 
 
+class SearchParam(_Section):
+    """The range one hyperparameter is drawn from in a search trial."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = Field(None, description="Smallest value (float and int).")
+    high: float | None = Field(None, description="Largest value, inclusive (float and int).")
+    log: bool = Field(False, description="Draw uniformly on a log scale (learning rates).")
+    step: float | None = Field(None, gt=0, description="Grid step (float and int; not with log).")
+    choices: tuple[int | float | str | bool | None, ...] = Field(
+        (), description="The values a categorical parameter takes."
+    )
+
+    @model_validator(mode="after")
+    def _range_fits_type(self) -> SearchParam:
+        if self.type == "categorical":
+            if len(self.choices) < 2:
+                raise ValueError("a categorical parameter needs at least 2 choices")
+            return self
+        if self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(
+                f"a {self.type} parameter needs low < high (got {self.low}, {self.high})"
+            )
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log=true needs low > 0 and no step")
+        if self.type == "int" and not (
+            float(self.low).is_integer() and float(self.high).is_integer()
+        ):
+            raise ValueError("an int parameter needs whole-number low and high")
+        return self
+
+
+class SearchSpec(_Section):
+    """Hyperparameter search (Optuna) run by the train flow before the final fine-tune.
+
+    Each trial fine-tunes with its drawn `training` values and scores the best validation
+    macro-F1; trials that fall behind at an evaluation are pruned. The study lives in the
+    database named by ATTNOPS_SEARCH_DB (default: SQLite under ATTNOPS_HOME), so a restarted
+    flow resumes it and several processes sharing one URL split the trials between them.
+    The best configuration is then trained and registered like any other version.
+    """
+
+    params: dict[str, SearchParam] = Field(
+        description="Fields of `training` to search, each with its range, e.g. "
+        "learning_rate: {type: float, low: 1e-5, high: 3e-4, log: true}."
+    )
+    n_trials: int | None = Field(
+        None,
+        ge=1,
+        description="Trials that finish (complete or pruned), over all workers and "
+        "restarts; a killed trial is run again and does not count.",
+    )
+    time_budget_s: float | None = Field(
+        None,
+        gt=0,
+        description="No trial starts once the study's finished and running trials "
+        "have run this many seconds in total (summed over all workers and restarts; killed "
+        "trials are not charged).",
+    )
+    parallel_trials: int = Field(
+        1,
+        ge=1,
+        description="Trials this flow runs at once (Prefect tasks on its task runner). "
+        "On a CPU, 1: parallel trials share the cores.",
+    )
+    sampler_startup_trials: int = Field(
+        5, ge=1, description="Random trials before TPE models the results."
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median",
+        description="Prune a trial whose validation score at an evaluation is below "
+        "the median of earlier trials at the same evaluation.",
+    )
+    pruner_startup_trials: int = Field(
+        2, ge=0, description="Finished trials before any trial can be pruned."
+    )
+    pruner_warmup_evaluations: int = Field(
+        1, ge=0, description="Evaluations of each trial before it can be pruned."
+    )
+    heartbeat_interval_s: int = Field(
+        30, ge=1, description="A running trial writes a heartbeat to the study this often."
+    )
+    grace_period_s: int = Field(
+        120,
+        ge=1,
+        description="A running trial without a heartbeat for this long was killed: it "
+        "is marked failed and its parameters are queued to run again.",
+    )
+    max_retries: int = Field(1, ge=0, description="Reruns of a killed trial's parameters.")
+    first_trial_from_spec: bool = Field(
+        True,
+        description="A new study's first trial uses the values written in `training` (those "
+        "inside the ranges), so the hand-set recipe is one of the candidates.",
+    )
+    study_name: str | None = Field(
+        None,
+        description="Default: the spec name, data fingerprint and search settings, so the "
+        "same spec on the same data resumes the same study.",
+    )
+
+    @model_validator(mode="after")
+    def _searchable_and_bounded(self) -> SearchSpec:
+        if self.n_trials is None and self.time_budget_s is None:
+            raise ValueError("set n_trials, time_budget_s or both: the search needs a budget")
+        if not self.params:
+            raise ValueError("params is empty: name at least one training field to search")
+        fixed = {"search", "distributed", "device", "seed", "num_threads"}
+        for name in self.params:
+            if name not in TrainingSpec.model_fields or name in fixed:
+                searchable = sorted(set(TrainingSpec.model_fields) - fixed)
+                raise ValueError(
+                    f"params.{name} is not a searchable training field (choose from "
+                    f"{', '.join(searchable)})"
+                )
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError("grace_period_s must be longer than heartbeat_interval_s")
+        return self
+
+
 class TrainingSpec(_Section):
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(
@@ -167,6 +285,11 @@ class TrainingSpec(_Section):
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec,
         description="Processes and nodes for data-parallel training (default: one process).",
+    )
+    search: SearchSpec | None = Field(
+        None,
+        description="Hyperparameter search before the final fine-tune (default: none, train "
+        "with the values above).",
     )
 
     @model_validator(mode="after")

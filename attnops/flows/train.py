@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from attnops.flows.search import run_search
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry
 from attnops.models.classifier import TrainedClassifier, train_classifier
@@ -64,6 +65,7 @@ def register(
     trained: TrainedClassifier,
     data: LabelledData,
     evaluation: Evaluation,
+    card_section: str | None = None,
 ) -> registry.RegisteredVersion:
     client = registry.client_for(settings)
     registry.log_evidence(client, run_id, data, trained, evaluation)
@@ -75,6 +77,7 @@ def register(
         tokenizer=trained.tokenizer,
         data=data,
         evaluation=evaluation,
+        card_section=card_section,
     )
 
 
@@ -96,10 +99,17 @@ def train(
     checkpoints = settings.home / "checkpoints" / spec.name
     try:
         data = load_data(spec, spec_path)
-        trained = fine_tune(spec, data, checkpoints, resume)
+        card_section, trained = None, None
+        if spec.training.search is not None:
+            # The study resumes after a restart; the winner is registered (trained again
+            # below when another machine ran it).
+            searched = run_search(spec, data, settings, run_id)
+            spec, card_section, trained = searched.spec, searched.card_section, searched.trained
+        if trained is None:
+            trained = fine_tune(spec, data, checkpoints, resume)
         with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
             evaluation = evaluate(spec, trained, data, Path(scratch))
-            version = register(spec, settings, run_id, trained, data, evaluation)
+            version = register(spec, settings, run_id, trained, data, evaluation, card_section)
     except BaseException as exc:
         try:
             client = registry.client_for(settings)

@@ -20,7 +20,7 @@ from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
-from attnops.models.train import StepCallback, TrainResult, fine_tune
+from attnops.models.train import EvaluationCallback, StepCallback, TrainResult, fine_tune
 from attnops.spec import PipelineSpec
 
 
@@ -42,6 +42,7 @@ def train_classifier(
     resume: bool = False,
     on_step: StepCallback | None = None,
     progress: bool = True,
+    on_evaluate: EvaluationCallback | None = None,
 ) -> TrainedClassifier:
     """Build the spec's model over the data's labels and fine-tune it on the train split.
 
@@ -59,8 +60,8 @@ def train_classifier(
     if checkpoint_dir is not None and rank.is_main:
         _prepare_checkpoints(spec, data, checkpoint_dir, resume)
     if spec.training.distributed.world_size > 1 and not distributed.in_process_group():
-        if on_step is not None:
-            raise ValueError("on_step cannot follow a torchrun job; use one process")
+        if on_step is not None or on_evaluate is not None:
+            raise ValueError("on_step/on_evaluate cannot follow a torchrun job; use one process")
         from attnops.models.torchrun_entry import train_with_torchrun  # imports this module
 
         return train_with_torchrun(
@@ -89,6 +90,7 @@ def train_classifier(
         resume=resume,
         on_step=on_step,
         progress=progress,
+        on_evaluate=on_evaluate,
     )
     temperature = 1.0
     if spec.training.calibrate and rank.is_main:

@@ -165,8 +165,12 @@ def register_version(
     tokenizer,
     data: LabelledData,
     evaluation: Evaluation,
+    card_section: str | None = None,
 ) -> RegisteredVersion:
-    """Log the model with its tokenizer, create the version with its tags, alias it challenger."""
+    """Log the model with its tokenizer, create the version with its tags, alias it challenger.
+
+    `card_section` (markdown, e.g. the hyperparameter search's summary) ends the model card.
+    """
     tok_hash = tokenizer_sha256(tokenizer)
     _check_tokenizer_roundtrip(tokenizer, tok_hash)
     tags = {
@@ -187,6 +191,8 @@ def register_version(
         ),
     )
     card = model_card(spec, data, evaluation, tags)
+    if card_section:
+        card = f"{card}\n{card_section}"
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tags(tags)
         mlflow.log_text(card, "model_card.md")
@@ -254,6 +260,46 @@ def stored_weights_sha256(model_uri: str) -> str:
     with tempfile.TemporaryDirectory() as folder:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder)
         return weights_sha256(Path(local))[0]
+
+
+def log_trial(client: MlflowClient, parent_run_id: str, study_name: str, trial) -> str:
+    """A finished search trial as a nested run of `parent_run_id`: its parameters, its
+    validation score at every evaluation, its state. Returns the nested run's id."""
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"trial-{trial.number}",
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            f"{TAG}stage": "search-trial",
+            f"{TAG}study": study_name,
+            f"{TAG}trial_number": str(trial.number),
+            f"{TAG}trial_state": trial.state.name,
+        },
+    )
+    now_ms = int(time.time() * 1000)
+    metrics = [
+        Metric("val_macro_f1", float(value), now_ms, int(step))
+        for step, value in sorted(trial.intermediate_values.items())
+    ]
+    if trial.value is not None:
+        metrics.append(Metric("best_val_macro_f1", float(trial.value), now_ms, 0))
+    if trial.duration is not None:
+        metrics.append(Metric("trial_seconds", trial.duration.total_seconds(), now_ms, 0))
+    params = [Param(name, str(value)) for name, value in trial.params.items()]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+def log_search_evidence(
+    client: MlflowClient, run_id: str, files: list, best_params: dict[str, object]
+) -> None:
+    """The search's trial table, importance plot and best values on the training run."""
+    for path in files:
+        client.log_artifact(run_id, str(path), "search")
+    params = [Param(f"search.best.{name}", str(value)) for name, value in best_params.items()]
+    client.log_batch(run_id, params=params)
 
 
 def git_sha() -> str:

@@ -39,6 +39,7 @@ from attnops.models.modeling import count_parameters
 from attnops.spec import TrainingSpec
 
 StepCallback = Callable[[int, dict[str, float]], None]
+EvaluationCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def fine_tune(
     resume: bool = False,
     on_step: StepCallback | None = None,
     progress: bool = True,
+    on_evaluate: EvaluationCallback | None = None,
 ) -> TrainResult:
     """Train `model` in place and leave it holding the best validation weights.
 
@@ -90,6 +92,8 @@ def fine_tune(
         on_step: called after every optimizer step with (step, metrics); may raise to stop.
             Metrics are over all ranks.
         progress: show a progress bar.
+        on_evaluate: called by rank 0 after every validation evaluation with (step,
+            validation macro-F1); may raise to stop (a search prunes a trial this way).
     """
     rank = distributed.world()
     cuda = device.type == "cuda"
@@ -217,6 +221,8 @@ def fine_tune(
                     if checkpoint_dir:
                         save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
                     stopped_early = bool(patience and state.evals_without_improvement >= patience)
+                    if on_evaluate:
+                        on_evaluate(state.step, score)
                 # The other ranks wait here while rank 0 evaluates and writes (bounded by
                 # distributed.timeout_s), then all stop or go on together.
                 stopped_early = distributed.broadcast_from_main(stopped_early, rank)
