@@ -49,11 +49,20 @@ class Evaluation:
 
 
 def evaluate_classifier(
-    model, tokenizer, data: LabelledData, spec: PipelineSpec, *, device: torch.device, out_dir: Path
+    model,
+    tokenizer,
+    data: LabelledData,
+    spec: PipelineSpec,
+    *,
+    device: torch.device,
+    out_dir: Path,
+    fit: dict[str, object] | None = None,
 ) -> Evaluation:
     """Score the model on the test split and profile it on the validation split.
 
     Writes the PNG figures, `evaluation.json` and the reference profile into `out_dir`.
+    `fit` (the training's `models.fit` diagnosis) is kept in the report as `fit`, with its
+    train accuracy and an `underfit` flag (1/0) among the metrics.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg, max_length, pad_id = spec.evaluation, spec.model.max_length, tokenizer.pad_token_id
@@ -194,6 +203,10 @@ def evaluate_classifier(
     plots.head_matrix_png(
         attention.importance, "Head importance (per-layer L2-normalised)", files[4]
     )
+    if fit:
+        report["fit"] = fit
+        metrics["train_accuracy_sample"] = float(fit["train_accuracy"])
+        metrics["underfit"] = float(fit["diagnosis"] == "underfit")
     files.append(out_dir / EVALUATION_JSON)
     files[-1].write_text(json.dumps(report, indent=2))
     # Per-input results (no text: inputs may hold PII), so a reviewer or a paired test
