@@ -154,6 +154,12 @@ class TrainingSpec(_Section):
         description="Clip the gradient norm to this (it guards the head's large early steps). "
         "None: no clipping and no grad_norm metric (saves a pass over all gradients).",
     )
+    fused_optimizer: bool = Field(
+        True,
+        description="One fused AdamW kernel over all parameters (CPU and CUDA): ~5x less time "
+        "per optimizer step than torch's per-tensor loop for MiniLM on a CPU, same updates up "
+        "to rounding. False: torch's default implementation.",
+    )
     early_stopping_patience: int | None = Field(
         2,
         ge=1,
