@@ -17,6 +17,7 @@ import numpy as np
 
 from attnops.models.batching import Encoded
 from attnops.models.inference import predict
+from attnops.spec import TrainingSpec
 
 FIT_SAMPLE_SIZE = 1000
 """Training examples scored for train accuracy (a seeded sample): ~1 s for MiniLM on a CPU."""
@@ -36,6 +37,20 @@ def train_accuracy(model, train: Encoded, *, pad_id: int, device, seed: int) -> 
     )
     predicted = predict(model, sample, pad_id=pad_id, device=device).labels
     return float((predicted == np.asarray(sample.labels)).mean()), n
+
+
+def assess_fit(
+    model, train: Encoded, history, cfg: TrainingSpec, *, stopped_by: str, pad_id: int, device
+) -> dict[str, object]:
+    """Score a sample of the training split with the kept weights and diagnose the fit."""
+    accuracy, sample = train_accuracy(model, train, pad_id=pad_id, device=device, seed=cfg.seed)
+    return diagnose_fit(
+        history,
+        train_accuracy=accuracy,
+        train_sample=sample,
+        stopped_by=stopped_by,
+        min_train_accuracy=cfg.underfit_train_accuracy,
+    )
 
 
 def diagnose_fit(

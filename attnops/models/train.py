@@ -34,7 +34,7 @@ from attnops.models.checkpoints import (
     save_best,
     save_checkpoint,
 )
-from attnops.models.fit import describe_fit, diagnose_fit, train_accuracy
+from attnops.models.fit import assess_fit, describe_fit
 from attnops.models.inference import predict
 from attnops.models.modeling import count_parameters
 from attnops.spec import TrainingSpec
@@ -261,18 +261,10 @@ def fine_tune(
     model.eval()
     fit = {}
     if rank.is_main:
-        stopped_by = "epochs"
-        if stopped_early:
-            stopped_by = "early_stopping"
-        elif total_steps < plan.epochs * plan.steps_per_epoch:
-            stopped_by = "max_steps"
-        accuracy, sample = train_accuracy(model, train, pad_id=pad_id, device=device, seed=cfg.seed)
-        fit = diagnose_fit(
-            state.history,
-            train_accuracy=accuracy,
-            train_sample=sample,
-            stopped_by=stopped_by,
-            min_train_accuracy=cfg.underfit_train_accuracy,
+        cut = total_steps < plan.epochs * plan.steps_per_epoch
+        stopped_by = "early_stopping" if stopped_early else "max_steps" if cut else "epochs"
+        fit = assess_fit(
+            model, train, state.history, cfg, stopped_by=stopped_by, pad_id=pad_id, device=device
         )
         card["fit"] = fit
         print(describe_fit(fit))

@@ -185,7 +185,7 @@ def test_default_recipe_plans_by_data_size_and_says_why():
     from attnops.models.recipe import plan_training
 
     plan = plan_training(TrainingSpec(), 7924)  # BANKING77's 67 trained intents
-    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (248, 9, 2232)
+    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (248, 7, 1736)
     assert plan.warmup_steps == 104 and plan.head_learning_rate == 2e-3
     assert plan.reasons["head_learning_rate"].startswith("0.002: default, 20x the encoder's")
     assert "early stopping after 2 evaluations" in plan.reasons["epochs"]
