@@ -295,3 +295,13 @@ def test_model_card_leads_an_underfit_model_with_its_reasons():
     assert "- train accuracy 0.620 on 1000 training examples is below 0.9" in text
     assert "Fix: train longer" in text
     assert _fit_section(None) == []
+
+
+def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop(tokenizer):
+    data = _data(tokenizer)
+    fused, loop = _model(NO_DROPOUT), _model(NO_DROPOUT)
+    for model, flag in ((fused, True), (loop, False)):
+        cfg = _cfg(epochs=3, batch_size=4, fused_optimizer=flag)
+        fine_tune(model, data, data, cfg, pad_id=0, device=CPU, progress=False)
+    for (name, a), b in zip(fused.state_dict().items(), loop.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
