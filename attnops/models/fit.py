@@ -73,8 +73,7 @@ def diagnose_fit(
     losses = [row["train_loss_mean"] for row in history]
     scores = [row["val_macro_f1"] for row in history]
     loss_drop = (losses[-2] - losses[-1]) / losses[-2] if len(losses) >= 2 and losses[-2] else 0.0
-    last_is_best = bool(scores) and scores[-1] >= max(scores) and len(scores) >= 2
-    last_improved = last_is_best and scores[-1] > max(scores[:-1])
+    last_improved = len(scores) >= 2 and scores[-1] > max(scores[:-1])
     reasons = []
     if train_accuracy < min_train_accuracy:
         reasons.append(
