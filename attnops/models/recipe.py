@@ -125,5 +125,5 @@ def freeze_embeddings(cfg: TrainingSpec, model: ModelSpec) -> tuple[bool, str]:
         return False, "trained: default for a randomly initialised model (config_overrides)"
     return True, (
         "frozen: default for pretrained weights (half of MiniLM's parameters need no "
-        "optimizer update; same accuracy on BANKING77)"
+        "optimizer update, at the same accuracy)"
     )
