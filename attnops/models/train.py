@@ -104,9 +104,9 @@ def fine_tune(
     rank = distributed.world()
     cuda = device.type == "cuda"
     model.to(device)
-    # The fused AdamW kernel updates all parameters in one pass, on CPU too: 8x less CPU
+    # The fused AdamW kernel updates all parameters in one pass, on CPU too: 7x less CPU
     # time per step than the default per-tensor loop for MiniLM, where that loop and the
-    # clipping took a quarter of each step on short texts (README "Training recipe").
+    # clipping took a fifth of each step on short texts (README "Benchmarks").
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg), lr=cfg.learning_rate, fused=cfg.fused_optimizer or None
     )
