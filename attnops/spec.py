@@ -110,7 +110,7 @@ class TrainingSpec(_Section):
         None,
         ge=1,
         description="Most passes over the training data; early stopping usually ends sooner. "
-        "Default: enough epochs for about 1,500 optimizer steps, at least 3 and at most 30.",
+        "Default: enough epochs for about 700 optimizer steps, at least 3 and at most 30.",
     )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (at most `epochs`)."

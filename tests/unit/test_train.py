@@ -181,12 +181,12 @@ def test_frozen_embeddings_stay_as_built_while_the_rest_learns(demo_dir, tmp_pat
 
 
 def test_default_recipe_plans_by_data_size_and_says_why():
-    """Epochs for ~1,500 steps within 3-30, clamped warmup, head at 20x the encoder."""
+    """Epochs for ~700 steps within 3-30, clamped warmup, head at 20x the encoder."""
     from attnops.models.recipe import plan_training
 
     plan = plan_training(TrainingSpec(), 7924)  # BANKING77's 67 trained intents
-    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (248, 7, 1736)
-    assert plan.warmup_steps == 104 and plan.head_learning_rate == 2e-3
+    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (248, 3, 744)
+    assert plan.warmup_steps == 45 and plan.head_learning_rate == 2e-3
     assert plan.reasons["head_learning_rate"].startswith("0.002: default, 20x the encoder's")
     assert "early stopping after 2 evaluations" in plan.reasons["epochs"]
     tiny, huge = plan_training(TrainingSpec(), 100), plan_training(TrainingSpec(), 500_000)
