@@ -84,4 +84,6 @@ def _fit_section(fit: dict | None) -> list[str]:
     ]
     if fit["reasons"]:
         lines += ["", *(f"- {reason}" for reason in fit["reasons"]), "", f"Fix: {fit['advice']}."]
+    if fit["notes"]:
+        lines += ["", *(f"- Note: {note}" for note in fit["notes"])]
     return lines

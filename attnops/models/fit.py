@@ -1,14 +1,14 @@
 """Did the model fit its training data? The `underfit` diagnosis, with its figures.
 
 A model that scores below a TF-IDF baseline usually has not learnt its own training data:
-too few steps, or a learning rate too small for the new head. Two signs, either enough:
+too few steps, or a learning rate too small for the new head. The sign is accuracy on a
+sample of the training split (with the weights that are kept) far below 1: `underfit`.
 
-- accuracy on a sample of the training split (with the weights that are kept) far below 1;
-- the budget (epochs / max_steps) ran out while the model was still learning: the last
-  evaluation set a new best validation macro-F1 and the mean train loss was still falling.
-
-Early stopping ends a run because validation stopped improving, so the second sign does not
-apply to it (its train loss keeps falling as it starts to overfit).
+A budget (epochs / max_steps) that ran out while the model was still learning (the last
+evaluation set a new best validation macro-F1 and the mean train loss was still falling) is
+a note, not a diagnosis: with the rate annealed to zero the last epoch is usually the best
+and its loss falls fastest. The default BANKING77 run ended so (loss -46% in its last epoch)
+at train accuracy 0.977 and test accuracy 0.935, far above the TF-IDF baseline.
 """
 
 from __future__ import annotations
@@ -80,11 +80,14 @@ def diagnose_fit(
             f"train accuracy {train_accuracy:.3f} on {train_sample} training examples is below "
             f"{min_train_accuracy:g}: the model has not learnt its own training data"
         )
-    if stopped_by != "early_stopping" and last_improved and loss_drop > STILL_FALLING:
-        reasons.append(
+    # Early stopping ends a run because validation stopped improving: never still learning.
+    still_learning = stopped_by != "early_stopping" and last_improved and loss_drop > STILL_FALLING
+    notes = []
+    if still_learning:
+        notes.append(
             f"the budget ({stopped_by}) ran out while still learning: the last evaluation set "
             f"a new best validation macro-F1 ({scores[-1]:.4f}) and the mean train loss fell "
-            f"{100 * loss_drop:.0f}% over the last interval"
+            f"{100 * loss_drop:.0f}% over the last interval; more epochs may help"
         )
     diagnosis = "underfit" if reasons else "ok"
     advice = (
@@ -97,6 +100,8 @@ def diagnose_fit(
         "diagnosis": diagnosis,
         "reasons": reasons,
         "advice": advice,
+        "still_learning": still_learning,
+        "notes": notes,
         "train_accuracy": train_accuracy,
         "train_accuracy_examples": train_sample,
         "min_train_accuracy": min_train_accuracy,
@@ -119,4 +124,4 @@ def describe_fit(fit: dict[str, object]) -> str:
     )
     if fit["reasons"]:
         line += ": " + "; ".join(fit["reasons"]) + ". " + str(fit["advice"])
-    return line
+    return "\n  ".join([line, *fit["notes"]])

@@ -249,8 +249,8 @@ def test_overfit_one_batch_run_is_not_underfit(tokenizer):
     assert result.fit["train_accuracy"] == 1.0 and result.fit["stopped_by"] == "epochs"
 
 
-def test_budget_running_out_while_still_learning_is_underfit():
-    """High train accuracy, but validation still improving and loss still falling at the end."""
+def test_budget_running_out_while_still_learning_is_a_note_not_underfit():
+    """Validation still improving and loss still falling at the end: more epochs may help."""
     from attnops.models.fit import diagnose_fit
 
     rising = [
@@ -260,14 +260,17 @@ def test_budget_running_out_while_still_learning_is_underfit():
     ]
     args = {"train_accuracy": 0.95, "train_sample": 1000, "min_train_accuracy": 0.9}
     fit = diagnose_fit(rising, stopped_by="epochs", **args)
-    assert fit["diagnosis"] == "underfit"
-    assert fit["reasons"] == [
+    assert (fit["diagnosis"], fit["still_learning"]) == ("ok", True)
+    assert fit["notes"] == [
         "the budget (epochs) ran out while still learning: the last evaluation set a new best "
-        "validation macro-F1 (0.8800) and the mean train loss fell 20% over the last interval"
+        "validation macro-F1 (0.8800) and the mean train loss fell 20% over the last interval; "
+        "more epochs may help"
     ]
-    assert diagnose_fit(rising, stopped_by="early_stopping", **args)["diagnosis"] == "ok"
+    assert not diagnose_fit(rising, stopped_by="early_stopping", **args)["still_learning"]
     plateau = [*rising[:2], {"val_macro_f1": 0.85, "train_loss_mean": 0.4}]
-    assert diagnose_fit(plateau, stopped_by="epochs", **args)["diagnosis"] == "ok"
+    assert not diagnose_fit(plateau, stopped_by="epochs", **args)["still_learning"]
+    starved = diagnose_fit(rising, stopped_by="epochs", **(args | {"train_accuracy": 0.6}))
+    assert starved["diagnosis"] == "underfit" and len(starved["notes"]) == 1
 
 
 def test_warmup_evaluations_do_not_count_towards_patience(tokenizer):
@@ -294,6 +297,7 @@ def test_model_card_leads_an_underfit_model_with_its_reasons():
     assert "**underfit**: train accuracy 0.620 on 1000 training examples" in text
     assert "- train accuracy 0.620 on 1000 training examples is below 0.9" in text
     assert "Fix: train longer" in text
+    assert "- Note: the budget (epochs) ran out while still learning" in text
     assert _fit_section(None) == []
 
 
