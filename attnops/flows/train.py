@@ -50,7 +50,13 @@ def evaluate(
     spec: PipelineSpec, trained: TrainedClassifier, data: LabelledData, out_dir: Path
 ) -> Evaluation:
     evaluation = evaluate_classifier(
-        trained.model, trained.tokenizer, data, spec, device=trained.device, out_dir=out_dir
+        trained.model,
+        trained.tokenizer,
+        data,
+        spec,
+        device=trained.device,
+        out_dir=out_dir,
+        fit=trained.result.fit,
     )
     # The reference profile is stored redacted, with its drift thresholds calibrated.
     profile = save_reference(evaluation.reference, out_dir, spec.monitoring)

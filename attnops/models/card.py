@@ -31,6 +31,7 @@ def model_card(
         "tokens_per_input_p95", "truncation_rate", "attention_collapsed_heads",
     )  # fmt: skip
     lines += [f"| {key} | {m[key]:.4g} |" for key in shown if key in m]
+    lines += _fit_section(report.get("fit"))
     worst = sorted(report["slices"], key=lambda row: row["macro_f1"])[:5]
     lines += [
         "",
@@ -89,4 +90,24 @@ def _out_of_scope_lines(section: dict) -> list[str]:
             f"| {name} | {val['auroc']:.3f} | {val['recall']:.3f} | {test['auroc']:.3f} | "
             f"{test['recall']:.3f} | {test['in_scope_rejection']:.3f} |"
         )
+
+
+def _fit_section(fit: dict | None) -> list[str]:
+    """How well the model fit its training data; an `underfit` verdict leads with its reasons."""
+    if not fit:
+        return []
+    lines = [
+        "",
+        "## Training fit",
+        "",
+        f"**{fit['diagnosis']}**: train accuracy {fit['train_accuracy']:.3f} on "
+        f"{fit['train_accuracy_examples']} training examples (underfit below "
+        f"{fit['min_train_accuracy']:g}); mean train loss {fit['train_loss_mean_first']:.3f} "
+        f"at the first evaluation, {fit['train_loss_mean_last']:.3f} at the last; stopped by "
+        f"{fit['stopped_by']}; best validation macro-F1 {fit['val_macro_f1_best']:.4f}.",
+    ]
+    if fit["reasons"]:
+        lines += ["", *(f"- {reason}" for reason in fit["reasons"]), "", f"Fix: {fit['advice']}."]
+    if fit["notes"]:
+        lines += ["", *(f"- Note: {note}" for note in fit["notes"])]
     return lines

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnops.models import distributed
+from attnops.models import distributed, recipe
 from attnops.models.batching import encode
 from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
@@ -71,7 +71,8 @@ def train_classifier(
     device = distributed.rank_device(spec.training.device)
     tokenizer = load_tokenizer(spec.model)
     model = build_classifier(spec.model, data.label_names)
-    if spec.training.freeze_embeddings:
+    freeze, why_freeze = recipe.freeze_embeddings(spec.training, spec.model)
+    if freeze:
         model.get_input_embeddings().weight.requires_grad_(False)
 
     def encoded(split: str):
@@ -91,6 +92,7 @@ def train_classifier(
         on_step=on_step,
         progress=progress,
         on_evaluate=on_evaluate,
+        card_notes={"word_embeddings": why_freeze},
     )
     temperature = 1.0
     if spec.training.calibrate and rank.is_main:

@@ -49,11 +49,20 @@ class Evaluation:
 
 
 def evaluate_classifier(
-    model, tokenizer, data: LabelledData, spec: PipelineSpec, *, device: torch.device, out_dir: Path
+    model,
+    tokenizer,
+    data: LabelledData,
+    spec: PipelineSpec,
+    *,
+    device: torch.device,
+    out_dir: Path,
+    fit: dict[str, object] | None = None,
 ) -> Evaluation:
     """Score the model on the test split and profile it on the validation split.
 
     Writes the PNG figures, `evaluation.json` and the reference profile into `out_dir`.
+    `fit` (the training's `models.fit` diagnosis) is kept in the report as `fit`, with its
+    train accuracy and an `underfit` flag (1/0) among the metrics.
     """
     use_threads(spec.training.num_threads, stage="evaluation")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +82,8 @@ def evaluate_classifier(
     fit_frame = data.splits["train"]
     if len(fit_frame) > cfg.out_of_scope_fit_rows:
         fit_frame = fit_frame.sample(n=cfg.out_of_scope_fit_rows, random_state=spec.training.seed)
-    fit = encoded(fit_frame, labelled=False)
-    fit_pred = predict(model, fit, pad_id=pad_id, device=device, with_embeddings=True)
+    fit_inputs = encoded(fit_frame, labelled=False)
+    fit_pred = predict(model, fit_inputs, pad_id=pad_id, device=device, with_embeddings=True)
     detector = fit_detector(
         fit_pred.features,
         np.asarray(data.label_ids(fit_frame)),
@@ -83,7 +92,7 @@ def evaluate_classifier(
         validation_in_scope=val_in_scope,
         spec=cfg,
     )
-    del fit, fit_pred
+    del fit_inputs, fit_pred
 
     # The reference profile: the test split (never used to pick weights, temperature or
     # threshold) as records through the version's own eyes, in and out of scope alike,
@@ -209,6 +218,10 @@ def evaluate_classifier(
     plots.head_matrix_png(
         attention.importance, "Head importance (per-layer L2-normalised)", files[4]
     )
+    if fit:
+        report["fit"] = fit
+        metrics["train_accuracy_sample"] = float(fit["train_accuracy"])
+        metrics["underfit"] = float(fit["diagnosis"] == "underfit")
     files.append(out_dir / EVALUATION_JSON)
     files[-1].write_text(json.dumps(report, indent=2))
     # Per-input results (no text: inputs may hold PII), so a reviewer or a paired test

@@ -102,6 +102,16 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     assert accuracy == pytest.approx(run.data.metrics["test_accuracy"])
     assert "text" not in predictions.columns
 
+    # The run card says why each choice was made; the fit diagnosis reaches every reader.
+    run_card = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/run_card.json")
+    assert run_card["why"]["epochs"].startswith("up to 3: set in the spec")
+    assert run_card["why"]["word_embeddings"].startswith("trained: default for a randomly")
+    fit = run_card["fit"]
+    assert run.data.metrics["underfit"] == float(fit["diagnosis"] == "underfit")
+    assert run.data.metrics["train_accuracy_sample"] == pytest.approx(fit["train_accuracy"])
+    model_card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert f"**{fit['diagnosis']}**: train accuracy {fit['train_accuracy']:.3f}" in model_card
+
 
 def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spec):
     path = str(write_spec(tiny_spec_dict(demo_dir, epochs=1)))

@@ -178,3 +178,134 @@ def test_frozen_embeddings_stay_as_built_while_the_rest_learns(demo_dir, tmp_pat
     torch.testing.assert_close(embeddings, before.get_input_embeddings().weight)
     layer = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(trained.state_dict()[layer], before.state_dict()[layer])
+
+
+def test_default_recipe_plans_by_data_size_and_says_why():
+    """Epochs for ~700 steps within 3-30, clamped warmup, head at 20x the encoder."""
+    from attnops.models.recipe import plan_training
+
+    plan = plan_training(TrainingSpec(), 7924)  # BANKING77's 67 trained intents
+    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (248, 3, 744)
+    assert plan.warmup_steps == 45 and plan.head_learning_rate == 2e-3
+    assert plan.reasons["head_learning_rate"].startswith("0.002: default, 20x the encoder's")
+    assert "early stopping after 2 evaluations" in plan.reasons["epochs"]
+    tiny, huge = plan_training(TrainingSpec(), 100), plan_training(TrainingSpec(), 500_000)
+    assert (tiny.epochs, tiny.warmup_steps) == (30, 10)  # 4 steps/epoch: capped, warmup floor
+    assert (huge.epochs, huge.warmup_steps) == (3, 500)  # floor of epochs, warmup cap
+    capped = plan_training(TrainingSpec(epochs=4, max_steps=50, warmup_ratio=0.0), 7924)
+    assert (capped.total_steps, capped.warmup_steps) == (50, 0)
+    assert capped.reasons["epochs"].startswith("up to 4: set in the spec, cut to max_steps 50")
+
+
+def test_head_rate_and_frozen_embeddings_defaults():
+    from attnops.models.recipe import freeze_embeddings, head_learning_rate
+
+    assert head_learning_rate(TrainingSpec(learning_rate=5e-5)) == 2e-3
+    assert head_learning_rate(TrainingSpec(learning_rate=3e-3)) == 3e-3  # never below encoder
+    assert head_learning_rate(TrainingSpec(head_learning_rate=1e-3)) == 1e-3
+    assert freeze_embeddings(TrainingSpec(), ModelSpec())[0] is True
+    assert freeze_embeddings(TrainingSpec(), ModelSpec(config_overrides=TINY_BERT))[0] is False
+    assert freeze_embeddings(TrainingSpec(freeze_embeddings=False), ModelSpec()) == (
+        False,
+        "trained: set in the spec",
+    )
+    with pytest.raises(ValueError, match="min_warmup_steps 20 is above max_warmup_steps 10"):
+        TrainingSpec(min_warmup_steps=20, max_warmup_steps=10)
+
+
+def test_run_card_is_printed_with_reasons(tokenizer, capsys):
+    data = _data(tokenizer)
+    cfg = _cfg(epochs=2, batch_size=8, max_grad_norm=None)
+    result = fine_tune(_model(), data, data, cfg, pad_id=0, device=CPU, progress=False,
+                       card_notes={"word_embeddings": "trained: a test"})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "  epochs: up to 2: set in the spec; no early stopping" in out
+    assert "  max_grad_norm: no clipping (None)" in out
+    assert "  word_embeddings: trained: a test" in out
+    assert result.run_card["optimizer"] == "AdamW (fused)"
+    assert "grad_norm" not in result.history[-1]  # no clipping: no norm computed
+    assert out.splitlines()[-1].startswith("fit: ")
+    assert result.run_card["fit"] == result.fit
+
+
+def test_starved_run_is_diagnosed_underfit(tokenizer):
+    """One epoch at a tiny learning rate cannot learn 4 classes: the result says so."""
+    data = _data(tokenizer, 4)
+    cfg = _cfg(epochs=1, batch_size=8, learning_rate=1e-6, head_learning_rate=1e-6)
+    result = fine_tune(_model(NO_DROPOUT), data, data, cfg, pad_id=0, device=CPU, progress=False)
+    assert result.underfit
+    assert result.fit["train_accuracy"] < 0.9 and result.fit["train_accuracy_examples"] == 32
+    assert result.fit["reasons"][0].startswith(
+        f"train accuracy {result.fit['train_accuracy']:.3f} on 32 training examples is below 0.9"
+    )
+    assert "raise training.epochs" in result.fit["advice"]
+
+
+def test_overfit_one_batch_run_is_not_underfit(tokenizer):
+    model, data = _model(NO_DROPOUT), _data(tokenizer)
+    cfg = _cfg(epochs=60, batch_size=8, learning_rate=1e-2)
+    result = fine_tune(model, data, data, cfg, pad_id=0, device=CPU, progress=False)
+    assert result.fit["diagnosis"] == "ok" and result.fit["reasons"] == []
+    assert result.fit["train_accuracy"] == 1.0 and result.fit["stopped_by"] == "epochs"
+
+
+def test_budget_running_out_while_still_learning_is_a_note_not_underfit():
+    """Validation still improving and loss still falling at the end: more epochs may help."""
+    from attnops.models.fit import diagnose_fit
+
+    rising = [
+        {"val_macro_f1": 0.80, "train_loss_mean": 1.0},
+        {"val_macro_f1": 0.85, "train_loss_mean": 0.5},
+        {"val_macro_f1": 0.88, "train_loss_mean": 0.4},
+    ]
+    args = {"train_accuracy": 0.95, "train_sample": 1000, "min_train_accuracy": 0.9}
+    fit = diagnose_fit(rising, stopped_by="epochs", **args)
+    assert (fit["diagnosis"], fit["still_learning"]) == ("ok", True)
+    assert fit["notes"] == [
+        "the budget (epochs) ran out while still learning: the last evaluation set a new best "
+        "validation macro-F1 (0.8800) and the mean train loss fell 20% over the last interval; "
+        "more epochs may help"
+    ]
+    assert not diagnose_fit(rising, stopped_by="early_stopping", **args)["still_learning"]
+    plateau = [*rising[:2], {"val_macro_f1": 0.85, "train_loss_mean": 0.4}]
+    assert not diagnose_fit(plateau, stopped_by="epochs", **args)["still_learning"]
+    starved = diagnose_fit(rising, stopped_by="epochs", **(args | {"train_accuracy": 0.6}))
+    assert starved["diagnosis"] == "underfit" and len(starved["notes"]) == 1
+
+
+def test_warmup_evaluations_do_not_count_towards_patience(tokenizer):
+    data = _data(tokenizer)
+    # Warmup over all 6 planned steps at batch 8 (one step per epoch): the loss-free
+    # validation plateau during warmup must not stop the run.
+    cfg = _cfg(epochs=6, batch_size=8, learning_rate=1e-6, head_learning_rate=1e-6,
+               early_stopping_patience=1, warmup_ratio=0.5, min_warmup_steps=6)  # fmt: skip
+    result = fine_tune(_model(), data, data, cfg, pad_id=0, device=CPU, progress=False)
+    assert result.optimizer_steps == 6 and not result.stopped_early
+
+
+def test_model_card_leads_an_underfit_model_with_its_reasons():
+    from attnops.models.card import _fit_section
+    from attnops.models.fit import diagnose_fit
+
+    history = [
+        {"val_macro_f1": 0.5, "train_loss_mean": 2.5},
+        {"val_macro_f1": 0.6, "train_loss_mean": 2.09},
+    ]
+    fit = diagnose_fit(history, train_accuracy=0.62, train_sample=1000, stopped_by="epochs",
+                       min_train_accuracy=0.9)  # fmt: skip
+    text = "\n".join(_fit_section(fit))
+    assert "**underfit**: train accuracy 0.620 on 1000 training examples" in text
+    assert "- train accuracy 0.620 on 1000 training examples is below 0.9" in text
+    assert "Fix: train longer" in text
+    assert "- Note: the budget (epochs) ran out while still learning" in text
+    assert _fit_section(None) == []
+
+
+def test_fused_optimizer_takes_the_same_steps_as_the_per_tensor_loop(tokenizer):
+    data = _data(tokenizer)
+    fused, loop = _model(NO_DROPOUT), _model(NO_DROPOUT)
+    for model, flag in ((fused, True), (loop, False)):
+        cfg = _cfg(epochs=3, batch_size=4, fused_optimizer=flag)
+        fine_tune(model, data, data, cfg, pad_id=0, device=CPU, progress=False)
+    for (name, a), b in zip(fused.state_dict().items(), loop.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
