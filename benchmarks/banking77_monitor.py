@@ -169,7 +169,8 @@ def main() -> None:
         texts = list(dict.fromkeys([*trained.iloc[:, 0], *unseen.iloc[:, 0]]))
         started = time.perf_counter()
         with torch.inference_mode():
-            rows = dict(zip(texts, answer_rows(slot, texts, spec.serving.max_batch_size)))
+            answered = answer_rows(slot, texts, spec.serving.max_batch_size)
+        rows = dict(zip(texts, answered, strict=True))
         print(
             f"{spec.name} v{mv.version}: answered {len(texts)} unique queries in "
             f"{time.perf_counter() - started:.0f} s on {slot.device}; windows of {size}"
