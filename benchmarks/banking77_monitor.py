@@ -92,7 +92,8 @@ def answer_rows(slot: ModelSlot, texts: list[str], batch: int) -> list[dict]:
     rows = []
     for i, (text, answer) in enumerate(zip(texts, answers, strict=True)):
         record = slot.log_record(f"q{i}", CHAMPION, text, 0.0, answer)
-        rows.append(record_row(record, redacted[i], hits[i]))
+        row = record_row(record, redacted[i], hits[i])
+        rows.append(row | {"label": None})  # no feedback: as the monitor reads the log
     return rows
 
 
@@ -139,6 +140,12 @@ def main() -> None:
     parser.add_argument("--held-out-windows", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-half", action="store_true", help="see the module docstring")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        help="pickle of the version's log rows: written after answering, read instead of "
+        "answering when it exists (judge other monitoring settings without the model pass)",
+    )
     args = parser.parse_args()
     spec = load_spec(str(args.spec))
     settings = Settings.from_env()
@@ -167,14 +174,20 @@ def main() -> None:
             forward_batch_size=spec.serving.forward_batch_size,
         )
         texts = list(dict.fromkeys([*trained.iloc[:, 0], *unseen.iloc[:, 0]]))
-        started = time.perf_counter()
-        with torch.inference_mode():
-            answered = answer_rows(slot, texts, spec.serving.max_batch_size)
-        rows = dict(zip(texts, answered, strict=True))
-        print(
-            f"{spec.name} v{mv.version}: answered {len(texts)} unique queries in "
-            f"{time.perf_counter() - started:.0f} s on {slot.device}; windows of {size}"
-        )
+        if args.answers and args.answers.is_file():
+            rows = pd.read_pickle(args.answers)
+            print(f"{spec.name} v{mv.version}: {len(rows)} answers read from {args.answers}")
+        else:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                answered = answer_rows(slot, texts, spec.serving.max_batch_size)
+            rows = dict(zip(texts, answered, strict=True))
+            print(
+                f"{spec.name} v{mv.version}: answered {len(texts)} unique queries in "
+                f"{time.perf_counter() - started:.0f} s on {slot.device}"
+            )
+            if args.answers:
+                pd.to_pickle(rows, args.answers)
         folder = loaded.folder / REFERENCE_FOLDER
         if args.split_half:
             records = pd.read_parquet(folder / "reference_profile.parquet")
@@ -190,6 +203,7 @@ def main() -> None:
     kw = {"size": size, "rng": rng, "label": label}
     in_scope = judge(profile, rows, trained, windows=args.trained_windows, **kw)
     held_out = judge(profile, rows, unseen, windows=args.held_out_windows, **kw)
+    print(f"windows of {size}")
     n_in = report(f"trained intents' test queries ({len(trained)})", in_scope)
     n_out = report(f"held-out intents' queries ({len(unseen)})", held_out)
     print(

@@ -94,9 +94,9 @@ class EffectFloors:
     `per_check` overrides the kind's floor for one check by name.
     """
 
-    ks_distance: float = 0.1
-    total_variation: float = 0.1
-    mmd: float = 0.1
+    ks_distance: float = 0.15
+    total_variation: float = 0.15
+    mmd: float = 0.07
     per_check: Mapping[str, float] = field(default_factory=dict)
 
     def of(self, name: str, kind: str, default: float = 0.0) -> float:
