@@ -103,8 +103,8 @@ class EffectFloors:
         """The floor of check `name` of `kind` (`default` for kinds without one here)."""
         if name in self.per_check:
             return float(self.per_check[name])
-        by_kind = {"KS D": self.ks_distance, "chi-square": self.total_variation}
-        return float(by_kind.get(kind, self.mmd if kind == "MMD^2" else default))
+        by_kind = {"KS D": self.ks_distance, "chi-square": self.total_variation, "MMD^2": self.mmd}
+        return float(by_kind.get(kind, default))
 
 
 @dataclass(frozen=True)
