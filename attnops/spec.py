@@ -479,6 +479,38 @@ class MonitoringSpec(_Section):
     attention_sample_share: float = Field(0.2, ge=0, le=1)
     """Share of inputs whose attention entropy is computed (eager attention is slower)."""
     unsupported_distance_quantile: float = Field(0.95, gt=0.5, lt=1)
+    # Effect-size floors: a check alarms only when its statistic is significant (beyond the
+    # calibrated threshold) *and* its effect size reaches the floor. Each effect size is a
+    # distance that grows with the share of traffic that changed, not with the window size,
+    # net of what sampling noise alone shows at that size (attnops.monitors.drift).
+    # 0.15: about 15% of traffic changed. Traffic of only the trained intents against a
+    # reference with 13% unknown-intent queries (BANKING77) moves confidence by KS ~0.09-0.10
+    # and stays below; a 30% change of the intent mix (demo label_shift) does not.
+    min_ks_distance: float = Field(0.15, ge=0, le=1)
+    """Numeric checks: KS distance (largest gap between the two CDFs) above its noise level."""
+    min_total_variation: float = Field(0.15, ge=0, le=1)
+    """Predicted labels and words: share of the mass that would have to move, above noise."""
+    min_mmd: float = Field(0.07, ge=0, le=2)
+    """Embeddings and attention entropy: MMD with the RBF kernel (median-distance bandwidth).
+    A distinct group of inputs is ~0.5 from the reference, so 15% of traffic moving to it
+    gives ~0.07."""
+    min_unsupported_increase: float = Field(0.05, ge=0, le=1)
+    """Unsupported assertions: rate above the reference's (as release.max_unsupported_...)."""
+    min_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    """Label-free estimated accuracy below the reference's; a material drop is high severity."""
+    effect_size_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-check floor overriding the kind's (check name -> floor), e.g. "
+        "{confidence: 0.2}; names as in the monitor's assessment.json.",
+    )
+
+    @field_validator("effect_size_floors")
+    @classmethod
+    def _floors_are_distances(cls, floors: dict[str, float]) -> dict[str, float]:
+        negative = {name: v for name, v in floors.items() if v < 0}
+        if negative:
+            raise ValueError(f"effect-size floors must be >= 0, got {negative}")
+        return floors
 
 
 class ServingSpec(_Section):

@@ -2,13 +2,17 @@
 
 Run on the spec's schedule (deployment `monitor`) or by hand (`attnops monitor`). Each run
 is an MLflow run in the experiment `<name>-monitoring`: the window's metrics, the
-assessment JSON and the Evidently drift report. When the window raises an alarm (drift
-beyond the calibrated thresholds, or more unsupported assertions than the reference
-explains) the Prefect event `attnops.drift.detected` carries the evidence to the
-`retrain` deployment's trigger. With `ATTNOPS_PUSHGATEWAY_URL` set, the verdict also goes
-to Prometheus as gauges (drift score per check, alarm, estimated accuracy), last, after
-MLflow and the event have it; a champion still waiting for its first full window clears
-them. A Pushgateway that stays unreachable fails the run (its alerts depend on it).
+assessment JSON (per check: statistic, calibrated threshold, effect size, floor,
+significant, material) and the Evidently drift report. When the window raises an alarm (a
+check both beyond its calibrated threshold and with an effect at or above its floor: drift,
+unsupported assertions, a drop of the label-free accuracy estimate) the Prefect event
+`attnops.drift.detected` carries the evidence and the severity (`high` when the estimated
+accuracy dropped materially, else `low`) to the `retrain` deployment's trigger; checks that
+are significant but below their floor are reported and raise nothing. With
+`ATTNOPS_PUSHGATEWAY_URL` set, the verdict also goes to Prometheus as gauges (drift score
+per check, alarm, estimated accuracy), last, after MLflow and the event have it; a
+champion still waiting for its first full window clears them. A Pushgateway that stays
+unreachable fails the run (its alerts depend on it).
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ def log_monitoring_run(
             f"{registry.TAG}model": spec.name,
             f"{registry.TAG}version": version,
             f"{registry.TAG}alarm": str(assessment.alarm).lower(),
+            f"{registry.TAG}severity": assessment.severity,
             f"{registry.TAG}reasons": "; ".join(assessment.reasons())[:5000] or "none",
             f"{registry.TAG}window_last_ts": repr(float(window["ts"].max())),
         },
@@ -132,8 +137,8 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
 
     Returns:
         `status` (`alarm`, `ok`, `waiting` for a full window, or `stale` when no request
-        arrived since the last judged window), and with a judgement `reasons`, `run_id`,
-        `event_id`.
+        arrived since the last judged window), and with a judgement `severity`, `reasons`,
+        `run_id`, `event_id`.
     """
     spec = load_spec(spec_path)
     settings = Settings.from_env()
@@ -168,6 +173,7 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
         "status": "alarm" if assessment.alarm else "ok",
         "version": version,
         "run_id": monitoring_run,
+        "severity": assessment.severity,
         "reasons": assessment.reasons(),
         "event_id": None,
     }
@@ -178,6 +184,8 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
             payload={
                 "version": version,
                 "monitoring_run_id": monitoring_run,
+                "severity": assessment.severity,
+                "estimated_accuracy_drop": assessment.estimated_accuracy_drop,
                 "reasons": assessment.reasons(),
                 "window_records": len(window),
                 "window_last_ts": float(window["ts"].max()),
@@ -187,9 +195,15 @@ def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
         result["event_id"] = str(event.id) if event else None
         client = registry.client_for(settings)
         client.set_tag(monitoring_run, f"{registry.TAG}event_id", result["event_id"] or "not sent")
-        print(f"ALARM on v{version}: " + "; ".join(assessment.reasons()))
+        print(
+            f"ALARM ({assessment.severity} severity) on v{version}: "
+            + "; ".join(assessment.reasons())
+        )
     else:
         print(f"v{version}: window of {len(window)} requests within the reference's range")
+    immaterial = assessment.drift.immaterial_checks
+    if immaterial:
+        print(f"significant but below their effect-size floor (no alarm): {', '.join(immaterial)}")
     if settings.pushgateway_url:
         push_gauges(settings.pushgateway_url, spec.name, version, assessment)
         print(f"gauges pushed to the Pushgateway at {settings.pushgateway_url}")

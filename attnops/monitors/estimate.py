@@ -60,12 +60,20 @@ class PerformanceEstimator:
         self._bootstrap_maps = [_fit(confidence[rows], correct[rows]) for rows in draws]
         self.z = z
 
+    def correct_probability(self, confidence: np.ndarray) -> np.ndarray:
+        """Per prediction, the probability that it is right (the calibrated confidence).
+
+        On the reference itself their mean is its actual accuracy: an isotonic fit keeps
+        the mean of what it fits.
+        """
+        return self._map.predict(np.asarray(confidence, dtype=float))
+
     def estimate(self, confidence: np.ndarray) -> PerformanceEstimate:
         """Estimated accuracy of a window from its predictions' confidence."""
         confidence = np.asarray(confidence, dtype=float)
         if len(confidence) == 0:
             raise ValueError("cannot estimate performance on an empty window")
-        p = self._map.predict(confidence)
+        p = self.correct_probability(confidence)
         accuracy = float(p.mean())
         sampling_var = float((p * (1 - p)).sum()) / len(p) ** 2
         fit_var = float(np.var([m.predict(confidence).mean() for m in self._bootstrap_maps]))

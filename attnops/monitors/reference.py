@@ -18,7 +18,14 @@ import pandas as pd
 
 from attnops.models.profile import PROFILE_SUMMARY, PROFILE_TABLE
 from attnops.monitors import pii
-from attnops.monitors.drift import DriftDetector, DriftResult
+from attnops.monitors.drift import (
+    ACCURACY_CHECK,
+    UNSUPPORTED_CHECK,
+    DriftDetector,
+    DriftResult,
+    EffectFloors,
+    MeanShift,
+)
 from attnops.monitors.estimate import PerformanceEstimate, PerformanceEstimator
 from attnops.monitors.hallucination import UnsupportedAssertionDetector, UnsupportedAssertions
 from attnops.spec import MonitoringSpec
@@ -60,6 +67,7 @@ def save_reference(records: pd.DataFrame, out_dir: Path, monitoring: MonitoringS
                 "window_size": monitoring.window_size,
                 "false_alarm_rate": monitoring.false_alarm_rate,
                 "thresholds": {c.name: c.threshold for c in calibration.checks},
+                "effect_size_floors": {c.name: c.floor for c in calibration.checks},
                 "statistic_kinds": {c.name: c.kind for c in calibration.checks},
                 "window_rows_per_check": {c.name: c.n_current for c in calibration.checks},
             },
@@ -72,38 +80,82 @@ def save_reference(records: pd.DataFrame, out_dir: Path, monitoring: MonitoringS
 @dataclass(frozen=True)
 class WindowAssessment:
     drift: DriftResult
+    """Every check of the window, the unsupported-assertion rate and the estimated
+    accuracy among them (`drift.UNSUPPORTED_CHECK`, `drift.ACCURACY_CHECK`)."""
     estimate: PerformanceEstimate
     unsupported: UnsupportedAssertions
     pii_share: float | None
     n: int
+    reference_accuracy: float
+    """The reference's accuracy (out-of-scope inputs counted wrong, as live)."""
 
     @property
     def alarm(self) -> bool:
-        """Drift in any check, or more unsupported assertions than the reference explains."""
-        return self.drift.drifted or self.unsupported.alarm
+        """A check both significant and material: drift, unsupported assertions or accuracy."""
+        return self.drift.drifted
+
+    @property
+    def estimated_accuracy_drop(self) -> float:
+        return self.reference_accuracy - self.estimate.accuracy
+
+    @property
+    def severity(self) -> str:
+        """`high` when the estimated accuracy dropped materially, `low` for other alarms
+        (the inputs moved, the estimate holds), `none` without an alarm."""
+        if not self.alarm:
+            return "none"
+        accuracy = self.drift.check(ACCURACY_CHECK)
+        return "high" if accuracy is not None and accuracy.drifted else "low"
 
     def reasons(self) -> list[str]:
-        reasons = [c.reason() for c in self.drift.checks if c.drifted]
-        found = self.unsupported
-        if found.alarm:
-            reasons.append(
-                f"unsupported assertions: {found.rate:.1%} of the window's answers have inputs "
-                f"out of scope (alarm above {found.alarm_rate:.1%}, reference "
-                f"{found.reference_rate:.1%})"
-            )
+        reasons = []
+        for check in self.drift.checks:
+            if not check.drifted:
+                continue
+            if check.name == UNSUPPORTED_CHECK:
+                found = self.unsupported
+                reasons.append(
+                    f"unsupported assertions: {found.rate:.1%} of the window's answers have "
+                    f"inputs out of scope (reference {found.reference_rate:.1%}; "
+                    f"{check.reason()})"
+                )
+            elif check.name == ACCURACY_CHECK:
+                e = self.estimate
+                reasons.append(
+                    f"estimated accuracy {e.accuracy:.3f} ({e.accuracy_low:.3f}-"
+                    f"{e.accuracy_high:.3f}) vs reference {self.reference_accuracy:.3f} "
+                    f"({check.reason()})"
+                )
+            else:
+                reasons.append(check.reason())
         return reasons
 
     def metrics(self) -> dict[str, float]:
         flat = self.drift.metrics() | self.estimate.metrics() | self.unsupported.metrics()
-        flat |= {"window_records": float(self.n), "alarm": float(self.alarm)}
+        flat |= {
+            "window_records": float(self.n),
+            "alarm": float(self.alarm),
+            "severity_high": float(self.severity == "high"),
+            "estimated_accuracy_drop": self.estimated_accuracy_drop,
+        }
         if self.pii_share is not None:
             flat["pii_share"] = self.pii_share
         return flat
 
     def to_dict(self) -> dict[str, object]:
+        """The judgement: per check statistic, threshold, effect size, floor, significant,
+        material (alarm = both), and the severity from the estimated accuracy drop."""
         return {
             "alarm": self.alarm,
+            "severity": self.severity,
             "reasons": self.reasons(),
+            "estimated_accuracy": {
+                "reference": self.reference_accuracy,
+                "window": self.estimate.accuracy,
+                "window_low": self.estimate.accuracy_low,
+                "window_high": self.estimate.accuracy_high,
+                "drop": self.estimated_accuracy_drop,
+            },
             "metrics": self.metrics(),
             "drift": self.drift.to_dict(),
         }
@@ -123,11 +175,17 @@ class ReferenceProfile:
     ) -> None:
         self.records = records
         self.summary = summary
+        self.monitoring = monitoring
         self.drift = _detector(records, monitoring)
         self.estimator = PerformanceEstimator(records)
+        self.reference_correct = self.estimator.correct_probability(records["confidence"])
         self.unsupported = UnsupportedAssertionDetector.from_summary(
             records, summary, monitoring.unsupported_distance_quantile
         )
+        # Which reference rows are flagged does not matter to a bootstrap of exchangeable
+        # rows, only how many: the detector's reference rate says that.
+        flagged = round(self.unsupported.reference_rate * len(records))
+        self.reference_unsupported = (np.arange(len(records)) < flagged).astype(float)
 
     @classmethod
     def load(cls, folder: Path, monitoring: MonitoringSpec) -> ReferenceProfile:
@@ -150,12 +208,29 @@ class ReferenceProfile:
         missing = [c for c in ("prediction", "confidence", "embedding") if c not in window]
         if missing:
             raise ValueError(f"window records lack column(s) {', '.join(missing)}")
+        confidence = window["confidence"].to_numpy()
+        m = self.monitoring
+        shifts = {
+            UNSUPPORTED_CHECK: MeanShift(
+                self.reference_unsupported,
+                self.unsupported.flags(window).astype(float),
+                worse="higher",
+                floor=m.min_unsupported_increase,
+            ),
+            ACCURACY_CHECK: MeanShift(
+                self.reference_correct,
+                self.estimator.correct_probability(confidence),
+                worse="lower",
+                floor=m.min_accuracy_drop,
+            ),
+        }
         return WindowAssessment(
-            drift=self.drift.detect(window),
-            estimate=self.estimator.estimate(window["confidence"].to_numpy()),
+            drift=self.drift.detect(window, shifts),
+            estimate=self.estimator.estimate(confidence),
             unsupported=self.unsupported.assess(window),
             pii_share=float(window["has_pii"].mean()) if "has_pii" in window else None,
             n=len(window),
+            reference_accuracy=float(self.reference_correct.mean()),
         )
 
 
@@ -165,4 +240,10 @@ def _detector(records: pd.DataFrame, monitoring: MonitoringSpec) -> DriftDetecto
         false_alarm_rate=monitoring.false_alarm_rate,
         resamples=monitoring.bootstrap_resamples,
         max_vector_rows=monitoring.max_vector_rows,
+        floors=EffectFloors(
+            ks_distance=monitoring.min_ks_distance,
+            total_variation=monitoring.min_total_variation,
+            mmd=monitoring.min_mmd,
+            per_check=monitoring.effect_size_floors,
+        ),
     )

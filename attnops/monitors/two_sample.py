@@ -57,12 +57,33 @@ def chi2(a: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.nansum(terms, axis=1) * (na * nc / (na + nc))[:, 0]
 
 
-def chi2_null(rows: sparse.csr_matrix, n: int, weights: BootstrapCounts) -> np.ndarray:
-    """Chi-square between bootstrap samples of the reference rows (each row: cell counts)."""
+def total_variation(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Total variation distance between the frequencies of count rows a and c (b x cells).
+
+    The share of one side's mass that would have to move to match the other, in [0, 1].
+    """
+    pa = a / np.maximum(a.sum(axis=1, keepdims=True), 1)
+    pc = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    return 0.5 * np.abs(pa - pc).sum(axis=1)
+
+
+def chi2_null(
+    rows: sparse.csr_matrix, n: int, weights: BootstrapCounts
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chi-square and total variation between bootstrap samples of the reference rows.
+
+    Each row of `rows` holds one reference record's cell counts.
+    """
     m = rows.shape[0]
     a = np.asarray(rows.T @ weights(m, m, 0).T).T
     c = np.asarray(rows.T @ weights(m, n, 1).T).T
-    return chi2(a, c)
+    return chi2(a, c), total_variation(a, c)
+
+
+def mean_shift_null(values: np.ndarray, n: int, weights: BootstrapCounts) -> np.ndarray:
+    """Window mean minus reference mean of a per-record score, both bootstrap samples."""
+    m = len(values)
+    return weights(m, max(n, 1), 1) @ values / max(n, 1) - weights(m, m, 0) @ values / m
 
 
 class WordBag:
