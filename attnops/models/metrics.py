@@ -108,25 +108,6 @@ def out_of_scope_threshold(in_scope_confidence: np.ndarray, rejection_rate: floa
     return float(ordered[k]) if k < len(ordered) else float(ordered[-1])
 
 
-def unsupported_assertions(
-    out_of_scope_confidence: np.ndarray, threshold: float
-) -> dict[str, float]:
-    """Share of out-of-scope inputs still given a class at or above `threshold`, and its complement.
-
-    Classification has no text to hallucinate; its analogue is asserting a label the
-    input does not support.
-    """
-    if len(out_of_scope_confidence) == 0:
-        return {}
-    rate = float((out_of_scope_confidence >= threshold).mean())
-    return {
-        "unsupported_assertion_rate": rate,
-        "out_of_scope_recall": 1.0 - rate,
-        "out_of_scope_threshold": threshold,
-        "out_of_scope_n": len(out_of_scope_confidence),
-    }
-
-
 def percentiles(
     values: np.ndarray, prefix: str, qs: Sequence[int] = (50, 95, 99)
 ) -> dict[str, float]:

@@ -9,7 +9,6 @@ from attnops.models.metrics import (
     length_bucket,
     out_of_scope_threshold,
     slice_metrics,
-    unsupported_assertions,
 )
 
 
@@ -28,13 +27,6 @@ def test_out_of_scope_threshold_rejects_at_most_the_allowed_share():
     threshold = out_of_scope_threshold(in_scope, 0.05)
     assert (in_scope < threshold).mean() <= 0.05
     assert (in_scope < threshold).mean() == pytest.approx(0.05)
-
-
-def test_unsupported_assertions_count_confident_out_of_scope_labels():
-    result = unsupported_assertions(np.array([0.2, 0.4, 0.8, 0.95]), threshold=0.7)
-    assert result["unsupported_assertion_rate"] == 0.5
-    assert result["out_of_scope_recall"] == 0.5
-    assert unsupported_assertions(np.array([]), 0.7) == {}
 
 
 def test_length_buckets_and_slices():
