@@ -3,10 +3,11 @@
 BANKING77 (../shared/data/banking77, CC-BY-4.0) has a train and a test file. This carves a
 stratified validation split from train (seeded), holds `--held-out` intents out of training
 (their queries stay in validation and test, labelled `out_of_scope`) and writes a spec with
-only the data section, so the rest is attnops' defaults:
+only the data section, so the rest is attnops' defaults, and one with the demo spec's recipe:
 
     .venv/bin/python benchmarks/banking77_splits.py --out data/banking77
-    .venv/bin/attnops train --spec data/banking77/spec.yaml
+    .venv/bin/attnops train --spec data/banking77/spec.yaml              # the defaults
+    .venv/bin/attnops train --spec data/banking77/spec-demo-recipe.yaml  # the demo's recipe
 """
 
 from __future__ import annotations
@@ -66,6 +67,18 @@ def write_splits(
         "",
     ]
     (out / "spec.yaml").write_text("\n".join(spec))
+    demo_recipe = [
+        "# BANKING77 with the demo spec's training recipe (configs/support-tickets.yaml).",
+        "name: banking77-demo-recipe",
+        *spec[2:-1],
+        "training:",
+        "  epochs: 2",
+        "  learning_rate: 1.0e-4",
+        "  head_learning_rate: 2.0e-3",
+        "  freeze_embeddings: true",
+        "",
+    ]
+    (out / "spec-demo-recipe.yaml").write_text("\n".join(demo_recipe))
     (out / "held_out_intents.txt").write_text("\n".join(sorted(held)) + "\n")
     return counts
 
