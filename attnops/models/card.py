@@ -90,6 +90,7 @@ def _out_of_scope_lines(section: dict) -> list[str]:
             f"| {name} | {val['auroc']:.3f} | {val['recall']:.3f} | {test['auroc']:.3f} | "
             f"{test['recall']:.3f} | {test['in_scope_rejection']:.3f} |"
         )
+    return lines
 
 
 def _fit_section(fit: dict | None) -> list[str]:
