@@ -96,8 +96,8 @@ def time_side_by_side(
     for attempt in range(attempts):
         if attempt:
             time.sleep(pause_s)  # a burst of other work may be over by then
-        wall_s, cpu_s = _interleaved(runs, samples, device)
-        shares.append(float(cpu_s.sum() / wall_s.sum()))
+        wall_s, cpu_s, share = _interleaved(runs, samples, device)
+        shares.append(share)
         if shares[-1] == max(shares):
             kept, loadavg_1m = (wall_s, cpu_s), os.getloadavg()[0]
         if cuda or shares[-1] >= QUIET_CPU_SHARE:
@@ -127,20 +127,28 @@ def time_side_by_side(
 
 def _interleaved(
     runs: list[tuple[object, Encoded, int]], samples: int, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """(wall seconds, CPU seconds), each [run, request], from one pass over the inputs."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(wall seconds, CPU seconds), each [run, request], from one pass over the inputs, and
+    the share of the whole pass's wall time this thread held a CPU.
+
+    The share is over the whole pass, gaps between requests included: a request shorter
+    than the scheduler's time slice usually runs uninterrupted even beside a busy
+    neighbour, which then takes its turn between requests.
+    """
     n = min(samples, *(len(data) for _, data, _ in runs))
     wall_s, cpu_s = np.zeros((len(runs), n)), np.zeros((len(runs), n))
     for model, _, _ in runs:
         model.eval()
     with pinned_threads(1):
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for slot, i in enumerate([0, *range(n)]):  # slot 0 warms every model up, not kept
             for k, (model, data, pad_id) in enumerate(runs):
                 ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
                 seconds = _timed_forward(model, batch, device)
                 if slot:
                     wall_s[k, slot - 1], cpu_s[k, slot - 1] = seconds
-    return wall_s, cpu_s
+        share = (time.thread_time() - started_cpu) / (time.perf_counter() - started)
+    return wall_s, cpu_s, float(share)
 
 
 def model_size_mb(model) -> float:

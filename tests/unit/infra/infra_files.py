@@ -118,6 +118,7 @@ def run_attnops_cli(argv: list[str], monkeypatch) -> tuple[int, object]:
 
     parsed = []
     monkeypatch.setattr(cli, "configure_process_env", lambda: None)
+    monkeypatch.setattr(cli, "_preflight", lambda args: None)  # no spec or service checks
     monkeypatch.setattr(cli, "_run", parsed.append)  # returns None: the command "succeeds"
     code = cli.main(argv)
     return code, parsed[0] if parsed else None
