@@ -162,6 +162,10 @@ def write_training_spec(
         loaded.model.save_pretrained(weights)
         loaded.tokenizer.save_pretrained(weights)
         raw["model"] |= {"base": str(weights), "config_overrides": {}}
+        # The head is trained already: the recipe's faster head rate is for a new, random one
+        # and would pull the warm-started decision boundaries around (on the demo it cost
+        # most of the out-of-scope recall).
+        raw["training"]["head_learning_rate"] = raw["training"]["learning_rate"]
     if spec.retrain.epochs:
         raw["training"]["epochs"] = spec.retrain.epochs
     path = folder / "spec.yaml"
