@@ -140,13 +140,14 @@ def _interleaved(
     for model, _, _ in runs:
         model.eval()
     with pinned_threads(1):
+        for model, data, pad_id in runs:  # warm every model up; neither kept nor in the share
+            ((_, batch),) = iterate(data, [np.array([0])], pad_id, device)
+            _timed_forward(model, batch, device)
         started, started_cpu = time.perf_counter(), time.thread_time()
-        for slot, i in enumerate([0, *range(n)]):  # slot 0 warms every model up, not kept
+        for i in range(n):
             for k, (model, data, pad_id) in enumerate(runs):
                 ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
-                seconds = _timed_forward(model, batch, device)
-                if slot:
-                    wall_s[k, slot - 1], cpu_s[k, slot - 1] = seconds
+                wall_s[k, i], cpu_s[k, i] = _timed_forward(model, batch, device)
         share = (time.thread_time() - started_cpu) / (time.perf_counter() - started)
     return wall_s, cpu_s, float(share)
 
