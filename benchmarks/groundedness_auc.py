@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from attnops.demo import phrases as ph
 from attnops.demo.tickets import generate_tickets
-from attnops.monitors.groundedness import score_groundedness, split_sentences
+from attnops.models.groundedness import score_groundedness, split_sentences
 
 KINDS = ("number", "date", "name", "insertion", "negation")
 _GREETINGS = sorted(

@@ -14,7 +14,7 @@ that threshold) *and* the input is far from every in-scope reference input in th
 model's own embedding space (farther than all but a `distance_quantile` share of
 in-scope reference inputs are from their nearest neighbour).
 
-Generated text (seq2seq) has its own check, `attnops.monitors.groundedness`.
+Generated text (seq2seq) has its own check, `attnops.models.groundedness`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from attnops.models.sentence_encoder import SentenceEncoder
-from attnops.monitors.groundedness import (
+from attnops.models.groundedness import (
     groundedness_descriptor,
     groundedness_summary,
     score_groundedness,
