@@ -632,6 +632,14 @@ class PipelineSpec(_Section):
     generation_gate: GenerationGateSpec = GenerationGateSpec()
     """task: generation only: limits added to (and replacing the label-based ones of) `gate`."""
 
+    @model_validator(mode="after")
+    def _search_is_for_classification(self) -> PipelineSpec:
+        if self.task == "generation" and self.training.search is not None:
+            raise ValueError(
+                "training.search is built for task: classification; remove it for generation"
+            )
+        return self
+
 
 def load_spec(path: str | Path) -> PipelineSpec:
     """Load and validate a spec file.

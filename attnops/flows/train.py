@@ -12,10 +12,9 @@ from prefect import flow
 from attnops.flows.search import run_search
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry
-from attnops.models.classifier import TrainedClassifier, train_classifier
-from attnops.models.data import LabelledData, load_labelled_data
-from attnops.models.evaluate import Evaluation, evaluate_classifier
-from attnops.monitors.reference import save_reference
+from attnops.models.evaluate import Evaluation
+from attnops.models.task_family import family_for
+from attnops.monitors.reference import save_task_reference
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
@@ -29,37 +28,23 @@ def open_run(
 
 
 @io_task
-def load_data(spec: PipelineSpec, spec_path: str) -> LabelledData:
-    data = load_labelled_data(spec.data, spec_path)
-    counts = {name: len(frame) for name, frame in data.splits.items()}
-    print(f"data: {counts}, {len(data.label_names)} classes, sha256 {data.data_sha256[:12]}")
-    shared = ", ".join(f"{leak.later} in {leak.earlier} {leak.near}" for leak in data.leakage)
-    print(f"texts shared across splits (exact or near): {shared}")
+def load_data(spec: PipelineSpec, spec_path: str):
+    family = family_for(spec)
+    data = family.load_data(spec, spec_path)
+    print(family.describe_data(data))
     return data
 
 
 @compute_task
-def fine_tune(
-    spec: PipelineSpec, data: LabelledData, checkpoint_dir: Path, resume: bool
-) -> TrainedClassifier:
-    return train_classifier(spec, data, checkpoint_dir=checkpoint_dir, resume=resume)
+def fine_tune(spec: PipelineSpec, data, checkpoint_dir: Path, resume: bool):
+    return family_for(spec).fine_tune(spec, data, checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 @compute_task
-def evaluate(
-    spec: PipelineSpec, trained: TrainedClassifier, data: LabelledData, out_dir: Path
-) -> Evaluation:
-    evaluation = evaluate_classifier(
-        trained.model,
-        trained.tokenizer,
-        data,
-        spec,
-        device=trained.device,
-        out_dir=out_dir,
-        fit=trained.result.fit,
-    )
+def evaluate(spec: PipelineSpec, trained, data, out_dir: Path) -> Evaluation:
+    evaluation = family_for(spec).evaluate(spec, trained, data, out_dir)
     # The reference profile is stored redacted, with its drift thresholds calibrated.
-    profile = save_reference(evaluation.reference, out_dir, spec.monitoring)
+    profile = save_task_reference(evaluation.reference, out_dir, spec)
     return dataclasses.replace(evaluation, files=[*evaluation.files, *profile])
 
 
@@ -68,20 +53,23 @@ def register(
     spec: PipelineSpec,
     settings: Settings,
     run_id: str,
-    trained: TrainedClassifier,
-    data: LabelledData,
+    trained,
+    data,
     evaluation: Evaluation,
     card_section: str | None = None,
 ) -> registry.RegisteredVersion:
+    family = family_for(spec)
     client = registry.client_for(settings)
-    registry.log_evidence(client, run_id, data, trained, evaluation)
+    registry.log_evidence(client, run_id, family.training_evidence(data, trained), evaluation)
     return registry.register_version(
         client,
         run_id,
         spec=spec,
+        family=family,
         model=trained.model,
         tokenizer=trained.tokenizer,
         data=data,
+        data_sha256=data.data_sha256,
         evaluation=evaluation,
         card_section=card_section,
     )
@@ -124,10 +112,6 @@ def train(
             print(f"could not mark MLflow run {run_id} failed: {cleanup}")
         raise
     shutil.rmtree(checkpoints, ignore_errors=True)
-    m = evaluation.metrics
-    print(
-        f"registered {version.name} v{version.version} (alias challenger): "
-        f"test macro-F1 {m['test_macro_f1']:.3f}"
-        + (f" vs TF-IDF baseline {m['baseline_macro_f1']:.3f}" if "baseline_macro_f1" in m else "")
-    )
+    summary = family_for(spec).summary(evaluation.metrics)
+    print(f"registered {version.name} v{version.version} (alias challenger): {summary}")
     return version

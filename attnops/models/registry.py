@@ -10,7 +10,6 @@ whatever loads it later can tell that it is what was registered.
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import tempfile
 import time
@@ -19,18 +18,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import yaml
 from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.models import infer_signature
 
-from attnops.models.card import model_card
-from attnops.models.classifier import TrainedClassifier
-from attnops.models.data import LABEL, TEXT, LabelledData
 from attnops.models.evaluate import Evaluation
 from attnops.models.modeling import tokenizer_sha256
+from attnops.models.task_family import TaskFamily, TrainingEvidence
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -116,41 +112,23 @@ def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) ->
 
 
 def log_evidence(
-    client: MlflowClient,
-    run_id: str,
-    data: LabelledData,
-    trained: TrainedClassifier,
-    evaluation: Evaluation,
+    client: MlflowClient, run_id: str, training: TrainingEvidence, evaluation: Evaluation
 ) -> None:
     """Training curves, run card, evaluation metrics, plots and the reference profile."""
-    result = trained.result
     now_ms = int(time.time() * 1000)
     history = [
         Metric(key, float(value), now_ms, int(row["step"]))
-        for row in result.history
+        for row in training.history
         for key, value in row.items()
         if key != "step"
     ]
-    scalars = {
-        **evaluation.metrics,
-        "train_tokens_per_s": result.tokens_per_s,
-        "train_seconds": result.train_seconds,
-        "optimizer_steps": result.optimizer_steps,
-        "best_val_macro_f1": result.best_val_macro_f1,
-        "calibration_temperature": trained.temperature,
-    }
+    scalars = {**evaluation.metrics, **training.scalars}
     metrics = history + [Metric(k, float(v), now_ms, 0) for k, v in scalars.items()]
     for start in range(0, len(metrics), 900):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[start : start + 900])
-    client.log_dict(
-        run_id, {**result.run_card, "stopped_early": result.stopped_early}, "run_card.json"
-    )
-    client.log_dict(
-        run_id, {"data_sha256": data.data_sha256, **data.sha256}, "data_fingerprint.json"
-    )
-    client.log_dict(
-        run_id, {"leakage": [leak.as_dict() for leak in data.leakage]}, "data_checks.json"
-    )
+    client.log_dict(run_id, training.run_card, "run_card.json")
+    client.log_dict(run_id, training.data_fingerprint, "data_fingerprint.json")
+    client.log_dict(run_id, training.data_checks, "data_checks.json")
     for path in evaluation.files:
         folder = "reference_profile" if path.name.startswith("reference_") else "evaluation"
         client.log_artifact(run_id, str(path), folder)
@@ -161,51 +139,46 @@ def register_version(
     run_id: str,
     *,
     spec: PipelineSpec,
+    family: TaskFamily,
     model,
     tokenizer,
-    data: LabelledData,
+    data,
+    data_sha256: str,
     evaluation: Evaluation,
     card_section: str | None = None,
 ) -> RegisteredVersion:
     """Log the model with its tokenizer, create the version with its tags, alias it challenger.
 
-    `card_section` (markdown, e.g. the hyperparameter search's summary) ends the model card.
+    `family` says what is task-specific (MLflow task, example, card, tags); `card_section`
+    (markdown, e.g. the hyperparameter search's summary) ends the model card.
     """
     tok_hash = tokenizer_sha256(tokenizer)
     _check_tokenizer_roundtrip(tokenizer, tok_hash)
     tags = {
         f"{TAG}tokenizer_sha256": tok_hash,
-        f"{TAG}data_sha256": data.data_sha256,
+        f"{TAG}data_sha256": data_sha256,
         f"{TAG}git_sha": git_sha(),
         f"{TAG}base_model": spec.model.base,
         f"{TAG}task": spec.task,
-        f"{TAG}labels": json.dumps(list(data.label_names)),
-        f"{TAG}test_macro_f1": f"{evaluation.metrics['test_macro_f1']:.4f}",
         **{f"{TAG}version.{pkg}": _version(pkg) for pkg in _PACKAGES},
     }
-    examples = _input_example(data)
-    signature = infer_signature(
-        examples,
-        pd.DataFrame(
-            {"label": [data.label_names[0]] * len(examples), "score": [0.5] * len(examples)}
-        ),
-    )
-    card = model_card(spec, data, evaluation, tags)
-    if card_section:
-        card = f"{card}\n{card_section}"
+    details = family.registration(spec, data, evaluation, tags)
+    tags |= details.tags
+    signature = infer_signature(details.input_example, details.output_example)
+    card = details.card if not card_section else f"{details.card}\n{card_section}"
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tags(tags)
         mlflow.log_text(card, "model_card.md")
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
             name="model",
-            task="text-classification",
+            task=details.mlflow_task,
             signature=signature,
-            input_example=examples,
+            input_example=details.input_example,
             pip_requirements=[
                 f"{pkg}=={_version(pkg)}" for pkg in ("torch", "transformers", "accelerate")
             ],
-            metadata={"label_names": list(data.label_names), "spec": spec.model_dump(mode="json")},
+            metadata=details.metadata,
             model_card=ModelCard(card),
         )
         # MLflow 3 shows a logged model's own metrics on its page and the version's.
@@ -330,14 +303,6 @@ def _check_tokenizer_roundtrip(tokenizer, expected: str) -> None:
             f"tokenizer hash changes across save/load ({expected[:12]} -> {reloaded[:12]}); "
             "refusing to register a version whose tokenizer cannot be verified when served"
         )
-
-
-def _input_example(data: LabelledData, n: int = 2) -> list[str]:
-    """Short validation texts without digits or '@', so the example carries no PII."""
-    frame = data.in_scope("validation")
-    clean = frame[~frame[TEXT].str.contains(r"[\d@]", regex=True)]
-    chosen = (clean if len(clean) >= n else frame).sort_values(LABEL).head(n)
-    return chosen[TEXT].tolist()
 
 
 def _version(package: str) -> str:

@@ -94,7 +94,8 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
     expected = tags.get(f"{TAG}tokenizer_sha256")
-    if not expected or f"{TAG}labels" not in tags:
+    labelled = tags.get(f"{TAG}task", "classification") == "classification"
+    if not expected or (labelled and f"{TAG}labels" not in tags):
         raise ValueError(
             f"{name} v{version} lacks attnops tags (tokenizer hash, labels); it was not "
             "registered by `attnops train` and cannot be gated or served"

@@ -27,8 +27,9 @@ from attnops.monitors.drift import (
     MeanShift,
 )
 from attnops.monitors.estimate import PerformanceEstimate, PerformanceEstimator
+from attnops.monitors.generation_reference import save_generation_reference
 from attnops.monitors.hallucination import UnsupportedAssertionDetector, UnsupportedAssertions
-from attnops.spec import MonitoringSpec
+from attnops.spec import MonitoringSpec, PipelineSpec
 
 DRIFT_CALIBRATION = "reference_drift_calibration.json"
 
@@ -41,6 +42,13 @@ def redact_records(records: pd.DataFrame) -> pd.DataFrame:
     redacted["has_pii"] = [bool(hits) for hits in found]
     redacted["text"] = pii.redact(texts, found)
     return redacted
+
+
+def save_task_reference(records: pd.DataFrame, out_dir: Path, spec: PipelineSpec) -> list[Path]:
+    """The spec's task's reference profile (see `save_reference`), written into `out_dir`."""
+    if spec.task == "generation":
+        return save_generation_reference(records, out_dir)
+    return save_reference(records, out_dir, spec.monitoring)
 
 
 def save_reference(records: pd.DataFrame, out_dir: Path, monitoring: MonitoringSpec) -> list[Path]:
