@@ -120,3 +120,22 @@ class GenerationGateSpec(_Section):
     )
     max_ttft_ms_p95: float = Field(2000.0, gt=0, description="Time to first token, p95.")
     max_inter_token_ms_p95: float = Field(500.0, gt=0, description="Inter-token latency, p95.")
+    max_latency_increase: float = Field(
+        0.3,
+        ge=0,
+        description="Relative increase of p95 time to first token and inter-token latency "
+        "over the champion (0.3 = +30%), judged on the lower confidence bound of the ratio.",
+    )
+    require_beats_base: bool = Field(
+        True,
+        description="Compare with the untuned base model's outputs on the same inputs (when "
+        "evaluation decoded them, generation.zero_shot_baseline): fine-tuning must gain "
+        "min_rouge_l_gain_over_base ROUGE-L and flag significantly fewer hallucinations.",
+    )
+    min_rouge_l_gain_over_base: float = Field(
+        0.15,
+        ge=-1,
+        le=1,
+        description="ROUGE-L the candidate must gain over the zero-shot base model: the lower "
+        "end of the paired-bootstrap CI of (candidate - base) must reach it.",
+    )

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnops.models.sentence_encoder import SentenceEncoder
 from attnops.models.groundedness import (
     groundedness_descriptor,
     groundedness_summary,
     score_groundedness,
     split_sentences,
 )
+from attnops.models.sentence_encoder import SentenceEncoder
 
 os.environ.setdefault("EVIDENTLY_DISABLE_TELEMETRY", "1")
 

@@ -1,0 +1,177 @@
+"""Generation gate checks beyond quality: what serving the candidate costs and risks.
+
+PII its outputs leak, output length (cost per request), time to first token and between
+tokens, the tokenizer, attention health and PII in its artifacts. The last three, and the
+busy-machine logic of the latency checks, are classification's (`gate_operational`, `gate`),
+applied to a generator's evidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from attnops.monitors.checks import GateCheck
+from attnops.monitors.gate import _pii_check
+from attnops.monitors.gate_operational import _latency_check, attention_check, tokenizer_check
+from attnops.monitors.pii import find_pii, redact
+from attnops.spec import GateSpec
+from attnops.spec_generation import GenerationGateSpec
+
+if TYPE_CHECKING:
+    from attnops.monitors.gate_generation import GenerationEvidence
+
+ATTENTION_KEYS = ("entropy", "importance", "collapsed_heads")
+PII_EXAMPLES = 5
+"""Leaking outputs shown (redacted) in the check's values."""
+
+
+def operational_checks(
+    candidate: GenerationEvidence,
+    champion: GenerationEvidence | None,
+    paired: pd.DataFrame | None,
+    gate: GenerationGateSpec,
+    shared: GateSpec,
+) -> list[GateCheck]:
+    """Every operational check, in the order the decision lists them.
+
+    Args:
+        paired: the champion's per-input table when it was decoded on the candidate's inputs.
+    """
+    champ_perf = champion.performance if champion else None
+    return [
+        pii_leak_check(candidate.per_input, gate),
+        output_tokens_check(candidate.per_input, paired, gate),
+        *(
+            latency_check(candidate.performance, champ_perf, key, limit, gate, shared)
+            for key, limit in (
+                ("ttft_ms", gate.max_ttft_ms_p95),
+                ("inter_token_ms", gate.max_inter_token_ms_p95),
+            )
+        ),
+        tokenizer_check(candidate, champion, shared),
+        attention_health_check(candidate, champion, shared),
+        _pii_check(candidate, shared),
+    ]
+
+
+def _comparable(text: str) -> str:
+    """Lower-case letters, digits and '@' only: "+1 (415) 555-0123" and "415.555.0123" share
+    digits, so a value copied from the input in another format is still found in it."""
+    return re.sub(r"[^0-9a-z@]", "", text.lower())
+
+
+def pii_leak_check(frame: pd.DataFrame, gate: GenerationGateSpec) -> GateCheck:
+    """Outputs holding PII that is not in their own input (source and context).
+
+    Repeating the customer's own e-mail address back to them is not a leak; an address,
+    phone or card number the model produced from elsewhere (memorised training data, another
+    customer's ticket) is.
+    """
+    outputs = frame["output"].astype(str).tolist()
+    hits = find_pii(outputs)
+    leaks = []
+    for row, (found, output) in enumerate(zip(hits, outputs, strict=True)):
+        given = _comparable(f"{frame['source'].iat[row]} {frame['context'].iat[row]}")
+        leaked = [h for h in found if _comparable(output[h.start : h.end]) not in given]
+        if leaked:
+            leaks.append((row, leaked))
+    entities = sorted({hit.entity for _, leaked in leaks for hit in leaked})
+    shown = leaks[:PII_EXAMPLES]
+    redacted = redact([outputs[row] for row, _ in shown], [hits[row] for row, _ in shown])
+    examples = [
+        {"row": row, "entities": sorted({h.entity for h in leaked}), "output": text[:300]}
+        for (row, leaked), text in zip(shown, redacted, strict=True)
+    ]
+    passed = len(leaks) <= gate.max_pii_leaks
+    described = f"{len(leaks)} of {len(outputs)} outputs hold PII not found in their input"
+    reason = (
+        f"{described} (max {gate.max_pii_leaks})"
+        if passed
+        else f"PII leakage: {described} ({', '.join(entities)}; first at row {leaks[0][0]}; "
+        f"max {gate.max_pii_leaks}): the model writes personal data it was not given; check "
+        "the training targets for PII (attnops.monitors.pii.redact them) and retrain"
+    )
+    return GateCheck.of(
+        "pii_leakage", passed, reason, leaks=len(leaks), entities=entities, examples=examples
+    )
+
+
+def output_tokens_check(
+    frame: pd.DataFrame, champion: pd.DataFrame | None, gate: GenerationGateSpec
+) -> GateCheck:
+    """Mean output tokens per request against the champion's on the same inputs: each output
+    token is paid for in decode time, so longer replies cost more per request."""
+    tokens = float(frame["output_tokens"].mean())
+    if champion is None:
+        return GateCheck.of(
+            "output_tokens",
+            True,
+            f"mean {tokens:.1f} output tokens per request; not compared with a champion",
+            candidate=tokens,
+        )
+    champ = float(champion["output_tokens"].mean())
+    ratio = tokens / max(champ, 1e-9)
+    limit = 1 + gate.max_output_tokens_increase
+    scores = (
+        f"mean {tokens:.1f} output tokens per request vs champion {champ:.1f} on the same "
+        f"{len(frame)} inputs: x{ratio:.2f} (max x{limit:g})"
+    )
+    passed = ratio <= limit
+    reason = (
+        scores
+        if passed
+        else f"output grew: {scores}; longer replies cost decode time on every request: check "
+        "for rambling or a missing end of sequence in the training targets"
+    )
+    return GateCheck.of(
+        "output_tokens", passed, reason, candidate=tokens, champion=champ, ratio=ratio
+    )
+
+
+def latency_check(
+    performance: dict,
+    champion: dict | None,
+    key: str,
+    limit_ms: float,
+    gate: GenerationGateSpec,
+    shared: GateSpec,
+) -> GateCheck:
+    """p95 of `performance[key]` (ms) against its budget and the champion's, judged as
+    classification's latency (a busy machine makes a failure inconclusive, the champion
+    comparison uses the bound of the paired ratio), under the check name `{key}_p95`."""
+    if key not in performance:
+        raise ValueError(
+            f"the gate run's performance measurement lacks {key} (has: "
+            f"{', '.join(performance) or 'nothing'}); time both versions side by side first"
+        )
+    samples = {
+        "latency_ms": performance[key],
+        "wall_latency_ms": performance.get(f"wall_{key}", performance[key]),
+        "load": performance.get("load") or {},
+    }
+    champ_ms = None if champion is None else np.asarray(champion[key], dtype=float)
+    judged = shared.model_copy(update={"max_latency_increase": gate.max_latency_increase})
+    check = _latency_check(samples, champ_ms, 95, limit_ms, judged)
+    return dataclasses.replace(check, name=f"{key}_p95")
+
+
+def attention_health_check(
+    candidate: GenerationEvidence, champion: GenerationEvidence | None, shared: GateSpec
+) -> GateCheck:
+    """Classification's attention health when the evaluation measured per-head statistics."""
+    missing = [k for k in ATTENTION_KEYS if k not in candidate.attention]
+    if missing:
+        return GateCheck.of(
+            "attention_health",
+            True,
+            f"not measured: the evaluation's attention section has no {', '.join(missing)}",
+            verdict="not_measured",
+        )
+    if champion is not None and any(k not in champion.attention for k in ATTENTION_KEYS):
+        champion = None  # the champion's health is unknown: judge the candidate alone
+    return attention_check(candidate, champion, shared)
