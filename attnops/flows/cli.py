@@ -20,6 +20,7 @@ from attnops.flows.console import (
     quiet_tracebacks,
     unwind_on_sigterm,
 )
+from attnops.models.aliases import CHALLENGER
 from attnops.settings import Settings, configure_process_env
 
 DEFAULT_SPEC = "configs/support-tickets.yaml"
@@ -47,12 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "gate", "decide whether the challenger may go to canary (exit 0 only on pass)"
     ).add_argument(
-        "--version", default="challenger", help="version number or alias (default: challenger)"
+        "--version", default=CHALLENGER, help=f"version number or alias (default: {CHALLENGER})"
     )
     command(
         "release", "canary a gated version, observe live traffic, promote or roll back"
     ).add_argument(
-        "--version", default="challenger", help="version number or alias (default: challenger)"
+        "--version", default=CHALLENGER, help=f"version number or alias (default: {CHALLENGER})"
     )
     command("rollback", "make the previous champion the champion again")
     serve = command("serve", "run the inference service (champion + canary)")
@@ -276,7 +277,7 @@ def _train(spec_path: str, *, resume: bool):
     version = train(spec_path, resume=resume)
     settings = Settings.from_env()
     m = version.metrics
-    print(f"\nregistered {version.model_uri} (alias challenger, run {version.run_id})")
+    print(f"\nregistered {version.model_uri} (alias {CHALLENGER}, run {version.run_id})")
     rows = [
         ("test macro-F1", m["test_macro_f1"]),
         ("TF-IDF baseline macro-F1", m.get("baseline_macro_f1")),

@@ -44,7 +44,7 @@ MONITORING_SUFFIX = "-monitoring"
 def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, object]:
     """(champion version, its run id, its newest window of answered requests)."""
     client = registry.client_for(settings)
-    mv = versions.resolve(client, spec.name, aliases.CHAMPION)
+    mv = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if mv is None:
         raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
     log = LogReader(settings.inference_db)

@@ -58,7 +58,7 @@ def check_guards(
 ) -> tuple[str | None, str, pd.DataFrame]:
     """(why not, or None to go ahead; the champion version; the new labelled requests)."""
     client = registry.client_for(settings)
-    champion = versions.resolve(client, spec.name, aliases.CHAMPION)
+    champion = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if champion is None:
         return f"model '{spec.name}' has no champion to retrain", "", pd.DataFrame()
     started = _trigger_runs(client, spec.name, decision="started")

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.models import infer_signature
 
+from attnops.models.aliases import CHALLENGER
 from attnops.models.card import model_card
 from attnops.models.classifier import TrainedClassifier
 from attnops.models.data import LABEL, TEXT, LabelledData
@@ -35,7 +36,6 @@ from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
 TAG = "attnops."
-CHALLENGER = "challenger"
 WEIGHTS_TAG = f"{TAG}weights_sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PACKAGES = ("attnops", "torch", "transformers", "mlflow", "prefect", "scikit-learn")

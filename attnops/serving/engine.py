@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from attnops.models import registry
+from attnops.models.aliases import CANARY, CHAMPION, resolve
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
 from attnops.models.records import TEXT_FEATURES, entropy_columns, score_records
 from attnops.models.threads import use_threads
-from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version, resolve
+from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
-from attnops.serving.routing import CANARY, CHAMPION
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
