@@ -102,7 +102,7 @@ def log_monitoring_run(
             f"{registry.TAG}version": version,
             f"{registry.TAG}alarm": str(assessment.alarm).lower(),
             f"{registry.TAG}severity": assessment.severity,
-            f"{registry.TAG}reasons": "; ".join(assessment.reasons())[:5000] or "none",
+            f"{registry.TAG}reasons": registry.tag_value("; ".join(assessment.reasons())) or "none",
             f"{registry.TAG}window_last_ts": repr(float(window["ts"].max())),
         },
     )

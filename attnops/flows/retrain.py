@@ -119,7 +119,7 @@ def record_trigger(
         tags={
             f"{registry.TAG}stage": TRIGGER_STAGE,
             f"{registry.TAG}decision": decision,
-            f"{registry.TAG}reason": reason[:5000],
+            f"{registry.TAG}reason": registry.tag_value(reason),
             f"{registry.TAG}event_id": event_id or "manual",
             f"{registry.TAG}version": champion,
         },
@@ -127,7 +127,10 @@ def record_trigger(
     client.set_terminated(run.info.run_id)
     if champion:
         client.set_model_version_tag(
-            spec.name, champion, f"{registry.TAG}retrain_trigger", f"{decision}: {reason}"[:5000]
+            spec.name,
+            champion,
+            f"{registry.TAG}retrain_trigger",
+            registry.tag_value(f"{decision}: {reason}"),
         )
 
 
