@@ -83,6 +83,9 @@ EFFECT_SIZES = {
     "mean drop": "drop",
 }
 """The effect size reported for each kind of statistic."""
+SCORE_CAP = 1e6
+"""Where a reported score is cut: a statistic over a zero threshold is infinite, and
+neither MLflow metrics nor Grafana can show that."""
 _ENTROPY_COLUMN = re.compile(r"^l\d+h\d+$")
 
 
@@ -212,7 +215,7 @@ class DriftResult:
         """Flat numbers for MLflow: per check the score (above 1 alarms) and effect size."""
         flat = {}
         for c in self.checks:
-            flat[f"drift.{c.name}.score"] = float(min(c.score, 1e6))
+            flat[f"drift.{c.name}.score"] = float(min(c.score, SCORE_CAP))
             flat[f"drift.{c.name}.effect_size"] = c.effect_size
         return flat | {"drift.detected": float(self.drifted), "drift.checks": len(self.checks)}
 
