@@ -38,7 +38,6 @@ same bootstrap, inside the same false-alarm budget, with their own floors.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from attnops.models.attention_columns import entropy_head
 from attnops.models.records import TEXT_FEATURES
 from attnops.monitors.two_sample import (
     BootstrapCounts,
@@ -86,7 +86,6 @@ EFFECT_SIZES = {
 SCORE_CAP = 1e6
 """Where a reported score is cut: a statistic over a zero threshold is infinite, and
 neither MLflow metrics nor Grafana can show that."""
-_ENTROPY_COLUMN = re.compile(r"^l\d+h\d+$")
 
 
 @dataclass(frozen=True)
@@ -276,7 +275,7 @@ class DriftDetector:
             self._vectors[EMBEDDING_CHECK] = RbfKernel(
                 _stack(reference["embedding"]), seed, max_vector_rows
             )
-        entropy_cols = [c for c in reference.columns if _ENTROPY_COLUMN.match(c)]
+        entropy_cols = [c for c in reference.columns if entropy_head(c)]
         if entropy_cols:
             values = reference[entropy_cols].to_numpy(dtype=float)
             sampled = values[~np.isnan(values).any(axis=1)]
