@@ -56,8 +56,8 @@ def train_classifier(
     rank calls this with the same arguments and the same seed; only rank 0 touches the
     checkpoints, evaluates and calibrates, and only its result holds the best weights.
     """
-    rank = distributed.world()
-    if checkpoint_dir is not None and rank.is_main:
+    world = distributed.world()
+    if checkpoint_dir is not None and world.is_main:
         _prepare_checkpoints(spec, data, checkpoint_dir, resume)
     if spec.training.distributed.world_size > 1 and not distributed.in_process_group():
         if on_step is not None or on_evaluate is not None:
@@ -95,7 +95,7 @@ def train_classifier(
         card_notes={"word_embeddings": why_freeze},
     )
     temperature = 1.0
-    if spec.training.calibrate and rank.is_main:
+    if spec.training.calibrate and world.is_main:
         probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
         temperature = fit_temperature(probs, np.asarray(validation.labels))
         fold_temperature(model, temperature)

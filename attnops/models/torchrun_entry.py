@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     args = parser.parse_args(argv)
-    with distributed.process_group(args.backend, args.device, args.timeout_s) as rank:
-        if rank.is_main and args.job is None:
+    with distributed.process_group(args.backend, args.device, args.timeout_s) as world:
+        if world.is_main and args.job is None:
             parser.error("rank 0 needs --job (written by the train flow)")
-        payload = pickle.loads((args.job / JOB_FILE).read_bytes()) if rank.is_main else None
-        payload = distributed.broadcast_from_main(payload, rank)
+        payload = pickle.loads((args.job / JOB_FILE).read_bytes()) if world.is_main else None
+        payload = distributed.broadcast_from_main(payload, world)
         trained = train_classifier(
             payload["spec"],
             payload["data"],
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             resume=payload["resume"],
             progress=payload["progress"],
         )
-        if rank.is_main:
+        if world.is_main:
             save_output(trained, args.job / OUTPUT)
 
 
