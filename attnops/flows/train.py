@@ -12,9 +12,10 @@ from prefect import flow
 from attnops.flows.search import run_search
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry
-from attnops.models.classifier import TrainedClassifier, train_classifier
+from attnops.models.classifier import train_classifier
 from attnops.models.data import LabelledData, load_labelled_data
 from attnops.models.evaluate import Evaluation, evaluate_classifier
+from attnops.models.train import TrainedClassifier
 from attnops.monitors.reference import save_reference
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec

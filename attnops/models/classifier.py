@@ -8,11 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attnops.models import distributed, recipe
 from attnops.models.batching import encode
@@ -20,18 +18,14 @@ from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
-from attnops.models.train import EvaluationCallback, StepCallback, TrainResult, fine_tune
+from attnops.models.torchrun_launch import train_with_torchrun
+from attnops.models.train import (
+    EvaluationCallback,
+    StepCallback,
+    TrainedClassifier,
+    fine_tune,
+)
 from attnops.spec import PipelineSpec
-
-
-@dataclass(frozen=True)
-class TrainedClassifier:
-    model: object
-    tokenizer: object
-    result: TrainResult
-    device: torch.device
-    temperature: float
-    """Calibration temperature folded into the output layer (1.0: not calibrated)."""
 
 
 def train_classifier(
@@ -62,8 +56,6 @@ def train_classifier(
     if spec.training.distributed.world_size > 1 and not distributed.in_process_group():
         if on_step is not None or on_evaluate is not None:
             raise ValueError("on_step/on_evaluate cannot follow a torchrun job; use one process")
-        from attnops.models.torchrun_entry import train_with_torchrun  # imports this module
-
         return train_with_torchrun(
             spec, data, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress
         )

@@ -28,10 +28,10 @@ from mlflow.models import infer_signature
 
 from attnops.models.aliases import CHALLENGER
 from attnops.models.card import model_card
-from attnops.models.classifier import TrainedClassifier
 from attnops.models.data import LABEL, TEXT, LabelledData
 from attnops.models.evaluate import Evaluation
 from attnops.models.modeling import tokenizer_sha256
+from attnops.models.train import TrainedClassifier
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 

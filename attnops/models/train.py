@@ -66,6 +66,18 @@ class TrainResult:
         return self.real_tokens / max(self.train_seconds, 1e-9)
 
 
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """What `classifier.train_classifier` returns, in one process or back from torchrun."""
+
+    model: object
+    tokenizer: object
+    result: TrainResult
+    device: torch.device
+    temperature: float
+    """Calibration temperature folded into the output layer (1.0: not calibrated)."""
+
+
 def fine_tune(
     model,
     train: Encoded,
