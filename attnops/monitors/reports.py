@@ -68,7 +68,8 @@ def drift_report(
     heads (`attention_entropy_layer{i}`). Columns with < 5 values on either side are left out.
 
     Args:
-        reference: Record frame the model was validated on.
+        reference: Record frame to compare against: the version's reference profile (its
+            test split), or the champion's records on the same inputs or traffic.
         current: Record frame of the monitored window.
         out_html: Where the report goes; written only when the report succeeded.
         title: Shown at the top of the HTML.

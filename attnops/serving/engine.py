@@ -50,6 +50,7 @@ class ModelSlot:
         device: where the model runs.
         attention_share: share of inputs whose attention entropy is computed.
         unsupported_distance_quantile: the spec's monitoring setting, as in the monitors.
+        forward_batch_size: inputs per forward pass (`serving.forward_batch_size`).
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class ModelSlot:
         device: torch.device,
         attention_share: float,
         unsupported_distance_quantile: float,
-        forward_batch_size: int = 64,
+        forward_batch_size: int,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
         self.name, self.version = loaded.name, loaded.version
