@@ -27,7 +27,10 @@ class SpecError(ValueError):
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML's .nan/.inf parse as floats and would otherwise pass (nan) or
     # fail a bound with a misleading message ("less than 1") in every float field.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # use_attribute_docstrings: a field's docstring is its description in the JSON schema.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class ModelSpec(_Section):

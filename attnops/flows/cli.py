@@ -81,11 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", "the whole loop on the embedded defaults, in a few minutes").add_argument(
         "--regenerate", action="store_true", help="rewrite the demo data files"
     )
+    command(
+        "spec", "validate a spec and print it resolved (YAML), defaults filled in"
+    ).add_argument(
+        "--schema", action="store_true", help="print the JSON schema of every spec instead"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "spec":
+        return _spec(args)
     if args.command == "demo":
         from attnops.flows.demo import use_demo_home
 
@@ -117,6 +124,28 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if ok is not False else 1
+
+
+def _spec(args: argparse.Namespace) -> int:
+    """`attnops spec`: reads only the spec module; no services, nothing written."""
+    import json
+
+    import yaml
+
+    from attnops.spec import PipelineSpec, SpecError, load_spec
+
+    if args.schema:
+        print(json.dumps(PipelineSpec.model_json_schema(), indent=2))
+        return 0
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"attnops spec failed: {exc}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def _preflight(args: argparse.Namespace) -> None:
