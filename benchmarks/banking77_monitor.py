@@ -46,14 +46,13 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 
-from attnops.models import versions
+from attnops.models import aliases, versions
 from attnops.models.modeling import pick_device
 from attnops.models.versions import REFERENCE_FOLDER
 from attnops.monitors import pii
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.serving.engine import ModelSlot
 from attnops.serving.log_schema import record_row, records_frame
-from attnops.serving.routing import CHAMPION
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 
@@ -91,7 +90,7 @@ def answer_rows(slot: ModelSlot, texts: list[str], batch: int) -> list[dict]:
     redacted = pii.redact(texts, hits)
     rows = []
     for i, (text, answer) in enumerate(zip(texts, answers, strict=True)):
-        record = slot.log_record(f"q{i}", CHAMPION, text, 0.0, answer)
+        record = slot.log_record(f"q{i}", aliases.CHAMPION, text, 0.0, answer)
         row = record_row(record, redacted[i], hits[i])
         rows.append(row | {"label": None})  # no feedback: as the monitor reads the log
     return rows
@@ -162,7 +161,7 @@ def main() -> None:
 
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        mv = versions.resolve(client, spec.name, args.version)
+        mv = aliases.resolve(client, spec.name, args.version)
         if mv is None:
             raise SystemExit(f"model '{spec.name}' has no alias '{args.version}'")
         loaded = versions.load_version(client, spec.name, str(mv.version), scratch)

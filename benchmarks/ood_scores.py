@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from attnops.models import registry
+from attnops.models.aliases import resolve
 from attnops.models.batching import encode
 from attnops.models.data import LABEL, TEXT, load_labelled_data
 from attnops.models.inference import predict
 from attnops.models.modeling import pick_device
 from attnops.models.ood import fit_detector, separation
-from attnops.models.versions import load_version, resolve
+from attnops.models.versions import load_version
 from attnops.settings import Settings
 from attnops.spec import load_spec
 

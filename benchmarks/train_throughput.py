@@ -32,7 +32,7 @@ from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
 from attnops.models.recipe import plan_training
 from attnops.models.train import param_groups
-from attnops.spec import load_spec
+from attnops.spec import DEFAULT_SPEC, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ class _Rows(torch.utils.data.Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default=str(REPO / "configs" / "support-tickets.yaml"))
+    parser.add_argument("--spec", default=str(REPO / DEFAULT_SPEC))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=1200)
     parser.add_argument("--compile", action="store_true", help="torch.compile our model")

@@ -72,11 +72,12 @@ def _pull_request(spec: PipelineSpec, spec_path: str) -> tuple[bool, list[str]]:
     from attnops.flows.gate import gate  # imports torch: only once the spec loaded
     from attnops.flows.train import train
     from attnops.models import registry
+    from attnops.models.aliases import CHALLENGER
 
     settings = Settings.from_env()
     settings.prepare()
     client = registry.client_for(settings)
-    challenger_before = _alias(client, spec.name, registry.CHALLENGER)
+    challenger_before = _alias(client, spec.name, CHALLENGER)
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         ci_spec, budget = write_ci_spec(spec, spec_path, Path(scratch))
         print(f"CI budget: {budget}")
@@ -85,7 +86,7 @@ def _pull_request(spec: PipelineSpec, spec_path: str) -> tuple[bool, list[str]]:
             decision = gate(ci_spec, candidate=version.version)
         finally:
             # A CI-budget version must not become what `gate`/`release` pick up by default.
-            _restore_alias(client, spec.name, registry.CHALLENGER, challenger_before)
+            _restore_alias(client, spec.name, CHALLENGER, challenger_before)
     metrics = {**client.get_run(version.run_id).data.metrics, **version.metrics}
     verdict = "PASS" if decision.passed else "FAIL"
     versus = f"champion v{decision.champion}" if decision.champion else "absolute limits"

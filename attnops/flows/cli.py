@@ -20,9 +20,10 @@ from attnops.flows.console import (
     quiet_tracebacks,
     unwind_on_sigterm,
 )
+from attnops.models.aliases import CHALLENGER
 from attnops.settings import Settings, configure_process_env
+from attnops.spec import DEFAULT_SPEC
 
-DEFAULT_SPEC = "configs/support-tickets.yaml"
 # Which services each command needs checked before it starts (see attnops/flows/preflight.py).
 NEEDS_TRACKING = {"train", "gate", "release", "rollback", "serve", "monitor", "retrain", "ci"}
 NEEDS_PREFECT = {"train", "gate", "release", "monitor", "retrain", "deploy", "ci", "demo"}
@@ -47,12 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "gate", "decide whether the challenger may go to canary (exit 0 only on pass)"
     ).add_argument(
-        "--version", default="challenger", help="version number or alias (default: challenger)"
+        "--version", default=CHALLENGER, help=f"version number or alias (default: {CHALLENGER})"
     )
     command(
         "release", "canary a gated version, observe live traffic, promote or roll back"
     ).add_argument(
-        "--version", default="challenger", help="version number or alias (default: challenger)"
+        "--version", default=CHALLENGER, help=f"version number or alias (default: {CHALLENGER})"
     )
     command("rollback", "make the previous champion the champion again")
     serve = command("serve", "run the inference service (champion + canary)")
@@ -80,11 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", "the whole loop on the embedded defaults, in a few minutes").add_argument(
         "--regenerate", action="store_true", help="rewrite the demo data files"
     )
+    command(
+        "spec", "validate a spec and print it resolved (YAML), defaults filled in"
+    ).add_argument(
+        "--schema", action="store_true", help="print the JSON schema of every spec instead"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "spec":
+        return _spec(args)
     if args.command == "demo":
         from attnops.flows.demo import use_demo_home
 
@@ -116,6 +124,28 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if ok is not False else 1
+
+
+def _spec(args: argparse.Namespace) -> int:
+    """`attnops spec`: reads only the spec module; no services, nothing written."""
+    import json
+
+    import yaml
+
+    from attnops.spec import PipelineSpec, SpecError, load_spec
+
+    if args.schema:
+        print(json.dumps(PipelineSpec.model_json_schema(), indent=2))
+        return 0
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"attnops spec failed: {exc}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def _preflight(args: argparse.Namespace) -> None:
@@ -276,7 +306,7 @@ def _train(spec_path: str, *, resume: bool):
     version = train(spec_path, resume=resume)
     settings = Settings.from_env()
     m = version.metrics
-    print(f"\nregistered {version.model_uri} (alias challenger, run {version.run_id})")
+    print(f"\nregistered {version.model_uri} (alias {CHALLENGER}, run {version.run_id})")
     rows = [
         ("test macro-F1", m["test_macro_f1"]),
         ("TF-IDF baseline macro-F1", m.get("baseline_macro_f1")),

@@ -36,13 +36,13 @@ GATE_FOLDER = "gate"
 def find_versions(spec: PipelineSpec, settings: Settings, candidate: str):
     """The candidate version (number or alias) and the champion, if one is set and differs."""
     client = registry.client_for(settings)
-    found = versions.resolve(client, spec.name, candidate)
+    found = aliases.resolve(client, spec.name, candidate)
     if found is None:
         raise LookupError(
             f"no version of '{spec.name}' has the alias '{candidate}'; run `attnops train` "
             "first or pass --version N"
         )
-    champion = versions.resolve(client, spec.name, aliases.CHAMPION)
+    champion = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if champion is not None and str(champion.version) == str(found.version):
         raise ValueError(
             f"{spec.name} v{found.version} is already the champion; gate a newer version"
@@ -165,7 +165,7 @@ def record_decision(
 
 
 @flow(name="gate", flow_run_name="gate-{spec_path}", log_prints=True)
-def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
+def gate(spec_path: str, candidate: str = aliases.CHALLENGER) -> GateDecision:
     """Gate a version against the champion (or absolute limits when there is none).
 
     The decision, each check's reason and the Evidently reports go onto the candidate

@@ -34,7 +34,7 @@ from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.monitors.reports import drift_report
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import PipelineSpec, load_spec
+from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
 
 DRIFT_EVENT = "attnops.drift.detected"
 MONITORING_SUFFIX = "-monitoring"
@@ -44,7 +44,7 @@ MONITORING_SUFFIX = "-monitoring"
 def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, object]:
     """(champion version, its run id, its newest window of answered requests)."""
     client = registry.client_for(settings)
-    mv = versions.resolve(client, spec.name, aliases.CHAMPION)
+    mv = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if mv is None:
         raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
     log = LogReader(settings.inference_db)
@@ -102,7 +102,7 @@ def log_monitoring_run(
             f"{registry.TAG}version": version,
             f"{registry.TAG}alarm": str(assessment.alarm).lower(),
             f"{registry.TAG}severity": assessment.severity,
-            f"{registry.TAG}reasons": "; ".join(assessment.reasons())[:5000] or "none",
+            f"{registry.TAG}reasons": registry.tag_value("; ".join(assessment.reasons())) or "none",
             f"{registry.TAG}window_last_ts": repr(float(window["ts"].max())),
         },
     )
@@ -132,7 +132,7 @@ def clear_gauges(url: str, model: str) -> None:
 
 
 @flow(name="monitor", flow_run_name="monitor-{spec_path}", log_prints=True)
-def monitor(spec_path: str = "configs/support-tickets.yaml") -> dict:
+def monitor(spec_path: str = DEFAULT_SPEC) -> dict:
     """Judge the newest window of champion traffic; emit `attnops.drift.detected` on alarm.
 
     Returns:

@@ -17,13 +17,13 @@ from pathlib import Path
 from prefect import flow
 
 from attnops.flows.tasks import io_task
-from attnops.models import aliases, evidence, registry, versions
+from attnops.models import aliases, evidence, registry
 from attnops.monitors.canary import CanaryDecision, compare_canary
 from attnops.monitors.reports import drift_report
 from attnops.serving.client import reload_server
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import PipelineSpec, load_spec
+from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
 
 RELEASE = "release"
 
@@ -34,7 +34,7 @@ def check_candidate(
 ) -> tuple[str, str | None]:
     """(version, the champion) for a candidate that passed the gate."""
     client = registry.client_for(settings)
-    mv = versions.resolve(client, spec.name, candidate)
+    mv = aliases.resolve(client, spec.name, candidate)
     if mv is None:
         raise LookupError(f"no version of '{spec.name}' has the alias '{candidate}'")
     gate = mv.tags.get(f"{registry.TAG}gate")
@@ -129,7 +129,7 @@ def record_release(
 
 
 @flow(name="release", flow_run_name="release-{spec_path}", log_prints=True)
-def release(spec_path: str = "configs/support-tickets.yaml", candidate: str = "challenger") -> dict:
+def release(spec_path: str = DEFAULT_SPEC, candidate: str = aliases.CHALLENGER) -> dict:
     """Put a gated version on canary, observe it on live traffic, then promote or roll back.
 
     Without a champion there is nothing to compare with: the version is promoted on the

@@ -31,7 +31,7 @@ from attnops.models import aliases, registry, versions
 from attnops.models.data import LABEL, TEXT, load_labelled_data
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import PipelineSpec, load_spec
+from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
 
 TRIGGER_STAGE = "retrain_trigger"
 
@@ -58,7 +58,7 @@ def check_guards(
 ) -> tuple[str | None, str, pd.DataFrame]:
     """(why not, or None to go ahead; the champion version; the new labelled requests)."""
     client = registry.client_for(settings)
-    champion = versions.resolve(client, spec.name, aliases.CHAMPION)
+    champion = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if champion is None:
         return f"model '{spec.name}' has no champion to retrain", "", pd.DataFrame()
     started = _trigger_runs(client, spec.name, decision="started")
@@ -119,7 +119,7 @@ def record_trigger(
         tags={
             f"{registry.TAG}stage": TRIGGER_STAGE,
             f"{registry.TAG}decision": decision,
-            f"{registry.TAG}reason": reason[:5000],
+            f"{registry.TAG}reason": registry.tag_value(reason),
             f"{registry.TAG}event_id": event_id or "manual",
             f"{registry.TAG}version": champion,
         },
@@ -127,7 +127,10 @@ def record_trigger(
     client.set_terminated(run.info.run_id)
     if champion:
         client.set_model_version_tag(
-            spec.name, champion, f"{registry.TAG}retrain_trigger", f"{decision}: {reason}"[:5000]
+            spec.name,
+            champion,
+            f"{registry.TAG}retrain_trigger",
+            registry.tag_value(f"{decision}: {reason}"),
         )
 
 
@@ -175,7 +178,7 @@ def write_training_spec(
 
 
 @flow(name="retrain", flow_run_name="retrain-{spec_path}", log_prints=True)
-def retrain(spec_path: str = "configs/support-tickets.yaml", event_id: str | None = None) -> dict:
+def retrain(spec_path: str = DEFAULT_SPEC, event_id: str | None = None) -> dict:
     """Retrain on fresh labelled traffic, guarded by cooldown, minimum data and one-at-a-time.
 
     Returns:

@@ -17,8 +17,8 @@ from prefect import flow
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import registry, search_evidence
 from attnops.models import search as optuna_search
-from attnops.models.classifier import TrainedClassifier
 from attnops.models.data import LabelledData, load_labelled_data
+from attnops.models.train import TrainedClassifier
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
 

@@ -8,11 +8,33 @@ halfway never leaves the model without a champion.
 
 from __future__ import annotations
 
-from mlflow import MlflowClient
+from typing import TYPE_CHECKING
 
-from attnops.models.versions import resolve
+if TYPE_CHECKING:  # mlflow only once a client exists: the CLI imports the alias names
+    from mlflow import MlflowClient
 
-CHAMPION, CANARY, PREVIOUS = "champion", "canary", "previous"
+CHALLENGER, CHAMPION, CANARY, PREVIOUS = "challenger", "champion", "canary", "previous"
+
+
+def resolve(client: MlflowClient, name: str, ref: str):
+    """A model version by number ("3") or alias ("champion"); None for an unset alias."""
+    from mlflow.exceptions import MlflowException
+
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        raise LookupError(f"no registered model '{name}' in this MLflow; run `attnops train` first")
+    try:
+        if ref.isdigit():
+            return client.get_model_version(name, ref)
+        return client.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        # Only "not there" means none; a busy or failing server must not read as "no
+        # champion", or a candidate would be gated on absolute limits alone.
+        missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+        if not missing or "not found" not in str(exc).lower():
+            raise
+        if ref.isdigit():
+            raise LookupError(f"model '{name}' has no version {ref}") from None
+        return None
 
 
 def version_of(client: MlflowClient, name: str, alias: str) -> str | None:

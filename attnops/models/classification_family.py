@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from attnops.models.card import model_card
-from attnops.models.classifier import TrainedClassifier, train_classifier
+from attnops.models.classifier import train_classifier
 from attnops.models.data import LABEL, TEXT, LabelledData, load_labelled_data
 from attnops.models.evaluate import Evaluation, evaluate_classifier
 from attnops.models.task_family import Registration, TrainingEvidence
+from attnops.models.train import TrainedClassifier
 from attnops.spec import PipelineSpec
 
 TAG = "attnops."

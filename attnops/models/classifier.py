@@ -8,11 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attnops.models import distributed, recipe
 from attnops.models.batching import encode
@@ -20,18 +18,14 @@ from attnops.models.calibration import fit_temperature, fold_temperature
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
-from attnops.models.train import EvaluationCallback, StepCallback, TrainResult, fine_tune
+from attnops.models.torchrun_launch import train_with_torchrun
+from attnops.models.train import (
+    EvaluationCallback,
+    StepCallback,
+    TrainedClassifier,
+    fine_tune,
+)
 from attnops.spec import PipelineSpec
-
-
-@dataclass(frozen=True)
-class TrainedClassifier:
-    model: object
-    tokenizer: object
-    result: TrainResult
-    device: torch.device
-    temperature: float
-    """Calibration temperature folded into the output layer (1.0: not calibrated)."""
 
 
 def train_classifier(
@@ -56,14 +50,12 @@ def train_classifier(
     rank calls this with the same arguments and the same seed; only rank 0 touches the
     checkpoints, evaluates and calibrates, and only its result holds the best weights.
     """
-    rank = distributed.world()
-    if checkpoint_dir is not None and rank.is_main:
+    world = distributed.world()
+    if checkpoint_dir is not None and world.is_main:
         _prepare_checkpoints(spec, data, checkpoint_dir, resume)
     if spec.training.distributed.world_size > 1 and not distributed.in_process_group():
         if on_step is not None or on_evaluate is not None:
             raise ValueError("on_step/on_evaluate cannot follow a torchrun job; use one process")
-        from attnops.models.torchrun_entry import train_with_torchrun  # imports this module
-
         return train_with_torchrun(
             spec, data, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress
         )
@@ -95,7 +87,7 @@ def train_classifier(
         card_notes={"word_embeddings": why_freeze},
     )
     temperature = 1.0
-    if spec.training.calibrate and rank.is_main:
+    if spec.training.calibrate and world.is_main:
         probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
         temperature = fit_temperature(probs, np.asarray(validation.labels))
         fold_temperature(model, temperature)

@@ -80,7 +80,7 @@ def rank_device(setting: str) -> torch.device:
     return device
 
 
-def shard(indices: np.ndarray, rank: World) -> tuple[np.ndarray, float]:
+def shard(indices: np.ndarray, world: World) -> tuple[np.ndarray, float]:
     """This rank's share of a global micro-batch and the weight of its mean loss.
 
     Strided (rank, rank + N, ...): a length-grouped batch is sorted by length, so every
@@ -90,28 +90,28 @@ def shard(indices: np.ndarray, rank: World) -> tuple[np.ndarray, float]:
     even when the batch does not divide evenly. A rank left with nothing (a batch smaller
     than N) still runs one example at weight 0, because every rank must join the all-reduce.
     """
-    mine = indices[rank.rank :: rank.size]
+    mine = indices[world.rank :: world.size]
     if len(mine) == 0:
         return indices[:1], 0.0
-    return mine, len(mine) * rank.size / len(indices)
+    return mine, len(mine) * world.size / len(indices)
 
 
-def broadcast_from_main(obj, rank: World):
+def broadcast_from_main(obj, world: World):
     """Rank 0's `obj` on every rank (any picklable object); the others wait for it.
 
     Tensors inside must be on the CPU: they are unpickled onto the device they came from.
     """
-    if rank.size == 1:
+    if world.size == 1:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def mean_over_ranks(value: torch.Tensor, rank: World) -> torch.Tensor:
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     """The average of `value` over all ranks (for logging; gloo has no AVG reduction)."""
-    if rank.size == 1:
+    if world.size == 1:
         return value
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / rank.size
+    return total / world.size

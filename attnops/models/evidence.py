@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from attnops.models.registry import TAG
+from attnops.models.registry import TAG, tag_value
 
 
 def record_decision(
@@ -55,7 +55,7 @@ def record_decision(
         name, version, description=_with_section(description, stage, section)
     )
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, f"{TAG}{key}", str(value)[:5000])
+        client.set_model_version_tag(name, version, f"{TAG}{key}", tag_value(value))
     client.set_model_version_tag(name, version, f"{TAG}{stage}", verdict)
 
 

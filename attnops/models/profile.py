@@ -1,8 +1,9 @@
 """The reference profile: what normal inputs and outputs look like for one model version.
 
-Stored with the version, so later drift checks compare live traffic against the data the
-version was validated on, through the version's own eyes (its tokenizer, its embeddings,
-its attention) rather than a second model's.
+Stored with the version, so later drift checks compare live traffic against the version's
+test split (data it was neither trained nor tuned on), through the version's own eyes (its
+tokenizer, its embeddings, its attention) rather than a second model's. Only the embedding
+projection is fit on the validation split.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from attnops.models.attention import attention_entropy
+from attnops.models.attention_columns import entropy_columns
 from attnops.models.batching import Encoded, encode
 from attnops.models.inference import predict
 from attnops.models.ood import OUT_OF_SCOPE_SCORE, OutOfScopeDetector
@@ -32,11 +33,6 @@ TEXT_FEATURES = (
 )
 """Input-side numeric columns of a record frame."""
 _WORD = re.compile(r"\w+")
-
-
-def entropy_columns(layers: int, heads: int) -> list[str]:
-    """Column names of per-head attention entropy in a record frame: l{layer}h{head}."""
-    return [f"l{layer}h{head}" for layer in range(layers) for head in range(heads)]
 
 
 def text_features(tokenizer, texts: Sequence[str], encoded: Encoded) -> dict[str, np.ndarray]:

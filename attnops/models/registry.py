@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
 from mlflow.models import infer_signature
 
+from attnops.models.aliases import CHALLENGER
 from attnops.models.evaluate import Evaluation
 from attnops.models.modeling import tokenizer_sha256
 from attnops.models.task_family import TaskFamily, TrainingEvidence
@@ -31,8 +32,9 @@ from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
 TAG = "attnops."
-CHALLENGER = "challenger"
 WEIGHTS_TAG = f"{TAG}weights_sha256"
+MAX_TAG_VALUE_CHARS = 5000
+"""Where free-text tag values (reasons, failures) are cut: below MLflow's 8000 for run tags."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _PACKAGES = ("attnops", "torch", "transformers", "mlflow", "prefect", "scikit-learn")
 
@@ -45,6 +47,11 @@ class RegisteredVersion:
     model_uri: str
     tags: dict[str, str]
     metrics: dict[str, float]
+
+
+def tag_value(value: object) -> str:
+    """`value` as an MLflow tag value, cut to `MAX_TAG_VALUE_CHARS`."""
+    return str(value)[:MAX_TAG_VALUE_CHARS]
 
 
 def client_for(settings: Settings) -> MlflowClient:
@@ -107,7 +114,7 @@ def fail_run(client: MlflowClient, run_id: str, model_name: str, reason: str) ->
     ):
         if logged.status != LoggedModelStatus.FAILED:
             client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-    client.set_tag(run_id, f"{TAG}failure", reason[:5000])
+    client.set_tag(run_id, f"{TAG}failure", tag_value(reason))
     client.set_terminated(run_id, status="FAILED")
 
 

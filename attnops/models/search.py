@@ -32,12 +32,12 @@ from safetensors.torch import load_model, save_model
 
 from attnops.models.batching import encode
 from attnops.models.calibration import fit_temperature, fold_temperature
-from attnops.models.classifier import TrainedClassifier, train_classifier
+from attnops.models.classifier import train_classifier
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.distributed import rank_device
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer
-from attnops.models.train import TrainResult
+from attnops.models.train import TrainedClassifier, TrainResult
 from attnops.spec import PipelineSpec, SearchSpec, TrainingSpec
 
 OBJECTIVE = "best validation macro-F1"

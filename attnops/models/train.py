@@ -66,6 +66,18 @@ class TrainResult:
         return self.real_tokens / max(self.train_seconds, 1e-9)
 
 
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """What `classifier.train_classifier` returns, in one process or back from torchrun."""
+
+    model: object
+    tokenizer: object
+    result: TrainResult
+    device: torch.device
+    temperature: float
+    """Calibration temperature folded into the output layer (1.0: not calibrated)."""
+
+
 def fine_tune(
     model,
     train: Encoded,
@@ -105,7 +117,7 @@ def fine_tune(
             validation macro-F1); may raise to stop (a search prunes a trial this way).
         card_notes: more choices made by the caller and why, for the run card.
     """
-    rank = distributed.world()
+    world = distributed.world()
     cuda = device.type == "cuda"
     model.to(device)
     # The fused AdamW kernel updates all parameters in one pass, on CPU too: 7x less CPU
@@ -119,15 +131,15 @@ def fine_tune(
     scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, total_steps)
     patience = cfg.early_stopping_patience
     state, best_weights, saved = TrainState(), None, None
-    if rank.is_main and resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
+    if world.is_main and resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
         saved = read_checkpoint(checkpoint_dir, model)
         best_weights = load_best(checkpoint_dir, model)
         print(f"resumed from {checkpoint_dir / 'last'} at step {saved['state']['step']}")
-    elif rank.is_main and resume:
+    elif world.is_main and resume:
         print(f"no checkpoint in {checkpoint_dir}: starting from scratch")
     # Rank 0 alone reads the checkpoint (no shared disk needed): the other ranks get its
     # weights from DDP's construction and the rest of the training state from here.
-    saved = distributed.broadcast_from_main(saved, rank)
+    saved = distributed.broadcast_from_main(saved, world)
     if saved is not None:
         state = restore(saved, optimizer, scheduler)
 
@@ -138,9 +150,9 @@ def fine_tune(
         "parameters": count_parameters(model),
         "device": str(device),
         "dtype": "bf16 autocast" if cuda and cfg.bf16 else "fp32",
-        "processes": rank.size,
+        "processes": world.size,
         "batch_size": cfg.batch_size,
-        "per_process_batch": math.ceil(cfg.batch_size / rank.size),
+        "per_process_batch": math.ceil(cfg.batch_size / world.size),
         "grad_accum_steps": cfg.grad_accum_steps,
         "effective_batch": cfg.batch_size * cfg.grad_accum_steps,
         "optimizer_steps": total_steps,
@@ -156,14 +168,14 @@ def fine_tune(
         "resumed_at_step": state.step,
         "why": {**plan.reasons, **(card_notes or {})},
     }
-    if rank.is_main:
+    if world.is_main:
         facts = ", ".join(f"{k}={v}" for k, v in card.items() if k != "why")
         print(f"run card: {facts}\n" + "\n".join(f"  {k}: {v}" for k, v in card["why"].items()))
 
     # DDP broadcasts rank 0's weights when it wraps the model, then all-reduces (averages)
     # gradients in backward. Evaluation and checkpoints use the unwrapped `model`.
     ddp = None
-    if rank.size > 1:
+    if world.size > 1:
         ddp = DistributedDataParallel(model, device_ids=[device] if cuda else None)
     forward = model if ddp is None else ddp
     forward = torch.compile(forward) if cfg.compile else forward
@@ -173,7 +185,7 @@ def fine_tune(
     bar = tqdm(
         total=total_steps,
         initial=state.step,
-        disable=not (progress and rank.is_main),
+        disable=not (progress and world.is_main),
         desc="fine-tune",
     )
     # A run that had already stopped early when it was checkpointed stays stopped.
@@ -187,7 +199,7 @@ def fine_tune(
         )
         started = time.perf_counter()
         for b in range(state.batches_done_in_epoch, len(batches)):
-            mine, weight = distributed.shard(batches[b], rank)
+            mine, weight = distributed.shard(batches[b], world)
             _, batch = next(iterate(train, [mine], pad_id, device))
             # Scale so an accumulated step averages over its micro-batches; the last group
             # of an epoch can be shorter than grad_accum_steps. `weight` (1 in one process)
@@ -217,7 +229,7 @@ def fine_tune(
             state.batches_done_in_epoch = b + 1
             # One device sync per optimizer step for both numbers. The loss is the global
             # micro-batch's mean (grad_norm is already global: DDP reduced the gradients).
-            last_loss = distributed.mean_over_ranks(loss.detach() * group_size, rank)
+            last_loss = distributed.mean_over_ranks(loss.detach() * group_size, world)
             if grad_norm is None:
                 metrics = {"train_loss": last_loss.item()}
             else:
@@ -228,14 +240,14 @@ def fine_tune(
             interval_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-            if on_step and rank.is_main:
+            if on_step and world.is_main:
                 on_step(state.step, metrics)
             last_of_epoch = b + 1 == len(batches)
             if state.step % eval_every == 0 or state.step == total_steps or last_of_epoch:
                 if last_of_epoch:
                     state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
                 state.train_seconds += time.perf_counter() - started
-                if rank.is_main:
+                if world.is_main:
                     score = _val_macro_f1(model, validation, labels, pad_id, device)
                     mean_loss = interval_loss / interval_steps
                     state.history.append(
@@ -256,7 +268,7 @@ def fine_tune(
                         on_evaluate(state.step, score)
                 # The other ranks wait here while rank 0 evaluates and writes (bounded by
                 # distributed.timeout_s), then all stop or go on together.
-                stopped_early = distributed.broadcast_from_main(stopped_early, rank)
+                stopped_early = distributed.broadcast_from_main(stopped_early, world)
                 interval_loss, interval_steps = 0.0, 0
                 started = time.perf_counter()
             if stopped_early or state.step >= total_steps:
@@ -266,7 +278,7 @@ def fine_tune(
         model.load_state_dict(best_weights)
     model.eval()
     fit = {}
-    if rank.is_main:
+    if world.is_main:
         cut = total_steps < plan.epochs * plan.steps_per_epoch
         stopped_by = "early_stopping" if stopped_early else "max_steps" if cut else "epochs"
         fit = assess_fit(

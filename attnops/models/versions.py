@@ -62,25 +62,6 @@ class LoadedVersion:
         return pd.read_parquet(self.folder / REFERENCE_FOLDER / PROFILE_TABLE)
 
 
-def resolve(client: MlflowClient, name: str, ref: str):
-    """A model version by number ("3") or alias ("champion"); None for an unset alias."""
-    if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        raise LookupError(f"no registered model '{name}' in this MLflow; run `attnops train` first")
-    try:
-        if ref.isdigit():
-            return client.get_model_version(name, ref)
-        return client.get_model_version_by_alias(name, ref)
-    except MlflowException as exc:
-        # Only "not there" means none; a busy or failing server must not read as "no
-        # champion", or a candidate would be gated on absolute limits alone.
-        missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-        if not missing or "not found" not in str(exc).lower():
-            raise
-        if ref.isdigit():
-            raise LookupError(f"model '{name}' has no version {ref}") from None
-        return None
-
-
 def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -> LoadedVersion:
     """Download version `version` of `name` and its evidence into `scratch`; verify it.
 

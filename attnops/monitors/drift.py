@@ -38,7 +38,6 @@ same bootstrap, inside the same false-alarm budget, with their own floors.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -47,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from attnops.models.attention_columns import entropy_head
 from attnops.models.records import TEXT_FEATURES
 from attnops.monitors.two_sample import (
     BootstrapCounts,
@@ -83,7 +83,9 @@ EFFECT_SIZES = {
     "mean drop": "drop",
 }
 """The effect size reported for each kind of statistic."""
-_ENTROPY_COLUMN = re.compile(r"^l\d+h\d+$")
+SCORE_CAP = 1e6
+"""Where a reported score is cut: a statistic over a zero threshold is infinite, and
+neither MLflow metrics nor Grafana can show that."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class DriftResult:
         """Flat numbers for MLflow: per check the score (above 1 alarms) and effect size."""
         flat = {}
         for c in self.checks:
-            flat[f"drift.{c.name}.score"] = float(min(c.score, 1e6))
+            flat[f"drift.{c.name}.score"] = float(min(c.score, SCORE_CAP))
             flat[f"drift.{c.name}.effect_size"] = c.effect_size
         return flat | {"drift.detected": float(self.drifted), "drift.checks": len(self.checks)}
 
@@ -273,7 +275,7 @@ class DriftDetector:
             self._vectors[EMBEDDING_CHECK] = RbfKernel(
                 _stack(reference["embedding"]), seed, max_vector_rows
             )
-        entropy_cols = [c for c in reference.columns if _ENTROPY_COLUMN.match(c)]
+        entropy_cols = [c for c in reference.columns if entropy_head(c)]
         if entropy_cols:
             values = reference[entropy_cols].to_numpy(dtype=float)
             sampled = values[~np.isnan(values).any(axis=1)]

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
+from attnops.monitors.drift import SCORE_CAP
 from attnops.monitors.reference import WindowAssessment
 from attnops.settings import service_timeout_s
 
 PUSH_JOB = "attnops-monitor"
-SCORE_CAP = 1e6  # a statistic over a zero threshold is infinite; Grafana cannot plot that
 
 
 class MonitorMetrics:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,12 +32,13 @@ from evidently.presets import ClassificationPreset, DataDriftPreset, ValueStats
 from evidently.tests import Reference, gte, lte
 from threadpoolctl import threadpool_limits
 
+from attnops.models.attention_columns import entropy_head
+
 NUMERIC_FEATURES = (
     "text_chars", "n_tokens", "unk_rate", "tokens_per_word", "non_letter_share", "confidence",
 )  # fmt: skip
 CATEGORICAL_FEATURES = ("prediction", "label", "truncated")
 EMBEDDING = "embedding"
-_ENTROPY_HEAD = re.compile(r"^l(\d+)h(\d+)$")
 _ENTROPY_LAYER = "attention_entropy_layer"
 _MIN_ROWS = 5  # non-null rows per side below which a column's drift test means nothing
 # Every ValueStats test off: include_tests=False breaks its HTML rendering in 0.7.23 (KeyError).
@@ -68,7 +68,8 @@ def drift_report(
     heads (`attention_entropy_layer{i}`). Columns with < 5 values on either side are left out.
 
     Args:
-        reference: Record frame the model was validated on.
+        reference: Record frame to compare against: the version's reference profile (its
+            test split), or the champion's records on the same inputs or traffic.
         current: Record frame of the monitored window.
         out_html: Where the report goes; written only when the report succeeded.
         title: Shown at the top of the HTML.
@@ -278,8 +279,8 @@ def _drift_frame(frame: pd.DataFrame, slice_columns: Sequence[str]) -> pd.DataFr
     """The columns the drift report reads, in the types it needs."""
     heads: dict[int, list[str]] = {}
     for column in frame.columns:
-        if match := _ENTROPY_HEAD.match(str(column)):
-            heads.setdefault(int(match.group(1)), []).append(column)
+        if head := entropy_head(column):
+            heads.setdefault(head[0], []).append(column)
     categorical = [c for c in dict.fromkeys((*CATEGORICAL_FEATURES, *slice_columns)) if c in frame]
     parts = [
         frame[[c for c in NUMERIC_FEATURES if c in frame]].astype(float),

@@ -27,11 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from attnops.models.aliases import CANARY, CHAMPION
 from attnops.serving.batching import MicroBatcher
 from attnops.serving.engine import Models
 from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
-from attnops.serving.routing import CANARY, CHAMPION, choose_route
+from attnops.serving.routing import choose_route
 from attnops.serving.validation import ClientError, check_feedback, check_texts
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec

@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from attnops.models import registry
+from attnops.models.aliases import CANARY, CHAMPION, resolve
+from attnops.models.attention_columns import entropy_columns
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
-from attnops.models.records import TEXT_FEATURES, entropy_columns, score_records
+from attnops.models.records import TEXT_FEATURES, score_records
 from attnops.models.threads import use_threads
-from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version, resolve
+from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
-from attnops.serving.routing import CANARY, CHAMPION
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -49,6 +50,7 @@ class ModelSlot:
         device: where the model runs.
         attention_share: share of inputs whose attention entropy is computed.
         unsupported_distance_quantile: the spec's monitoring setting, as in the monitors.
+        forward_batch_size: inputs per forward pass (`serving.forward_batch_size`).
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class ModelSlot:
         device: torch.device,
         attention_share: float,
         unsupported_distance_quantile: float,
-        forward_batch_size: int = 64,
+        forward_batch_size: int,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
         self.name, self.version = loaded.name, loaded.version

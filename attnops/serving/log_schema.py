@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
 )
 
+from attnops.models.attention_columns import entropy_columns
 from attnops.settings import service_timeout_s
 
 metadata = MetaData()
@@ -202,8 +203,6 @@ def records_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
     sampled = [i for i, row in enumerate(rows) if row["attention_entropy"] is not None]
     if not sampled:
         return frame
-    # records imports torch: only readers that meet attention samples pay for it
-    from attnops.models.records import entropy_columns
 
     def names_of(shape: str) -> list[str]:
         return entropy_columns(*_dims(shape))

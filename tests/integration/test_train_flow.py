@@ -61,7 +61,8 @@ def test_train_registers_model_with_tokenizer_and_evidence(
                 "truncation_rate", "attention_entropy_mean", "train_tokens_per_s",
                 "calibration_temperature"):  # fmt: skip
         assert key in run.data.metrics, key
-    assert 0 <= run.data.metrics["test_macro_f1"] <= 1
+    # Seeded: every CPU run gets this value (the tiny random BERT learns little in a few steps).
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(0.0065, abs=0.005)
     artifacts = {a.path for folder in ("", "evaluation", "reference_profile")
                  for a in client.list_artifacts(version.run_id, folder)}  # fmt: skip
     assert {

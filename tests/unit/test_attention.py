@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from attnops.models.attention import attention_entropy, attention_report, head_importance
+from attnops.models.attention_columns import entropy_columns, entropy_head
 from attnops.models.batching import encode
 from attnops.models.modeling import build_classifier
 from attnops.spec import ModelSpec
@@ -98,3 +99,11 @@ def test_head_importance_per_input_gradients_do_not_depend_on_batching(tokenizer
     one_by_one = head_importance(model, probe, pad_id=0, device=CPU, batch_size=1)
     batched = head_importance(model, probe, pad_id=0, device=CPU, batch_size=32)
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_column_names_parse_back_to_their_head():
+    """Every built entropy column parses to its (layer, head); other columns do not."""
+    names = entropy_columns(2, 3)
+    assert names[4] == "l1h1"
+    assert [entropy_head(name) for name in names] == [(i, j) for i in range(2) for j in range(3)]
+    assert entropy_head("label") is None and entropy_head("l1h1_mean") is None

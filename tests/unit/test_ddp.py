@@ -167,7 +167,7 @@ def test_spec_rejects_a_batch_smaller_than_the_processes(demo_dir):
 
 
 def test_multi_node_command_puts_the_flow_on_node_0(demo_dir):
-    from attnops.models.torchrun_entry import torchrun_command
+    from attnops.models.torchrun_launch import torchrun_command
 
     raw = tiny_spec_dict(demo_dir, distributed={"nproc_per_node": 4, "nnodes": 2,
                                                 "master_addr": "10.0.0.5"})  # fmt: skip
@@ -180,7 +180,7 @@ def test_multi_node_command_puts_the_flow_on_node_0(demo_dir):
 
 
 def test_a_failed_launch_says_so(capfd):
-    from attnops.models.torchrun_entry import _run
+    from attnops.models.torchrun_launch import _run
 
     with pytest.raises(RuntimeError, match="exit code 3"):
         _run([sys.executable, "-c", "print('worker output'); raise SystemExit(3)"])

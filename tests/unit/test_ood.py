@@ -27,7 +27,7 @@ from attnops.models.registry import TAG
 from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.engine import ModelSlot
-from attnops.spec import EvaluationSpec, ModelSpec
+from attnops.spec import EvaluationSpec, ModelSpec, ServingSpec
 from tests.conftest import TINY_BERT
 
 CLASSES, WIDTH = 5, 16
@@ -266,7 +266,7 @@ def test_served_answers_are_flagged_by_the_versions_stored_score(tiny_version):
     loaded, detector, texts, pred = tiny_version
     slot = ModelSlot(
         loaded, device=torch.device("cpu"), attention_share=0.0,
-        unsupported_distance_quantile=0.95,
+        unsupported_distance_quantile=0.95, forward_batch_size=ServingSpec().forward_batch_size,
     )  # fmt: skip
     answers = slot.answer(texts)
     expected = detector.score(pred.logits, pred.features) > detector.threshold

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from attnops.spec import DEFAULT_SPEC
+
 ROOT = Path(__file__).resolve().parents[3]
 INFRA = ROOT / "infra"
 COMPOSE = INFRA / "compose"
@@ -18,7 +20,7 @@ K8S = INFRA / "k8s"
 RULES = INFRA / "prometheus" / "rules" / "attnops.yml"
 DASHBOARDS = INFRA / "grafana" / "dashboards"
 RUNBOOKS = INFRA / "runbooks"
-SPEC = "configs/support-tickets.yaml"
+SPEC = DEFAULT_SPEC
 K8S_VERSION = "1.33"
 
 # Series Prometheus itself writes for every target; queried but never exported by attnops.
