@@ -164,8 +164,9 @@ def record_decision(
     )
 
 
+# Flow defaults are literals: a deployment stores them as JSON ("challenger" = aliases.CHALLENGER).
 @flow(name="gate", flow_run_name="gate-{spec_path}", log_prints=True)
-def gate(spec_path: str, candidate: str = aliases.CHALLENGER) -> GateDecision:
+def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
     """Gate a version against the champion (or absolute limits when there is none).
 
     The decision, each check's reason and the Evidently reports go onto the candidate

@@ -34,7 +34,7 @@ from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.monitors.reports import drift_report
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
+from attnops.spec import PipelineSpec, load_spec
 
 DRIFT_EVENT = "attnops.drift.detected"
 MONITORING_SUFFIX = "-monitoring"
@@ -132,7 +132,7 @@ def clear_gauges(url: str, model: str) -> None:
 
 
 @flow(name="monitor", flow_run_name="monitor-{spec_path}", log_prints=True)
-def monitor(spec_path: str = DEFAULT_SPEC) -> dict:
+def monitor(spec_path: str) -> dict:
     """Judge the newest window of champion traffic; emit `attnops.drift.detected` on alarm.
 
     Returns:

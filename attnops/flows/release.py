@@ -23,7 +23,7 @@ from attnops.monitors.reports import drift_report
 from attnops.serving.client import reload_server
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
+from attnops.spec import PipelineSpec, load_spec
 
 RELEASE = "release"
 
@@ -129,7 +129,8 @@ def record_release(
 
 
 @flow(name="release", flow_run_name="release-{spec_path}", log_prints=True)
-def release(spec_path: str = DEFAULT_SPEC, candidate: str = aliases.CHALLENGER) -> dict:
+# Flow defaults are literals: a deployment stores them as JSON ("challenger" = aliases.CHALLENGER).
+def release(spec_path: str, candidate: str = "challenger") -> dict:
     """Put a gated version on canary, observe it on live traffic, then promote or roll back.
 
     Without a champion there is nothing to compare with: the version is promoted on the

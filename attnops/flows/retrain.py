@@ -31,7 +31,7 @@ from attnops.models import aliases, registry, versions
 from attnops.models.data import LABEL, TEXT, load_labelled_data
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
-from attnops.spec import DEFAULT_SPEC, PipelineSpec, load_spec
+from attnops.spec import PipelineSpec, load_spec
 
 TRIGGER_STAGE = "retrain_trigger"
 
@@ -178,7 +178,7 @@ def write_training_spec(
 
 
 @flow(name="retrain", flow_run_name="retrain-{spec_path}", log_prints=True)
-def retrain(spec_path: str = DEFAULT_SPEC, event_id: str | None = None) -> dict:
+def retrain(spec_path: str, event_id: str | None = None) -> dict:
     """Retrain on fresh labelled traffic, guarded by cooldown, minimum data and one-at-a-time.
 
     Returns:

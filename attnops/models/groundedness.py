@@ -365,3 +365,35 @@ def groundedness_descriptor(
         return DatasetColumn(type="num", data=scores)
 
     return CustomDescriptor(groundedness_score, alias=alias)
+
+
+def fact_support(source: str, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The facts of `text` and those of them that `source` does not support.
+
+    Facts are numbers, date expressions and names, found and compared as `score_groundedness`
+    does (a number also needs one of its neighbouring words near it in the source). Read the
+    other way round it gives fact recall: with a reference as `text` and a generated output as
+    `source`, the facts returned second are those the output fails to reproduce.
+
+    Returns:
+        (unique facts of `text`, the unsupported ones), each as "number:15", "date:march 3" or
+        "name:acme".
+    """
+    known = {w.lower() for w in _WORD.findall(source)}
+    known |= {re.sub(r"['’]s$", "", w) for w in known}
+    canon_source = _canonical(source)
+    unsupported_numbers = set(_unsupported_numbers(source, text))
+    facts = [
+        *(("number", v) for v, _ in _number_mentions(text, _OUTPUT_NUMBER_WORDS)),
+        *(("date", m.group()) for m in _DATE.finditer(_canonical(text))),
+        *(("name", n.lower()) for s in split_sentences(text) for n in _names(s)),
+    ]
+    facts = [(k, v) for k, v in facts if k != "name" or not _DATE.fullmatch(v)]  # "March": a date
+    missing = [
+        (kind, value)
+        for kind, value in facts
+        if (kind == "number" and value in unsupported_numbers)
+        or (kind == "date" and not re.search(rf"(?<!\w){re.escape(value)}(?!\w)", canon_source))
+        or (kind == "name" and value not in known)
+    ]
+    return _unique(f"{k}:{v}" for k, v in facts), _unique(f"{k}:{v}" for k, v in missing)
