@@ -60,6 +60,12 @@ class DataSpec(_Section):
         description="task: generation: optional grounding text (e.g. a knowledge-base article) "
         "the prompt places before the source.",
     )
+    generator: Literal["ticket-replies"] | None = Field(
+        None,
+        description="A seeded demo generator that writes the split files (and the spec's "
+        "generation.hallucination_set) into their folder when any is missing: the demo specs "
+        "train on a fresh clone.",
+    )
     slice_columns: tuple[str, ...] = ()
     out_of_scope_label: str | None = Field(
         None,

@@ -351,3 +351,24 @@ def write_ticket_replies(
         n_labelled // 2, seed=int(seeds[3]), exclude=seen
     )
     return {name: _write_jsonl(rows, out_dir / f"{name}.jsonl") for name, rows in files.items()}
+
+
+def write_missing_ticket_replies(paths: list[Path], seed: int) -> list[Path]:
+    """Write the demo data into the folder of `paths` when any of them is missing.
+
+    Returns:
+        The files written (none when all were there).
+
+    Raises:
+        ValueError: a path is not one the generator writes (it names the file and the layout).
+    """
+    if all(path.is_file() for path in paths):
+        return []
+    written = write_ticket_replies(paths[0].parent, seed=seed)
+    unknown = [path for path in paths if path not in written.values()]
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]} is not a file the ticket-replies generator writes; it writes "
+            f"{', '.join(sorted(p.name for p in written.values()))} into one folder"
+        )
+    return list(written.values())

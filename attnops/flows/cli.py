@@ -302,19 +302,14 @@ def _serve(spec, settings: Settings, *, host: str | None, port: int | None, debu
 
 def _train(spec_path: str, *, resume: bool):
     from attnops.flows.train import train  # imports Prefect: only after the env is set
+    from attnops.models.task_family import family_for
+    from attnops.spec import load_spec
 
     version = train(spec_path, resume=resume)
     settings = Settings.from_env()
     m = version.metrics
     print(f"\nregistered {version.model_uri} (alias {CHALLENGER}, run {version.run_id})")
-    rows = [
-        ("test macro-F1", m["test_macro_f1"]),
-        ("TF-IDF baseline macro-F1", m.get("baseline_macro_f1")),
-        ("calibration error (ECE)", m["test_ece"]),
-        ("unsupported assertion rate", m.get("unsupported_assertion_rate")),
-        ("latency p95 at batch 1 (ms)", m["latency_ms_p95"]),
-        ("heads collapsed by fine-tuning", m["attention_collapsed_heads"]),
-    ]
+    rows = family_for(load_spec(spec_path)).headline(m)
     for label, value in rows:
         if value is not None:
             print(f"  {label:<32}{value:>10.3f}")

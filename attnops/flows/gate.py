@@ -180,6 +180,20 @@ def gate(spec_path: str, candidate: str = "challenger") -> GateDecision:
         f"gating {spec.name} v{candidate_version} against "
         + (f"champion v{champion_version}" if champion_version else "absolute limits")
     )
+    if spec.task == "generation":
+        from attnops.flows.gate_generation import judge_generation  # not loaded for classifiers
+
+        decision = judge_generation(
+            spec,
+            settings,
+            candidate_version,
+            champion_version,
+            lambda run_id, decided, folder: record_decision(
+                settings, spec, run_id, decided, folder
+            ),
+        )
+        print(f"gate {'passed' if decision.passed else 'FAILED'}: {decision.reasons()}")
+        return decision
     data = load_splits(spec, spec_path)
     test = data.splits["test"]
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:

@@ -29,6 +29,13 @@ def open_run(
 
 @io_task
 def load_data(spec: PipelineSpec, spec_path: str):
+    if spec.data.generator == "ticket-replies":
+        from attnops.demo.ticket_replies import write_missing_ticket_replies
+
+        files = [spec.data.train, spec.data.validation, spec.data.test]
+        files += [spec.generation.hallucination_set] if spec.generation.hallucination_set else []
+        if written := write_missing_ticket_replies([Path(f) for f in files], spec.training.seed):
+            print(f"demo data written: {', '.join(map(str, written))}")
     family = family_for(spec)
     data = family.load_data(spec, spec_path)
     print(family.describe_data(data))

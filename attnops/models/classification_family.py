@@ -91,6 +91,16 @@ class ClassificationFamily:
             f" vs TF-IDF baseline {baseline:.3f}" if baseline is not None else ""
         )
 
+    def headline(self, metrics: dict[str, float]) -> list[tuple[str, float | None]]:
+        return [
+            ("test macro-F1", metrics["test_macro_f1"]),
+            ("TF-IDF baseline macro-F1", metrics.get("baseline_macro_f1")),
+            ("calibration error (ECE)", metrics["test_ece"]),
+            ("unsupported assertion rate", metrics.get("unsupported_assertion_rate")),
+            ("latency p95 at batch 1 (ms)", metrics["latency_ms_p95"]),
+            ("heads collapsed by fine-tuning", metrics["attention_collapsed_heads"]),
+        ]
+
 
 def _input_example(data: LabelledData, n: int = 2) -> list[str]:
     """Short validation texts without digits or '@', so the example carries no PII."""

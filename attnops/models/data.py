@@ -145,7 +145,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
     source = getattr(spec, split)
-    raw, lines = _read_table(source, spec.format, split, spec_path)
+    raw, lines = read_table(source, spec.format, split, spec_path)
     if raw.empty:
         raise DataError(f"{source} ({split} split) has no rows")
     wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
@@ -164,14 +164,14 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
         first = describe_empty(text[bad_text].iloc[0])
         raise DataError(
             f"{source}: {int(bad_text.sum())} row(s) with empty or non-text '{spec.text_column}' "
-            f"({_row_numbers(bad_text, lines)}; first: {first}); remove or fill them"
+            f"({row_numbers(bad_text, lines)}; first: {first}); remove or fill them"
         )
     labels = raw[spec.label_column]
     missing = labels.isna() | labels.map(lambda v: is_empty_text(str(v)))
     if missing.any():
         raise DataError(
             f"{source}: {int(missing.sum())} row(s) without a '{spec.label_column}' label "
-            f"({_row_numbers(missing, lines)}); label or remove them"
+            f"({row_numbers(missing, lines)}); label or remove them"
         )
     frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(_label_str)})
     for column in spec.slice_columns:
@@ -186,7 +186,7 @@ def _label_str(value: object) -> str:
     return str(value).strip()
 
 
-def _row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str:
+def row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str:
     """'lines 3, 7' (file lines, for text formats) or 'rows 3, 7' (1-based data rows)."""
     positions = mask.to_numpy().nonzero()[0][:limit]
     numbers = [lines[i] if lines is not None else int(i) + 1 for i in positions]
@@ -196,7 +196,7 @@ def _row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> st
     return f"{unit} " + ", ".join(map(str, numbers)) + more
 
 
-def _read_table(
+def read_table(
     source: str, fmt: str, split: str, spec_path: str
 ) -> tuple[pd.DataFrame, list[int] | None]:
     """The split as read, and for CSV/JSONL the file line where each row starts."""

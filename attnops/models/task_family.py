@@ -64,6 +64,10 @@ class TaskFamily(Protocol):
 
     def summary(self, metrics: dict[str, float]) -> str: ...
 
+    def headline(self, metrics: dict[str, float]) -> list[tuple[str, float | None]]:
+        """(label, value) rows `attnops train` prints; None = not measured."""
+        ...
+
 
 def family_for(spec: PipelineSpec) -> TaskFamily:
     """The spec's task family (generation is imported only when used: peft, rouge, ...)."""

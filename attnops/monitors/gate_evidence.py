@@ -52,7 +52,7 @@ def gather_evidence(
         attention=loaded.evaluation()["attention"],
         tokenizer_sha256=loaded.tokenizer_sha256,
         label_names=loaded.label_names,
-        pii_findings=_pii_findings(artifact_texts or {}, loaded.reference_records()),
+        pii_findings=pii_findings_in(artifact_texts or {}, loaded.reference_records()),
     )
     return evidence, records
 
@@ -139,7 +139,7 @@ def measure_side_by_side(
     ]
 
 
-def _pii_findings(artifact_texts: dict[str, list[str]], reference: pd.DataFrame) -> list[str]:
+def pii_findings_in(artifact_texts: dict[str, list[str]], reference: pd.DataFrame) -> list[str]:
     """'artifact: ENTITY xN' for PII in the version's human-readable artifacts."""
     texts = dict(artifact_texts)
     if TEXT in reference:

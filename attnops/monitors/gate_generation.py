@@ -29,7 +29,7 @@ from attnops.monitors.gate_generation_quality import (
 from attnops.spec import GateSpec
 from attnops.spec_generation import GenerationGateSpec
 
-REQUIRED_COLUMNS = ("source", "context", "output", "output_tokens", "rouge_l", "hallucination_flag")
+REQUIRED_COLUMNS = ("source", "context", "output", "output_tokens", "rouge_l", "hallucinated")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class GenerationEvidence:
     Attributes:
         per_input: one row per test input, in the same order for every version in the gate
             run (attnops.models.generation.evaluate): at least `REQUIRED_COLUMNS`, and
-            `baseline_rouge_l` and `baseline_hallucination_flag` when the untuned base
+            `baseline_rouge_l` and `baseline_hallucinated` when the untuned base
             model was decoded on the same inputs.
         performance: measured in this gate run: `ttft_ms` (time to first token) and
             `inter_token_ms` (each request's mean gap between output tokens), one value per

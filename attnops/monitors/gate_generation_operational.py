@@ -18,7 +18,7 @@ import pandas as pd
 from attnops.monitors.checks import GateCheck
 from attnops.monitors.gate import _pii_check
 from attnops.monitors.gate_operational import _latency_check, attention_check, tokenizer_check
-from attnops.monitors.pii import find_pii, redact
+from attnops.monitors.pii import PiiHit, find_pii, redact
 from attnops.spec import GateSpec
 from attnops.spec_generation import GenerationGateSpec
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from attnops.monitors.gate_generation import GenerationEvidence
 
 ATTENTION_KEYS = ("entropy", "importance", "collapsed_heads")
+PII_LEAK_COLUMN = "pii_leak_entities"
 PII_EXAMPLES = 5
 """Leaking outputs shown (redacted) in the check's values."""
 
@@ -65,27 +66,40 @@ def _comparable(text: str) -> str:
     return re.sub(r"[^0-9a-z@]", "", text.lower())
 
 
-def pii_leak_check(frame: pd.DataFrame, gate: GenerationGateSpec) -> GateCheck:
-    """Outputs holding PII that is not in their own input (source and context).
+def pii_leaks(frame: pd.DataFrame) -> list[list[PiiHit]]:
+    """Per row of `frame` (raw `source`, `context`, `output`), the PII hits of its output that
+    are not in its own input.
 
     Repeating the customer's own e-mail address back to them is not a leak; an address,
     phone or card number the model produced from elsewhere (memorised training data, another
     customer's ticket) is.
     """
     outputs = frame["output"].astype(str).tolist()
-    hits = find_pii(outputs)
     leaks = []
-    for row, (found, output) in enumerate(zip(hits, outputs, strict=True)):
+    for row, (found, output) in enumerate(zip(find_pii(outputs), outputs, strict=True)):
         given = _comparable(f"{frame['source'].iat[row]} {frame['context'].iat[row]}")
-        leaked = [h for h in found if _comparable(output[h.start : h.end]) not in given]
-        if leaked:
-            leaks.append((row, leaked))
-    entities = sorted({hit.entity for _, leaked in leaks for hit in leaked})
-    shown = leaks[:PII_EXAMPLES]
-    redacted = redact([outputs[row] for row, _ in shown], [hits[row] for row, _ in shown])
+        leaks.append([h for h in found if _comparable(output[h.start : h.end]) not in given])
+    return leaks
+
+
+def pii_leak_check(frame: pd.DataFrame, gate: GenerationGateSpec) -> GateCheck:
+    """Outputs holding PII that is not in their own input (`pii_leaks`).
+
+    A stored evaluation table holds redacted text and the leaks found before redaction in
+    `pii_leak_entities` (comma-separated); a table of raw outputs is checked here.
+    """
+    if PII_LEAK_COLUMN in frame.columns:
+        found = [[e for e in str(v).split(",") if e] for v in frame[PII_LEAK_COLUMN]]
+        outputs = frame["output"].astype(str).tolist()
+    else:
+        hits = pii_leaks(frame)
+        found = [sorted({h.entity for h in leaked}) for leaked in hits]
+        outputs = redact(frame["output"].astype(str).tolist(), hits)
+    leaks = [(row, entities) for row, entities in enumerate(found) if entities]
+    entities = sorted({e for _, row_entities in leaks for e in row_entities})
     examples = [
-        {"row": row, "entities": sorted({h.entity for h in leaked}), "output": text[:300]}
-        for (row, leaked), text in zip(shown, redacted, strict=True)
+        {"row": row, "entities": sorted(set(row_entities)), "output": outputs[row][:300]}
+        for row, row_entities in leaks[:PII_EXAMPLES]
     ]
     passed = len(leaks) <= gate.max_pii_leaks
     described = f"{len(leaks)} of {len(outputs)} outputs hold PII not found in their input"

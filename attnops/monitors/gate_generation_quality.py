@@ -15,7 +15,7 @@ from attnops.monitors.checks import GateCheck
 from attnops.monitors.significance import mcnemar_exact
 from attnops.spec_generation import GenerationGateSpec
 
-BASE_COLUMNS = ("baseline_rouge_l", "baseline_hallucination_flag")
+BASE_COLUMNS = ("baseline_rouge_l", "baseline_hallucinated")
 
 
 def paired_mean_difference(
@@ -96,7 +96,7 @@ def hallucination_check(
 ) -> GateCheck:
     """An absolute limit on the flagged share, and vs the champion an increase beyond
     `max_hallucination_increase` that is also significant (paired flags, McNemar exact)."""
-    flags = frame["hallucination_flag"].to_numpy(dtype=bool)
+    flags = frame["hallucinated"].to_numpy(dtype=bool)
     rate, n = float(flags.mean()), len(flags)
     problems = []
     if rate > gate.max_hallucination_rate:
@@ -107,7 +107,7 @@ def hallucination_check(
     reason = f"hallucination rate {rate:.3f} of {n} outputs (max {gate.max_hallucination_rate:g})"
     values: dict[str, object] = {"rate": rate, "n": n}
     if champion is not None:
-        _, champ_rate, p_value = flag_comparison(flags, champion["hallucination_flag"])
+        _, champ_rate, p_value = flag_comparison(flags, champion["hallucinated"])
         values |= {"champion_rate": champ_rate, "p_value": p_value}
         versus = f"McNemar exact p={p_value:.3g}"
         reason += f"; champion {champ_rate:.3f}, {versus}"
@@ -170,7 +170,7 @@ def _rouge_l_gain_check(
 
 def _fewer_flags_check(frame: pd.DataFrame, confidence: float) -> GateCheck:
     rate, base_rate, p_value = flag_comparison(
-        frame["hallucination_flag"], frame["baseline_hallucination_flag"]
+        frame["hallucinated"], frame["baseline_hallucinated"]
     )
     scores = (
         f"hallucination rate {rate:.3f} vs zero-shot base {base_rate:.3f}, "

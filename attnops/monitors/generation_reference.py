@@ -1,8 +1,12 @@
-"""The reference profile of a generative version: its evaluation outputs, stored redacted.
+"""What a generative version's evaluation stores: its per-input table and reference profile,
+both redacted.
 
-What part 2's monitor compares live traffic with: prompt and output token counts, output
-lengths, detector scores and lookback ratios per test input, with every text column
-(source, context, reference, output) PII-redacted before it is stored.
+The per-input table (`evaluation/per_input.parquet`) is what the gate pairs with the
+champion's; the reference profile is what part 2's monitor compares live traffic with
+(prompt and output token counts, output lengths, detector scores, lookback ratios per test
+input). Every text column (source, context, reference, output) is PII-redacted before it is
+stored; the outputs' PII leaks (PII not in their own input) are found before redaction and
+kept as entity names, so the gate can still judge them.
 """
 
 from __future__ import annotations
@@ -11,21 +15,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnops.models.generation.evaluate import PER_INPUT
 from attnops.monitors import pii
+from attnops.monitors.gate_generation_operational import PII_LEAK_COLUMN, pii_leaks
 
 GENERATION_PROFILE_TABLE = "reference_generation.parquet"
-TEXT_COLUMNS = ("source", "context", "reference", "output", "prompt")
+TEXT_COLUMNS = ("source", "context", "reference", "output", "baseline_output")
 
 
 def save_generation_reference(records: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write the redacted records into `out_dir`; returns the file written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = records.copy()
+    """Redact the evaluation's per-input table in place (leaks found first) and write the
+    redacted reference records; returns the reference file written."""
+    table_path = out_dir / PER_INPUT
+    if table_path.exists():
+        table = pd.read_parquet(table_path)
+        leaks = pii_leaks(table)
+        table[PII_LEAK_COLUMN] = [",".join(sorted({h.entity for h in row})) for row in leaks]
+        redact_texts(table).to_parquet(table_path, index=False)
+    path = out_dir / GENERATION_PROFILE_TABLE
+    redact_texts(records).to_parquet(path, index=False)
+    return [path]
+
+
+def redact_texts(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with every text column redacted and `COLUMN_has_pii` flags beside them."""
+    table = frame.copy()
     for column in [c for c in TEXT_COLUMNS if c in table.columns]:
         texts = table[column].fillna("").astype(str).tolist()
         found = pii.find_pii(texts)
         table[f"{column}_has_pii"] = [bool(hits) for hits in found]
         table[column] = pii.redact(texts, found)
-    path = out_dir / GENERATION_PROFILE_TABLE
-    table.to_parquet(path, index=False)
-    return [path]
+    return table

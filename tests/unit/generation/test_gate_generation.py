@@ -28,9 +28,9 @@ def champion(seed: int = 0) -> GenerationEvidence:
             "output": REPLY,
             "output_tokens": rng.integers(30, 50, N),
             "rouge_l": rouge_l,
-            "hallucination_flag": rng.random(N) < 0.05,
+            "hallucinated": rng.random(N) < 0.05,
             "baseline_rouge_l": np.clip(rouge_l - 0.3 + rng.normal(0, 0.05, N), 0, 1),
-            "baseline_hallucination_flag": rng.random(N) < 0.6,
+            "baseline_hallucinated": rng.random(N) < 0.6,
         }
     )
     return GenerationEvidence(
@@ -86,9 +86,9 @@ def test_equal_candidate_passes_every_check():
 
 def test_many_more_hallucinations_than_the_champion_are_blocked_naming_rate_and_test():
     base = champion()
-    flags = base.per_input["hallucination_flag"].to_numpy()
+    flags = base.per_input["hallucinated"].to_numpy()
     worse = flags | (np.random.default_rng(1).random(N) < 0.2)  # below the absolute 0.3
-    decision = gate_of(candidate_from(base, hallucination_flag=worse), base)
+    decision = gate_of(candidate_from(base, hallucinated=worse), base)
     assert failed(decision) == {"hallucination"}
     rate, champ_rate = worse.mean(), flags.mean()
     reason = check(decision, "hallucination").reason
@@ -96,22 +96,22 @@ def test_many_more_hallucinations_than_the_champion_are_blocked_naming_rate_and_
     assert "McNemar exact p=" in reason
     assert check(decision, "hallucination").values["p_value"] < 0.001
     # The same increase is accepted when the spec tolerates it.
-    assert gate_of(candidate_from(base, hallucination_flag=worse), base,
+    assert gate_of(candidate_from(base, hallucinated=worse), base,
                    max_hallucination_increase=0.25).passed  # fmt: skip
 
 
 def test_hallucinations_on_other_inputs_at_the_same_rate_are_not_blocked():
     """Swapping which outputs are flagged, at the same rate, is noise for McNemar."""
     base = champion()
-    flags = base.per_input["hallucination_flag"].to_numpy()
-    decision = gate_of(candidate_from(base, hallucination_flag=np.roll(flags, 1)), base)
+    flags = base.per_input["hallucinated"].to_numpy()
+    decision = gate_of(candidate_from(base, hallucinated=np.roll(flags, 1)), base)
     assert decision.passed, decision.reasons()
 
 
 def test_hallucination_rate_over_the_limit_is_blocked_without_a_champion():
     base = champion()
     flags = np.arange(N) % 5 < 2  # 40%
-    decision = gate_of(candidate_from(base, hallucination_flag=flags), None)
+    decision = gate_of(candidate_from(base, hallucinated=flags), None)
     assert failed(decision) == {"hallucination"}
     assert "hallucination rate 0.400 of 200 outputs over the limit 0.3" in decision.reasons()
 
@@ -198,15 +198,15 @@ def test_candidate_must_beat_the_zero_shot_base_unless_switched_off():
     assert failed(gate_of(close, None)) == {"rouge_l_vs_base"}
     assert "the gain itself is below it" in gate_of(close, None).reasons()
 
-    flags = base.per_input["hallucination_flag"]
-    as_grounded = candidate_from(base, baseline_hallucination_flag=flags | (np.arange(N) == 0))
+    flags = base.per_input["hallucinated"]
+    as_grounded = candidate_from(base, baseline_hallucinated=flags | (np.arange(N) == 0))
     decision = gate_of(as_grounded, None)
     assert failed(decision) == {"hallucination_vs_base"}
     assert "not significantly fewer hallucinations than the zero-shot base" in decision.reasons()
 
     assert gate_of(as_grounded, None, require_beats_base=False).passed
     no_base = dataclasses.replace(base, per_input=base.per_input.drop(columns=["baseline_rouge_l",
-                                  "baseline_hallucination_flag"]))  # fmt: skip
+                                  "baseline_hallucinated"]))  # fmt: skip
     assert "not compared" in check(gate_of(no_base, None), "vs_zero_shot_base").reason
 
 

@@ -1,0 +1,1 @@
+"""Generative (causal language model) pipelines: base model, data, training, decoding, judging."""

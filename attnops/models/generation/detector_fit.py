@@ -1,0 +1,91 @@
+"""Fit a version's hallucination detector on the spec's labelled outputs.
+
+Each labelled output (faithful, or a minimally altered twin) is teacher-forced through the
+version's own model after its chat prompt, giving the token log-probabilities and lookback
+ratios the model would have had writing it; the text view scores it against its input. The
+set is split by `detector_fit_share` with whole inputs on one side (a reply and its twin
+never straddle the split): the detector is fitted on one part and measured on the other, so
+the ROC AUCs in the evidence are held out. The attention view is model-specific, which is
+why every version fits its own detector and is registered with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from attnops.models.generation.data import CONTEXT, SOURCE, TARGET, prompt_ids, read_pairs
+from attnops.models.generation.decode import teacher_forced
+from attnops.models.generation.detector import HallucinationDetector, detector_features
+from attnops.models.generation.detector_report import auc_report, split_fit_holdout
+from attnops.models.text_files import DataError
+from attnops.spec import PipelineSpec
+
+DETECTOR_JSON = "hallucination_detector.json"
+LABEL, KIND = "label", "kind"
+
+
+def load_labelled_outputs(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
+    """The spec's `generation.hallucination_set`: source, context, target (the output),
+    `label` (1 = hallucinated, 0 = faithful) and `kind` ("" when the file has none).
+
+    Raises:
+        DataError: no set is configured, the file is missing, or a label is not 0/1.
+    """
+    path = spec.generation.hallucination_set
+    if path is None:
+        raise DataError(
+            f"{spec_path}: task generation needs generation.hallucination_set (labelled "
+            "outputs, label 1 = hallucinated / 0 = faithful) to learn its hallucination "
+            "detector; configs/ticket-replies.yaml shows one"
+        )
+    if not Path(path).is_file():
+        raise DataError(
+            f"generation.hallucination_set {path} not found (cwd {Path.cwd()}); fix the path "
+            f"in {spec_path}, or run `attnops train --spec {spec_path}` on the demo spec, "
+            "which writes its data"
+        )
+    frame = read_pairs(
+        spec.data, path, "hallucination_set", spec_path, extra=(LABEL,), optional=(KIND,)
+    )
+    labels = pd.to_numeric(frame[LABEL], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        raise DataError(
+            f"{path}: column 'label' must be 0 (faithful) or 1 (hallucinated); "
+            f"{int(bad.sum())} row(s) are not (first: {frame[LABEL][bad].iloc[0]!r})"
+        )
+    frame[LABEL] = labels.astype(int)
+    return frame
+
+
+def fit_detector(
+    model, tokenizer, spec: PipelineSpec, labelled: pd.DataFrame, *, device, name: str
+) -> tuple[HallucinationDetector, dict]:
+    """The detector fitted on part of `labelled` and its held-out report (`auc_report`).
+
+    Args:
+        model: the version's causal LM (its signals are what the detector reads).
+        labelled: `load_labelled_outputs`.
+        name: the labelled set, for messages and the report.
+    """
+    gen = spec.generation
+    sources, contexts = labelled[SOURCE].tolist(), labelled[CONTEXT].tolist()
+    outputs = labelled[TARGET].tolist()
+    signals = [
+        teacher_forced(model, tokenizer, prompt_ids(tokenizer, gen, s, c), o, device)
+        for s, c, o in zip(sources, contexts, outputs, strict=True)
+    ]
+    features = detector_features(sources, contexts, outputs, signals)
+    labels = labelled[LABEL].to_numpy(int)
+    groups = np.asarray([f"{s}\n{c}" for s, c in zip(sources, contexts, strict=True)], object)
+    fit, held = split_fit_holdout(groups, gen.detector_fit_share, seed=spec.training.seed)
+    detector = HallucinationDetector(gen.detector_max_false_positive_rate)
+    detector.fit(features.subset(fit), labels[fit], groups=groups[fit], source=f"{name} (fit)")
+    kinds = labelled[KIND].astype(str).to_numpy()
+    report = auc_report(
+        detector, features.subset(held), labels[held], kinds[held], source=f"{name} (held out)"
+    )
+    return detector, {**report, "labelled_set": name, "n_fit": len(fit), "n_held_out": len(held)}
