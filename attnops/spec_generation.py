@@ -32,6 +32,13 @@ class LoraSpec(_Section):
         min_length=1,
         description="Names of the linear layers that get adapters (Llama naming).",
     )
+    top_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Adapters only in the top N decoder layers: the backward pass then stops "
+        "below them, so a step costs a forward pass plus the top layers' backward (about "
+        "half the time of adapters everywhere with N = a third of the layers). null = all.",
+    )
 
 
 class GenerationSpec(_Section):

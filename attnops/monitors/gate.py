@@ -107,7 +107,7 @@ def decide(
     checks += performance_checks(candidate.performance, champion and champion.performance, gate)
     checks.append(unsupported_check(candidate, champion, answers.names, gate))
     checks.append(attention_check(candidate, champion, gate))
-    checks.append(_pii_check(candidate, gate))
+    checks.append(artifact_pii_check(candidate, gate))
     checks.append(tokenizer_check(candidate, champion, gate))
     return GateDecision(
         candidate=candidate.version,
@@ -117,7 +117,7 @@ def decide(
     )
 
 
-def _pii_check(candidate: VersionEvidence, gate: GateSpec) -> GateCheck:
+def artifact_pii_check(candidate: VersionEvidence, gate: GateSpec) -> GateCheck:
     return GateCheck.of(
         "pii",
         not (gate.fail_on_pii and candidate.pii_findings),

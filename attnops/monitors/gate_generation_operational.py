@@ -16,8 +16,12 @@ import numpy as np
 import pandas as pd
 
 from attnops.monitors.checks import GateCheck
-from attnops.monitors.gate import _pii_check
-from attnops.monitors.gate_operational import _latency_check, attention_check, tokenizer_check
+from attnops.monitors.gate import artifact_pii_check
+from attnops.monitors.gate_operational import (
+    attention_check,
+    percentile_latency_check,
+    tokenizer_check,
+)
 from attnops.monitors.pii import PiiHit, find_pii, redact
 from attnops.spec import GateSpec
 from attnops.spec_generation import GenerationGateSpec
@@ -56,7 +60,7 @@ def operational_checks(
         ),
         tokenizer_check(candidate, champion, shared),
         attention_health_check(candidate, champion, shared),
-        _pii_check(candidate, shared),
+        artifact_pii_check(candidate, shared),
     ]
 
 
@@ -170,7 +174,7 @@ def latency_check(
     }
     champ_ms = None if champion is None else np.asarray(champion[key], dtype=float)
     judged = shared.model_copy(update={"max_latency_increase": gate.max_latency_increase})
-    check = _latency_check(samples, champ_ms, 95, limit_ms, judged)
+    check = percentile_latency_check(samples, champ_ms, 95, limit_ms, judged)
     return dataclasses.replace(check, name=f"{key}_p95")
 
 

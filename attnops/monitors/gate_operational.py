@@ -18,7 +18,7 @@ def performance_checks(candidate: dict, champion: dict | None, gate: GateSpec) -
     """Latency percentiles and model size against the budgets and against the champion."""
     champ_ms = None if champion is None else np.asarray(champion["latency_ms"], dtype=float)
     checks = [
-        _latency_check(candidate, champ_ms, q, limit, gate)
+        percentile_latency_check(candidate, champ_ms, q, limit, gate)
         for q, limit in ((95, gate.max_latency_ms_p95), (99, gate.max_latency_ms_p99))
     ]
     size = float(candidate["model_size_mb"])
@@ -40,7 +40,7 @@ def performance_checks(candidate: dict, champion: dict | None, gate: GateSpec) -
     return checks
 
 
-def _latency_check(
+def percentile_latency_check(
     candidate: dict, champ_ms: np.ndarray | None, q: int, limit: float, gate: GateSpec
 ) -> GateCheck:
     """The q-th percentile of the model's own cost per request, against the budget and the

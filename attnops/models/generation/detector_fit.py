@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from attnops.models.generation.data import CONTEXT, SOURCE, TARGET, prompt_ids, read_pairs
-from attnops.models.generation.decode import teacher_forced
 from attnops.models.generation.detector import HallucinationDetector, detector_features
 from attnops.models.generation.detector_report import auc_report, split_fit_holdout
+from attnops.models.generation.teacher_forcing import teacher_forced_batch
 from attnops.models.text_files import DataError
 from attnops.spec import PipelineSpec
 
@@ -74,10 +74,8 @@ def fit_detector(
     gen = spec.generation
     sources, contexts = labelled[SOURCE].tolist(), labelled[CONTEXT].tolist()
     outputs = labelled[TARGET].tolist()
-    signals = [
-        teacher_forced(model, tokenizer, prompt_ids(tokenizer, gen, s, c), o, device)
-        for s, c, o in zip(sources, contexts, outputs, strict=True)
-    ]
+    prompts = [prompt_ids(tokenizer, gen, s, c) for s, c in zip(sources, contexts, strict=True)]
+    signals = teacher_forced_batch(model, tokenizer, prompts, outputs, device)
     features = detector_features(sources, contexts, outputs, signals)
     labels = labelled[LABEL].to_numpy(int)
     groups = np.asarray([f"{s}\n{c}" for s, c in zip(sources, contexts, strict=True)], object)

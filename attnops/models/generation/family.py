@@ -30,6 +30,7 @@ from attnops.models.generation.detector_fit import (
 from attnops.models.generation.evaluate import evaluate_generator
 from attnops.models.generation.train import TrainedGenerator, train_generator
 from attnops.models.task_family import Registration, TrainingEvidence
+from attnops.models.threads import use_threads
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -65,6 +66,8 @@ class GenerationFamily:
         self, spec: PipelineSpec, trained: TrainedGenerator, data: GenerationData, out_dir: Path
     ) -> Evaluation:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Before the detector's forward passes: the training left its own thread count.
+        use_threads(spec.training.num_threads, stage="evaluation")
         labelled_name = str(spec.generation.hallucination_set)
         detector, detector_report = fit_detector(
             trained.model,

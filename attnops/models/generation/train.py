@@ -137,6 +137,7 @@ def train_generator(
             lora_alpha=gen.lora.alpha,
             lora_dropout=gen.lora.dropout,
             target_modules=list(gen.lora.target_modules),
+            layers_to_transform=_top_layers(model, gen.lora.top_layers),
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
@@ -298,3 +299,9 @@ def _prepare_checkpoints(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint)
+
+
+def _top_layers(model, top: int | None) -> list[int] | None:
+    """Indices of the top `top` decoder layers (all when None or more than there are)."""
+    n = model.config.num_hidden_layers
+    return None if top is None or top >= n else list(range(n - top, n))

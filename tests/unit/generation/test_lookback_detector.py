@@ -183,3 +183,20 @@ def test_text_features_count_an_unsupported_number():
     # All tokens (mean, min), then the fact (digit) tokens only.
     np.testing.assert_allclose(features.logprob, [[-1.25, -2.0, -2.0, -2.0]] * 2)
     assert features.lookback.shape == (2, 4)
+
+
+def test_batched_teacher_forcing_gives_each_row_its_own_signals(tiny_llama, tokenizer):
+    """Right-padded batches give the same log-probs and lookback as one pass per output."""
+    from attnops.models.generation.decode import teacher_forced
+    from attnops.models.generation.teacher_forcing import teacher_forced_batch
+
+    prompts = [
+        tokenizer(t)["input_ids"] for t in ("Refunds take 30 days.", "Ship in 2 days, ok?", "Hi")
+    ]
+    outputs = ["Your refund of $40 takes 30 days.", "It ships in 2 days.", "Hello there, Ana."]
+    batched = teacher_forced_batch(tiny_llama, tokenizer, prompts, outputs, "cpu", batch_size=2)
+    for prompt, output, got in zip(prompts, outputs, batched, strict=True):
+        one = teacher_forced(tiny_llama, tokenizer, prompt, output, "cpu")
+        np.testing.assert_allclose(got.token_logprobs, one.token_logprobs, atol=1e-4)
+        np.testing.assert_allclose(got.lookback, one.lookback, atol=1e-5)
+        assert got.fact_tokens == one.fact_tokens
