@@ -41,6 +41,33 @@ class LoraSpec(_Section):
     )
 
 
+class GenerationServingSpec(_Section):
+    """How `attnops serve` runs a generative version: continuous batching, caches, limits."""
+
+    max_batch_rows: int = Field(
+        8, ge=1, le=1024, description="Sequences decoded together in one step (the running batch)."
+    )
+    kv_budget_mb: float = Field(
+        256.0,
+        gt=0,
+        description="KV-cache memory the running batch may use, counted at its worst case "
+        "(every sequence reaching max_new_tokens, with padding); a request that would exceed "
+        "it waits in the queue.",
+    )
+    prefix_cache_mb: float = Field(
+        64.0,
+        ge=0,
+        description="KV states of shared prompt prefixes (instruction + article) kept for "
+        "reuse, least recently used dropped first; 0 turns prefix caching off.",
+    )
+    max_queue: int = Field(
+        64, ge=1, description="Requests waiting for a batch row; more get 503 with a sentence."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Arrival to last token; a request still running then gets 504."
+    )
+
+
 class GenerationSpec(_Section):
     """How a generative model is prompted, trained, decoded and judged."""
 
@@ -100,6 +127,9 @@ class GenerationSpec(_Section):
     )
     cost_per_hour_usd: float = Field(
         0.5, ge=0, description="Price of the serving machine, for cost per 1,000 requests."
+    )
+    serving: GenerationServingSpec = Field(
+        GenerationServingSpec(), description="How the server batches, caches and limits decoding."
     )
 
 

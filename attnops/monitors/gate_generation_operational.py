@@ -18,7 +18,6 @@ import pandas as pd
 from attnops.monitors.checks import GateCheck
 from attnops.monitors.gate import artifact_pii_check
 from attnops.monitors.gate_operational import (
-    attention_check,
     percentile_latency_check,
     tokenizer_check,
 )
@@ -29,7 +28,6 @@ from attnops.spec_generation import GenerationGateSpec
 if TYPE_CHECKING:
     from attnops.monitors.gate_generation import GenerationEvidence
 
-ATTENTION_KEYS = ("entropy", "importance", "collapsed_heads")
 PII_LEAK_COLUMN = "pii_leak_entities"
 PII_EXAMPLES = 5
 """Leaking outputs shown (redacted) in the check's values."""
@@ -181,15 +179,44 @@ def latency_check(
 def attention_health_check(
     candidate: GenerationEvidence, champion: GenerationEvidence | None, shared: GateSpec
 ) -> GateCheck:
-    """Classification's attention health when the evaluation measured per-head statistics."""
-    missing = [k for k in ATTENTION_KEYS if k not in candidate.attention]
-    if missing:
+    """Heads that never look at the input (lookback ratio below the evaluation's floor on
+    every output): more of them than the champion has means fine-tuning taught the model to
+    write from its own output instead of its input, the attention-side sign of
+    hallucination. Judged like classification's dead heads (`max_dead_heads_increase`)."""
+    blind = candidate.attention.get("input_blind_heads")
+    if blind is None:
         return GateCheck.of(
             "attention_health",
             True,
-            f"not measured: the evaluation's attention section has no {', '.join(missing)}",
+            "not measured: the evaluation's attention section has no input_blind_heads",
             verdict="not_measured",
         )
-    if champion is not None and any(k not in champion.attention for k in ATTENTION_KEYS):
-        champion = None  # the champion's health is unknown: judge the candidate alone
-    return attention_check(candidate, champion, shared)
+    heads = ", ".join(f"{layer}.{head}" for layer, head in blind[:8]) or "none"
+    champ_blind = None if champion is None else champion.attention.get("input_blind_heads")
+    if champ_blind is None:
+        return GateCheck.of(
+            "attention_health",
+            True,
+            f"{len(blind)} heads never look at the input (layer.head: {heads}); no champion "
+            "to compare with",
+            input_blind_heads=len(blind),
+        )
+    increase = len(blind) - len(champ_blind)
+    passed = increase <= shared.max_dead_heads_increase
+    counts = (
+        f"{len(blind)} heads never look at the input vs champion {len(champ_blind)} "
+        f"(max increase {shared.max_dead_heads_increase})"
+    )
+    reason = (
+        counts
+        if passed
+        else f"{counts}; layer.head: {heads}: the model attends to its own output instead "
+        "of its input; compare the lookback_ratio.png heatmaps of both versions"
+    )
+    return GateCheck.of(
+        "attention_health",
+        passed,
+        reason,
+        input_blind_heads=len(blind),
+        champion_input_blind_heads=len(champ_blind),
+    )

@@ -42,11 +42,7 @@ def champion(seed: int = 0) -> GenerationEvidence:
             "model_size_mb": 540.0,
             "load": {},
         },
-        attention={
-            "entropy": np.full((2, 4), 0.6).tolist(),
-            "importance": np.full((2, 4), 0.5).tolist(),
-            "collapsed_heads": [],
-        },
+        attention={"entropy": np.full((2, 4), 0.6).tolist(), "input_blind_heads": [[1, 2]]},
         tokenizer_sha256="a" * 64,
     )
 
@@ -223,6 +219,19 @@ def test_slower_first_token_than_the_champion_is_blocked_and_a_busy_machine_inco
     inconclusive = check(gate_of(busy, base), "ttft_ms_p95")
     assert not inconclusive.passed and inconclusive.values["verdict"] == "inconclusive"
     assert "re-run the gate when the machine is quieter" in inconclusive.reason
+
+
+def test_more_heads_blind_to_the_input_than_the_champion_are_blocked():
+    base = champion()
+    blind = [[0, 0], [0, 1], [1, 0], [1, 2]]  # 3 more than the champion's one (max +2)
+    worse = dataclasses.replace(
+        candidate_from(base), attention={**base.attention, "input_blind_heads": blind}
+    )
+    health = check(gate_of(worse, base), "attention_health")
+    assert not health.passed
+    assert "4 heads never look at the input vs champion 1" in health.reason
+    assert "0.0, 0.1, 1.0, 1.2" in health.reason
+    assert check(gate_of(candidate_from(base), base), "attention_health").passed
 
 
 def test_missing_column_is_a_clear_error():
