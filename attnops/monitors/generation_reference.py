@@ -11,10 +11,12 @@ kept as entity names, so the gate can still judge them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from attnops.models.evaluate import EVALUATION_JSON
 from attnops.models.generation.evaluate import PER_INPUT
 from attnops.monitors import pii
 from attnops.monitors.gate_generation_operational import PII_LEAK_COLUMN, pii_leaks
@@ -31,10 +33,25 @@ def save_generation_reference(records: pd.DataFrame, out_dir: Path) -> list[Path
         table = pd.read_parquet(table_path)
         leaks = pii_leaks(table)
         table[PII_LEAK_COLUMN] = [",".join(sorted({h.entity for h in row})) for row in leaks]
-        redact_texts(table).to_parquet(table_path, index=False)
+        redacted = redact_texts(table)
+        redacted.to_parquet(table_path, index=False)
+        _report_leaks(out_dir / EVALUATION_JSON, redacted)
     path = out_dir / GENERATION_PROFILE_TABLE
     redact_texts(records).to_parquet(path, index=False)
     return [path]
+
+
+def _report_leaks(evaluation_json: Path, table: pd.DataFrame) -> None:
+    """Add the PII leakage (count, entities, redacted examples) to evaluation.json."""
+    leaking = table[table[PII_LEAK_COLUMN] != ""]
+    report = json.loads(evaluation_json.read_text())
+    report["pii_leakage"] = {
+        "outputs": len(leaking),
+        "of": len(table),
+        "entities": sorted({e for v in leaking[PII_LEAK_COLUMN] for e in v.split(",")}),
+        "examples": leaking["output"].head(5).tolist(),
+    }
+    evaluation_json.write_text(json.dumps(report, indent=2))
 
 
 def redact_texts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -99,6 +99,7 @@ def test_train_registers_a_generator_with_tokenizer_config_and_detector(
     assert detector.threshold is not None
     report = json.loads((evidence / "evaluation.json").read_text())
     assert set(report["detector"]["overall"]) == {"text", "attention", "logprob", "combined"}
+    assert report["pii_leakage"]["of"] == 6
     for key in ("test_rouge_l", "test_chrf", "test_fact_recall", "baseline_rouge_l",
                 "determinism_rate", "ttft_ms_p95", "inter_token_ms_p95",
                 "cost_per_1k_requests_usd", "detector_auc_combined"):  # fmt: skip

@@ -121,10 +121,15 @@ def read_pairs(
     return frame
 
 
-def _render(tokenizer, instruction: str, source: str, context: str) -> list[int]:
+def render_prompt_text(tokenizer, instruction: str, source: str, context: str) -> str:
+    """The chat prompt as text (see `prompt_ids`), before tokenisation and any cut."""
     user = f"Article:\n{context}\n\nMessage:\n{source}" if context.strip() else source
     messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _render(tokenizer, instruction: str, source: str, context: str) -> list[int]:
+    text = render_prompt_text(tokenizer, instruction, source, context)
     # The template writes the special tokens itself; the tokenizer must not add more.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
