@@ -58,6 +58,10 @@ class Feedback(BaseModel):
 
 def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     """The service for `spec`; models load at start-up (the port opens once they have)."""
+    if spec.task == "generation":
+        from attnops.serving.generation_app import create_generation_app
+
+        return create_generation_app(spec, settings)
     serving = spec.serving
     metrics = ServingMetrics()
     state: dict[str, object] = {}

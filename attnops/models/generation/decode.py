@@ -72,7 +72,7 @@ class Decoded:
         return Signals(self.token_logprobs, self.lookback, self.fact_tokens)
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
     """End tokens from the generation config (may be a list) and the tokenizer."""
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids = set(configured if isinstance(configured, list) else [configured])
@@ -195,7 +195,7 @@ def decode(
         raise ValueError(f"prompts {empty[:5]} are empty; every prompt needs at least one token")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}, batch_size={batch_size}: need >= 1")
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     results: list[Decoded] = []
