@@ -260,7 +260,7 @@ def _classes_of_version(spec, settings: Settings):
 
 
 def _rollback(spec, settings: Settings) -> None:
-    from attnops.flows.release import rollback
+    from attnops.flows.rollback import rollback  # MLflow only: no Prefect, no model stack
 
     restored, replaced = rollback(spec, settings)
     print(f"{spec.name}: champion is v{restored} again (v{replaced} rolled back)")

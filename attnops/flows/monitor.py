@@ -31,7 +31,6 @@ from attnops.models import aliases, registry, versions
 from attnops.models.versions import REFERENCE_FOLDER
 from attnops.monitors.pushed_metrics import MonitorMetrics, clear_pushed
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
-from attnops.monitors.reports import drift_report
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
@@ -154,6 +153,9 @@ def monitor(spec_path: str) -> dict:
     if float(window["ts"].max()) <= last_judged_ts(settings, experiment, version):
         print(f"v{version}: no new requests since the last monitoring run")
         return {"status": "stale", "records": len(window)}
+    # Evidently takes seconds to import: only a window that is judged pays for it.
+    from attnops.monitors.reports import drift_report
+
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         scratch = Path(scratch)
         versions.download_evidence(run_id, scratch / "evidence")

@@ -16,16 +16,14 @@ from pathlib import Path
 
 from prefect import flow
 
+from attnops.flows.rollback import RELEASE, reload_if_serving, write_release_record
 from attnops.flows.tasks import io_task
-from attnops.models import aliases, evidence, registry
-from attnops.monitors.canary import CanaryDecision, compare_canary
-from attnops.monitors.reports import drift_report
+from attnops.models import aliases, registry
+from attnops.monitors.canary import compare_canary
 from attnops.serving.client import reload_server
 from attnops.serving.log_reader import LogReader
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec, load_spec
-
-RELEASE = "release"
 
 
 @io_task
@@ -94,38 +92,8 @@ def read_windows(
     return canary, base
 
 
-@io_task
-def record_release(
-    spec: PipelineSpec,
-    settings: Settings,
-    version: str,
-    *,
-    verdict: str,
-    heading: str,
-    reason: str,
-    folder: Path,
-    decision: CanaryDecision | None = None,
-) -> None:
-    """The release decision onto the version: `attnops.release` (`promoted`/`rolled_back`)."""
-    client = registry.client_for(settings)
-    table = (
-        decision.table()
-        if decision
-        else f"| decision | reason |\n|---|---|\n| {verdict} | {reason} |"
-    )
-    evidence.record_decision(
-        client,
-        spec.name,
-        version,
-        client.get_model_version(spec.name, version).run_id,
-        stage=RELEASE,
-        verdict=verdict,
-        heading=heading,
-        table=table,
-        payload=decision.to_dict() if decision else {"verdict": verdict, "reasons": reason},
-        folder=folder,
-        tags={"release_reasons": reason},
-    )
+# A task inside the flow (retried on I/O); `attnops rollback` calls the plain function.
+record_release = io_task(write_release_record, name="record_release")
 
 
 @flow(name="release", flow_run_name="release-{spec_path}", log_prints=True)
@@ -156,7 +124,7 @@ def release(spec_path: str, candidate: str = "challenger") -> dict:
                 reason=reason,
                 folder=folder,
             )
-            _reload_if_serving(spec)
+            reload_if_serving(spec)
             print(f"v{version} is the champion ({reason})")
             return {"version": version, "promoted": True, "reasons": reason}
         since = start_canary(spec, settings, version)
@@ -176,6 +144,8 @@ def release(spec_path: str, candidate: str = "challenger") -> dict:
                 confidence=spec.gate.confidence,
             )
             reason = decision.reasons()
+            from attnops.monitors.reports import drift_report  # Evidently: seconds to import
+
             drift_report(
                 base,
                 canary,
@@ -199,7 +169,7 @@ def release(spec_path: str, candidate: str = "challenger") -> dict:
             folder=folder,
             decision=decision,
         )
-    _reload_if_serving(spec)
+    reload_if_serving(spec)
     print(f"v{version} {'promoted to champion' if promoted else 'rolled back'}: {reason}")
     return {
         "version": version,
@@ -207,35 +177,3 @@ def release(spec_path: str, candidate: str = "challenger") -> dict:
         "champion_before": champion,
         "reasons": reason,
     }
-
-
-def _reload_if_serving(spec: PipelineSpec) -> None:
-    try:
-        served = reload_server(spec.serving.url, spec.serving.admin_token_env)
-        print(f"server at {spec.serving.url} now serves {served}")
-    except ConnectionError as exc:
-        print(f"note: {exc}")
-
-
-def rollback(spec: PipelineSpec, settings: Settings) -> tuple[str, str | None]:
-    """`previous` becomes the champion again; the replaced version says why on its page.
-
-    Returns:
-        (restored version, the version it replaced).
-    """
-    client = registry.client_for(settings)
-    restored, replaced = aliases.restore_previous(client, spec.name)
-    if replaced is not None:
-        reason = f"rolled back by `attnops rollback`: v{restored} is the champion again"
-        with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
-            record_release.fn(
-                spec,
-                settings,
-                replaced,
-                verdict="rolled_back",
-                heading="Release: rolled back by `attnops rollback`",
-                reason=reason,
-                folder=Path(scratch) / RELEASE,
-            )
-    _reload_if_serving(spec)
-    return restored, replaced

@@ -23,15 +23,6 @@ from attnops.models.inference import predict
 from attnops.models.ood import OUT_OF_SCOPE_SCORE, OutOfScopeDetector
 from attnops.models.profile import EmbeddingProjection
 
-TEXT_FEATURES = (
-    "text_chars",
-    "n_tokens",
-    "truncated",
-    "unk_rate",
-    "tokens_per_word",
-    "non_letter_share",
-)
-"""Input-side numeric columns of a record frame."""
 _WORD = re.compile(r"\w+")
 
 

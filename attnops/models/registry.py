@@ -16,20 +16,20 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import yaml
-from huggingface_hub import ModelCard
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Metric, Param
-from mlflow.models import infer_signature
 
 from attnops.models.aliases import CHALLENGER
-from attnops.models.evaluate import Evaluation
-from attnops.models.modeling import tokenizer_sha256
-from attnops.models.task_family import TaskFamily, TrainingEvidence
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
+
+if TYPE_CHECKING:  # torch and transformers: only registering a version needs them
+    from attnops.models.evaluate import Evaluation
+    from attnops.models.task_family import TaskFamily, TrainingEvidence
 
 TAG = "attnops."
 WEIGHTS_TAG = f"{TAG}weights_sha256"
@@ -159,6 +159,11 @@ def register_version(
     `family` says what is task-specific (MLflow task, example, card, tags); `card_section`
     (markdown, e.g. the hyperparameter search's summary) ends the model card.
     """
+    from huggingface_hub import ModelCard
+    from mlflow.models import infer_signature
+
+    from attnops.models.modeling import tokenizer_sha256
+
     tok_hash = tokenizer_sha256(tokenizer)
     _check_tokenizer_roundtrip(tokenizer, tok_hash)
     tags = {
@@ -301,6 +306,8 @@ def git_sha() -> str:
 
 def _check_tokenizer_roundtrip(tokenizer, expected: str) -> None:
     from transformers import AutoTokenizer
+
+    from attnops.models.modeling import tokenizer_sha256
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)

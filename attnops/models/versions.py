@@ -18,7 +18,6 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from attnops.models.modeling import tokenizer_sha256
 from attnops.models.profile import (
     PROFILE_SUMMARY,
     PROFILE_TABLE,
@@ -72,6 +71,8 @@ def load_version(client: MlflowClient, name: str, version: str, scratch: Path) -
             version without a weights tag (registered before weights were hashed) loads with
             a warning.
     """
+    from attnops.models.modeling import tokenizer_sha256  # torch: only loading a model needs it
+
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
     expected = tags.get(f"{TAG}tokenizer_sha256")

@@ -47,7 +47,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from attnops.models.attention_columns import entropy_head
-from attnops.models.records import TEXT_FEATURES
+from attnops.models.record_columns import TEXT_FEATURES
 from attnops.monitors.two_sample import (
     BootstrapCounts,
     RbfKernel,

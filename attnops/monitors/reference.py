@@ -27,7 +27,6 @@ from attnops.monitors.drift import (
     MeanShift,
 )
 from attnops.monitors.estimate import PerformanceEstimate, PerformanceEstimator
-from attnops.monitors.generation_reference import save_generation_reference
 from attnops.monitors.hallucination import UnsupportedAssertionDetector, UnsupportedAssertions
 from attnops.spec import MonitoringSpec, PipelineSpec
 
@@ -47,6 +46,9 @@ def redact_records(records: pd.DataFrame) -> pd.DataFrame:
 def save_task_reference(records: pd.DataFrame, out_dir: Path, spec: PipelineSpec) -> list[Path]:
     """The spec's task's reference profile (see `save_reference`), written into `out_dir`."""
     if spec.task == "generation":
+        # torch and transformers (via the generation evaluation): not for the monitor's import
+        from attnops.monitors.generation_reference import save_generation_reference
+
         return save_generation_reference(records, out_dir)
     return save_reference(records, out_dir, spec.monitoring)
 

@@ -19,7 +19,8 @@ from attnops.models.aliases import CANARY, CHAMPION, resolve
 from attnops.models.attention_columns import entropy_columns
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
-from attnops.models.records import TEXT_FEATURES, score_records
+from attnops.models.record_columns import TEXT_FEATURES
+from attnops.models.records import score_records
 from attnops.models.threads import use_threads
 from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
