@@ -26,6 +26,7 @@ from attnops.models.generation.data import CONTEXT, SOURCE, TARGET, GenerationDa
 from attnops.models.generation.decode import Decoded
 from attnops.models.generation.detector import DETECTORS, HallucinationDetector, detector_features
 from attnops.models.generation.heads import head_report
+from attnops.models.generation.prompt_profile import prompt_embeddings, write_prompt_profile
 from attnops.models.generation.quality import quality_scores
 from attnops.models.threads import use_threads
 from attnops.spec import PipelineSpec
@@ -206,6 +207,14 @@ def evaluate_generator(
     ].copy()
     reference["output_chars"] = reference["output"].str.len()
     reference["lookback"] = [d.lookback.ravel().astype(np.float32) for d in single.outputs]
+    projected, summary = write_prompt_profile(
+        prompt_embeddings(model, prompts, device),
+        spec.evaluation.embedding_dim,
+        out_dir,
+        {"prompt_tokens_p95": metrics["prompt_tokens_p95"], "n": len(table)},
+    )
+    reference["prompt_embedding"] = list(projected)
+    files.append(summary)
     return Evaluation(metrics=metrics, report=report, files=files, reference=reference)
 
 

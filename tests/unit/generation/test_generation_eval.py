@@ -20,6 +20,7 @@ from attnops.models.generation.detector import (
 from attnops.models.generation.evaluate import PER_INPUT, evaluate_generator
 from attnops.models.generation.heads import head_report
 from attnops.models.generation.quality import chrf, fact_recall, rouge_l
+from attnops.models.profile import PROFILE_SUMMARY, read_profile_summary
 from attnops.spec import PipelineSpec
 from attnops.spec_generation import SMOLLM2_BASE
 from tests.unit.generation.conftest import TINY_LLAMA
@@ -183,6 +184,12 @@ def test_evaluation_writes_per_input_evidence_with_baseline(tmp_path, tokenizer)
     assert len(reference) == N_INPUTS
     assert reference["output"].tolist() == table["output"].tolist()
     assert {len(v) for v in reference["lookback"]} == {4}  # layers x heads
+    # Compact prompt embeddings, and the projection live prompts will go through.
+    assert {len(v) for v in reference["prompt_embedding"]} == {min(N_INPUTS, 32)}
+    summary, projection = read_profile_summary(
+        next(p for p in result.files if p.name == PROFILE_SUMMARY)
+    )
+    assert summary["task"] == "generation" and projection.components.shape[1] == 32
     attention = report["attention"]
     assert np.asarray(attention["entropy"]).shape == (2, 2)
     assert np.asarray(attention["lookback"]).shape == (2, 2)
