@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from attnops.models.aliases import CANARY, CHAMPION
 from attnops.serving.batching import MicroBatcher
-from attnops.serving.engine import Models
+from attnops.serving.engine import ServedVersions
 from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
 from attnops.serving.routing import choose_route
@@ -72,7 +72,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         try:
             scratch = tempfile.TemporaryDirectory(dir=_prepared(settings), prefix="serving-")
             log = _open_log(settings, serving.log_flush_interval_s, metrics)
-            models = Models(spec, settings, Path(scratch.name))
+            models = ServedVersions(spec, settings, Path(scratch.name))
             served = await asyncio.to_thread(models.load)
         except Exception as exc:
             # Kept for whoever runs the app (the CLI prints it as one line).
@@ -134,7 +134,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             raise ClientError(422, "invalid", f"{where}: {first['msg']}") from None
 
     async def answer(texts: list[str], key: str | None) -> list[dict]:
-        models: Models = state["models"]
+        models: ServedVersions = state["models"]
         arrived = time.perf_counter()
         ids = [uuid.uuid4().hex for _ in texts]
         route = choose_route(key or ids[0], serving.canary_share, has_canary=CANARY in models.slots)
@@ -215,7 +215,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        models: Models | None = state.get("models")
+        models: ServedVersions | None = state.get("models")
         if models is None or CHAMPION not in models.slots:
             return JSONResponse({"ready": False}, status_code=503)
         versions = {route: s.version if s else None for route, s in models.routes().items()}
@@ -234,7 +234,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     @app.post("/admin/reload")
     async def reload(request: Request) -> dict:
         _authorize(request, serving.admin_token_env)
-        models: Models = state["models"]
+        models: ServedVersions = state["models"]
         async with state["reload"]:  # one reload at a time
             try:
                 served = await asyncio.to_thread(models.load)
@@ -277,7 +277,7 @@ def _open_log(settings: Settings, flush_interval_s: float, metrics: ServingMetri
 
 
 async def _refresh_aliases(
-    models: Models, lock: asyncio.Lock, metrics: ServingMetrics, every_s: float
+    models: ServedVersions, lock: asyncio.Lock, metrics: ServingMetrics, every_s: float
 ) -> None:
     """Follow alias moves made elsewhere (another replica's reload, a CLI rollback)."""
     while True:

@@ -169,7 +169,7 @@ class ModelSlot:
         )
 
 
-class Models:
+class ServedVersions:
     """The slots being served, swapped whole on reload."""
 
     def __init__(self, spec: PipelineSpec, settings: Settings, scratch: Path) -> None:
