@@ -14,28 +14,25 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from attnops.monitors.checks import GateCheck, checks_table
+from attnops.monitors.checks import Decision, GateCheck
 from attnops.spec import ReleaseSpec
 
 MIN_LABELLED = 30
 """Labelled requests each side needs before accuracy is compared."""
 
 
-@dataclass(frozen=True)
-class CanaryDecision:
+@dataclass(frozen=True, kw_only=True)
+class CanaryDecision(Decision):
     canary: str
     champion: str
-    checks: list[GateCheck]
 
     @property
     def promote(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.passed
 
-    def reasons(self) -> str:
-        failed = [c for c in self.checks if not c.passed]
-        if not failed:
-            return f"all {len(self.checks)} live checks passed"
-        return " | ".join(f"{c.name}: {c.reason}" for c in failed)
+    @property
+    def passed_note(self) -> str:
+        return "live checks passed"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -45,9 +42,6 @@ class CanaryDecision:
             "reasons": self.reasons(),
             "checks": [asdict(c) for c in self.checks],
         }
-
-    def table(self) -> str:
-        return checks_table(self.checks)
 
 
 def compare_canary(

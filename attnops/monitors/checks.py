@@ -62,3 +62,33 @@ def checks_table(checks: Sequence[GateCheck]) -> str:
     for c in checks:
         lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.reason} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """Checks and their verdict, for the gate and the canary alike: it passes only when every
+    check does; its reasons are the failed checks' (or a count of those that passed)."""
+
+    checks: list[GateCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed_checks(self) -> list[GateCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def reasons(self) -> str:
+        """One line for a tag or a log: the failed checks' reasons, or that all passed."""
+        failed = self.failed_checks
+        if not failed:
+            return f"all {len(self.checks)} {self.passed_note}"
+        return " | ".join(f"{c.name}: {c.reason}" for c in failed)
+
+    @property
+    def passed_note(self) -> str:
+        return "checks passed"
+
+    def table(self) -> str:
+        return checks_table(self.checks)

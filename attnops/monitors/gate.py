@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from attnops.monitors.checks import GateCheck, VersionEvidence, checks_table
+from attnops.monitors.checks import Decision, GateCheck, VersionEvidence
 from attnops.monitors.gate_operational import (
     attention_check,
     performance_checks,
@@ -33,28 +33,16 @@ from attnops.monitors.gate_quality import (
 from attnops.spec import GateSpec
 
 
-@dataclass(frozen=True)
-class GateDecision:
+@dataclass(frozen=True, kw_only=True)
+class GateDecision(Decision):
     candidate: str
     champion: str | None
-    checks: list[GateCheck]
     verdict: str
     """Quality vs champion: better, worse, no_difference, not_comparable or no_champion."""
 
     @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    @property
-    def failed_checks(self) -> list[GateCheck]:
-        return [check for check in self.checks if not check.passed]
-
-    def reasons(self) -> str:
-        """One line for the version tag: the failed checks' reasons, or that all passed."""
-        failed = self.failed_checks
-        if not failed:
-            return f"all {len(self.checks)} checks passed; quality vs champion: {self.verdict}"
-        return " | ".join(f"{c.name}: {c.reason}" for c in failed)
+    def passed_note(self) -> str:
+        return f"checks passed; quality vs champion: {self.verdict}"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -65,9 +53,6 @@ class GateDecision:
             "reasons": self.reasons(),
             "checks": [asdict(c) for c in self.checks],
         }
-
-    def table(self) -> str:
-        return checks_table(self.checks)
 
 
 def decide(
