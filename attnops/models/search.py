@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_model, save_model
 
@@ -37,6 +37,7 @@ from attnops.models.data import TEXT, LabelledData
 from attnops.models.distributed import rank_device
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer
+from attnops.models.search_storage import ClaimSafeStorage
 from attnops.models.train import TrainedClassifier, TrainResult
 from attnops.spec import PipelineSpec, SearchSpec, TrainingSpec
 
@@ -82,7 +83,7 @@ def open_study(spec: PipelineSpec, data_sha256: str, storage_url: str) -> optuna
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in practice
-        storage = RDBStorage(
+        storage = ClaimSafeStorage(
             storage_url,
             # SQLite locks the whole file per write: wait for the other process, don't fail.
             engine_kwargs={"connect_args": {"timeout": 60}} if _is_sqlite(storage_url) else {},
