@@ -7,6 +7,8 @@ temporary folder and renamed so a crash mid-write leaves the previous one intact
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,3 +83,27 @@ def restore(saved: dict, optimizer, scheduler) -> TrainState:
     if saved["cuda_rng"]:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     return TrainState(**saved["state"])
+
+
+def prepare_checkpoint_dir(
+    checkpoint_dir: Path, data_sha256: str, settings: list, *, resume: bool, what: str
+) -> None:
+    """Refuse to resume another run's checkpoint; start clean unless resuming.
+
+    Args:
+        settings: the spec sections (as dicts) a checkpoint depends on; with the data hash
+            they fingerprint the run.
+        what: those sections, named for the message (e.g. "model/training").
+    """
+    marker = checkpoint_dir / "run_fingerprint"
+    encoded = json.dumps(settings, sort_keys=True)
+    fingerprint = hashlib.sha256(f"{data_sha256}|{encoded}".encode()).hexdigest()
+    if resume and marker.is_file() and marker.read_text() != fingerprint:
+        raise ValueError(
+            f"checkpoint in {checkpoint_dir} was written for other data or other {what} "
+            "settings; run without --resume to start over"
+        )
+    if not resume:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint)

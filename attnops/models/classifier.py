@@ -5,9 +5,6 @@ In one process, or under torchrun when the spec's `training.distributed` asks fo
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import numpy as np
 from attnops.models import distributed, recipe
 from attnops.models.batching import encode
 from attnops.models.calibration import fit_temperature, fold_temperature
+from attnops.models.checkpoints import prepare_checkpoint_dir
 from attnops.models.data import TEXT, LabelledData
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier, load_tokenizer, seed_everything
@@ -100,18 +98,12 @@ def train_classifier(
 def _prepare_checkpoints(
     spec: PipelineSpec, data: LabelledData, checkpoint_dir: Path, resume: bool
 ) -> None:
-    """Refuse to resume another run's checkpoint; start clean unless resuming."""
-    marker = checkpoint_dir / "run_fingerprint"
     # Checkpoints do not depend on the number of processes: leave `distributed` out.
     training = spec.training.model_dump(exclude={"distributed"})
-    settings = json.dumps([spec.model.model_dump(), training], sort_keys=True)
-    fingerprint = hashlib.sha256(f"{data.data_sha256}|{settings}".encode()).hexdigest()
-    if resume and marker.is_file() and marker.read_text() != fingerprint:
-        raise ValueError(
-            f"checkpoint in {checkpoint_dir} was written for other data or other model/"
-            "training settings; run without --resume to start over"
-        )
-    if not resume:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
+    prepare_checkpoint_dir(
+        checkpoint_dir,
+        data.data_sha256,
+        [spec.model.model_dump(), training],
+        resume=resume,
+        what="model/training",
+    )

@@ -11,10 +11,7 @@ torch, transformers and peft only: no MLflow, no Prefect.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from attnops.models.batching import length_grouped_batches
 from attnops.models.checkpoints import (
     cpu_copy,
     load_best,
+    prepare_checkpoint_dir,
     read_checkpoint,
     restore,
     save_best,
@@ -272,8 +270,6 @@ def train_generator(
 def _prepare_checkpoints(
     spec: PipelineSpec, data: GenerationData, checkpoint_dir: Path, resume: bool
 ) -> None:
-    """Refuse to resume another run's checkpoint; start clean unless resuming."""
-    marker = checkpoint_dir / "run_fingerprint"
     shaping = {
         "instruction",
         "max_prompt_tokens",
@@ -281,24 +277,17 @@ def _prepare_checkpoints(
         "lora",
         "gradient_checkpointing",
     }
-    settings = json.dumps(
+    prepare_checkpoint_dir(
+        checkpoint_dir,
+        data.data_sha256,
         [
             spec.model.model_dump(),
             spec.training.model_dump(exclude={"distributed"}),
             spec.generation.model_dump(include=shaping),
         ],
-        sort_keys=True,
+        resume=resume,
+        what="model/training/generation",
     )
-    fingerprint = hashlib.sha256(f"{data.data_sha256}|{settings}".encode()).hexdigest()
-    if resume and marker.is_file() and marker.read_text() != fingerprint:
-        raise ValueError(
-            f"checkpoint in {checkpoint_dir} was written for other data or other model/"
-            "training/generation settings; run without --resume to start over"
-        )
-    if not resume:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
 
 
 def _top_layers(model, top: int | None) -> list[int] | None:
