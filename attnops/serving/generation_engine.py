@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from attnops.models.generation.decode import eos_ids
+from attnops.models.generation.kv_cache import cache_of, with_cache
 from attnops.serving.generation_scheduler import Overloaded, Pending, Row, Scheduler
 from attnops.serving.prefix_cache import PrefixCache, kv_bytes
 from attnops.spec_generation import GenerationServingSpec
@@ -210,7 +211,7 @@ class GenerationEngine:
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=positions,
-            cache=cache,
+            **with_cache(cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -260,10 +261,10 @@ class GenerationEngine:
             input_ids=torch.tensor([[r.last_token] for r in rows], device=self.device),
             attention_mask=mask,
             position_ids=torch.tensor([[r.cached_tokens] for r in rows], device=self.device),
-            cache=self._cache,
+            **with_cache(self._cache),
             use_cache=True,
         )
-        self._cache, self._mask = out.cache, mask
+        self._cache, self._mask = cache_of(out), mask
         chosen = out.logits[:, -1].float().argmax(-1).tolist()
         done = {}
         for row, token in zip(rows, chosen, strict=True):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from attnops.models.attention import eager_attention
+from attnops.models.generation.kv_cache import cache_of, with_cache
 from attnops.models.generation.lookback import LookbackAccumulator, lookback_ratios, mean_lookback
 
 _DIGIT = re.compile(r"[0-9]")
@@ -141,7 +142,8 @@ def _decode_batch(model, tokenizer, prompts, *, max_new_tokens, device, signals,
         mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
         position = position[:, -1:] + 1
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position,
-                    cache=out.cache, use_cache=True, output_attentions=signals)  # fmt: skip
+                    **with_cache(cache_of(out)), use_cache=True,
+                    output_attentions=signals)  # fmt: skip
         if signals:
             keys = torch.arange(mask.shape[1], device=device)
             context = mask.bool() & (keys < width)
