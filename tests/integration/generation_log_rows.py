@@ -1,23 +1,33 @@
 """Generation-log rows written straight into the schema's tables, as a generation server and
-its detector would, for tests of what reads them (release, retrain)."""
+its detector would, and a server that answers a release's reload as a generation server does,
+for tests of what reads the log (release, retrain)."""
 
 from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 import types
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import uvicorn
+import yaml
+from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from attnops.models import aliases, registry
 from attnops.serving.generation_log_schema import (
     generation_context,
     generation_feedback,
     generation_log,
 )
 from attnops.serving.log_schema import create_log_engine, metadata
+from attnops.settings import Settings
 
 
 def reply_row(**values) -> dict:
@@ -135,3 +145,61 @@ def use_log_reader(monkeypatch) -> None:
         module = types.ModuleType("attnops.serving.generation_log_reader")
         module.GenerationLogReader = _ContractReader
         monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+def registry_client():
+    settings = Settings.from_env()
+    settings.prepare()
+    return registry.client_for(settings)
+
+
+@contextmanager
+def generation_server(spec_path: str, *, canary_hallucinated: float, canary_replies: int):
+    """A server on the spec's port whose reload reports the aliases and, once a canary is
+    set, logs 3x `canary_replies` champion replies and the canary's, unscored; the canary's
+    are scored 3 s later (`canary_hallucinated` of them flagged)."""
+    spec = yaml.safe_load(Path(spec_path).read_text())
+    url = Settings.from_env().inference_db
+    insert_replies(url, [])  # the tables, before two threads would race to create them
+    app = FastAPI()
+
+    def traffic(canary: str) -> None:
+        rng = np.random.default_rng(0)
+        champion_rows = [
+            reply_row(hallucination_flag=bool(f)) for f in rng.random(3 * canary_replies) < 0.05
+        ]
+        canary_rows = [
+            reply_row(
+                version=canary, route="canary", hallucination_flag=None, hallucination_score=None
+            )
+            for _ in range(canary_replies)
+        ]
+        insert_replies(url, champion_rows + canary_rows)
+        time.sleep(3)
+        flags = rng.random(canary_replies) < canary_hallucinated
+        score_replies(
+            url, {r["request_id"]: bool(f) for r, f in zip(canary_rows, flags, strict=True)}
+        )
+
+    @app.post("/admin/reload")
+    def reload() -> dict:
+        client = registry_client()
+        served = {
+            route: aliases.version_of(client, spec["name"], route)
+            for route in (aliases.CHAMPION, aliases.CANARY)
+        }
+        if served[aliases.CANARY]:
+            threading.Thread(target=traffic, args=(served[aliases.CANARY],), daemon=True).start()
+        return served
+
+    port = spec["serving"]["port"]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -10,25 +10,17 @@ serving's to test; the decision's checks are unit-tested in test_generation_cana
 
 from __future__ import annotations
 
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
-import uvicorn
 import yaml
-from fastapi import FastAPI
 
 from attnops.flows.release import release
-from attnops.models import aliases, registry
-from attnops.settings import Settings
+from attnops.models import aliases
 from tests.integration.generation_log_rows import (
-    insert_replies,
-    reply_row,
-    score_replies,
+    generation_server,
+    registry_client,
     use_log_reader,
 )
 from tests.integration.serving_fixtures import ADMIN_TOKEN, free_port
@@ -60,15 +52,9 @@ def _spec(folder: Path, timeout_s: float = 60) -> str:
     return str(path)
 
 
-def _client():
-    settings = Settings.from_env()
-    settings.prepare()
-    return registry.client_for(settings)
-
-
 def _two_versions() -> None:
     """v1 the champion, v2 gated: versions with a run for their evidence, nothing to load."""
-    client = _client()
+    client = registry_client()
     experiment = client.create_experiment(NAME)
     client.create_registered_model(NAME)
     for _ in range(2):
@@ -78,60 +64,8 @@ def _two_versions() -> None:
     client.set_registered_model_alias(NAME, aliases.CHAMPION, "1")
 
 
-@contextmanager
-def generation_server(spec_path: str, *, canary_hallucinated: float, canary_replies: int):
-    """A server on the spec's port whose reload reports the aliases and, once a canary is
-    set, logs 3x `canary_replies` champion replies and the canary's, unscored; the canary's
-    are scored 3 s later (`canary_hallucinated` of them flagged)."""
-    spec = yaml.safe_load(Path(spec_path).read_text())
-    url = Settings.from_env().inference_db
-    insert_replies(url, [])  # the tables, before two threads would race to create them
-    app = FastAPI()
-
-    def traffic(canary: str) -> None:
-        rng = np.random.default_rng(0)
-        champion_rows = [
-            reply_row(hallucination_flag=bool(f)) for f in rng.random(3 * canary_replies) < 0.05
-        ]
-        canary_rows = [
-            reply_row(
-                version=canary, route="canary", hallucination_flag=None, hallucination_score=None
-            )
-            for _ in range(canary_replies)
-        ]
-        insert_replies(url, champion_rows + canary_rows)
-        time.sleep(3)
-        flags = rng.random(canary_replies) < canary_hallucinated
-        score_replies(
-            url, {r["request_id"]: bool(f) for r, f in zip(canary_rows, flags, strict=True)}
-        )
-
-    @app.post("/admin/reload")
-    def reload() -> dict:
-        client = _client()
-        served = {
-            route: aliases.version_of(client, NAME, route)
-            for route in (aliases.CHAMPION, aliases.CANARY)
-        }
-        if served[aliases.CANARY]:
-            threading.Thread(target=traffic, args=(served[aliases.CANARY],), daemon=True).start()
-        return served
-
-    port = spec["serving"]["port"]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def _evidence(version: str) -> dict:
-    run_id = _client().get_model_version(NAME, version).run_id
+    run_id = registry_client().get_model_version(NAME, version).run_id
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/release/release.json")
 
 
@@ -141,7 +75,7 @@ def test_a_canary_as_good_as_the_champion_is_promoted_once_its_replies_are_score
     with generation_server(path, canary_hallucinated=0.05, canary_replies=WINDOW):
         outcome = release(path, candidate="2")
     assert outcome["promoted"], outcome["reasons"]
-    client = _client()
+    client = registry_client()
     assert aliases.version_of(client, NAME, aliases.CHAMPION) == "2"
     assert aliases.version_of(client, NAME, aliases.PREVIOUS) == "1"
     assert aliases.version_of(client, NAME, aliases.CANARY) is None
@@ -170,7 +104,7 @@ def test_a_canary_that_hallucinates_more_is_rolled_back_with_both_rates_on_its_p
     assert not outcome["promoted"]
     assert outcome["reasons"].startswith("hallucination_rate: the detector flagged")
     assert f"of {2 * WINDOW} canary replies vs" in outcome["reasons"]
-    client = _client()
+    client = registry_client()
     assert aliases.version_of(client, NAME, aliases.CHAMPION) == "1"
     assert aliases.version_of(client, NAME, aliases.CANARY) is None
     version = client.get_model_version(NAME, "2")
@@ -188,4 +122,4 @@ def test_a_canary_without_enough_traffic_is_rolled_back_when_time_runs_out(home)
     assert outcome["reasons"].startswith("the canary window did not fill within 3 s")
     assert "not enough canary traffic: canary 20 and champion 60" in outcome["reasons"]
     assert _evidence("2")["keep_observing"]
-    assert aliases.version_of(_client(), NAME, aliases.CHAMPION) == "1"
+    assert aliases.version_of(registry_client(), NAME, aliases.CHAMPION) == "1"
