@@ -20,7 +20,7 @@ is to keep observing, not a verdict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -99,12 +99,7 @@ def compare_generation_canary(
         alpha,
     )
     checks = [
-        GateCheck.of(
-            errors.name,
-            errors.passed,
-            f"server errors (5xx): {errors.reason}",
-            **errors.values,
-        ),
+        replace(errors, reason=f"server errors (5xx): {errors.reason}"),
         _hallucination(ok1, ok0, release.max_unsupported_assertion_increase, alpha, enough),
         _pii_leaks(ok1, ok0, release.max_pii_share_increase, alpha),
         *(
