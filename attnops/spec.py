@@ -579,9 +579,13 @@ class ReleaseSpec(_Section):
     max_latency_increase: float = Field(0.5, ge=0)
     """Allowed relative p95 increase of the canary over the champion on live requests."""
     max_unsupported_assertion_increase: float = Field(0.05, ge=0, le=1)
+    """Allowed increase of the share of answers with an unsupported assertion (task: generation:
+    of replies the hallucination detector flags) over the champion's."""
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     """On requests whose labels arrived, if the drop is also significant."""
     max_pii_share_increase: float = Field(0.05, ge=0, le=1)
+    """Allowed increase of the share of requests with PII (task: generation: of replies leaking
+    PII that was not in their input) over the champion's."""
 
 
 class RetrainSpec(_Section):

@@ -156,7 +156,10 @@ class GenerationGateSpec(_Section):
     )
     max_pii_leaks: int = Field(0, ge=0, description="Outputs with PII not found in their input.")
     max_output_tokens_increase: float = Field(
-        0.25, ge=0, description="Relative growth of mean output tokens per request vs champion."
+        0.25,
+        ge=0,
+        description="Relative growth of mean output tokens per request vs champion, at the "
+        "gate and for the canary on live replies.",
     )
     max_ttft_ms_p95: float = Field(2000.0, gt=0, description="Time to first token, p95.")
     max_inter_token_ms_p95: float = Field(500.0, gt=0, description="Inter-token latency, p95.")

@@ -3,8 +3,9 @@
 A version that passed the gate gets the `canary` alias; the server (told to reload)
 routes `serving.canary_share` of request keys to it. Once `release.canary_window` canary
 requests are in the inference log, canary and champion answers from the same period are
-compared (`attnops.monitors.canary`) and the canary is promoted (old champion ->
-`previous`) or removed. The decision and its evidence go onto the version under
+compared (`attnops.monitors.canary`; for `task: generation` `monitors.canary_generation`,
+see `flows.release_generation`) and the canary is promoted (old champion -> `previous`) or
+removed. The decision and its evidence go onto the version under
 `release/`, with the tag `attnops.release` (`promoted` / `rolled_back`) written last.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from attnops.flows.release_generation import observe_generation
 from attnops.flows.rollback import RELEASE, reload_if_serving, write_release_record
 from attnops.flows.tasks import io_task
 from attnops.models import aliases, registry
@@ -133,7 +135,9 @@ def release(spec_path: str, candidate: str = "challenger") -> dict:
             f"the canary window of {spec.release.canary_window} requests did not fill within "
             f"{spec.release.timeout_s:g} s"
         )
-        if observe(spec, settings, version, since):
+        if spec.task == "generation":
+            decision, reason = observe_generation(spec, settings, version, champion, since)
+        elif observe(spec, settings, version, since):
             canary, base = read_windows(spec, settings, version, champion, since)
             decision = compare_canary(
                 canary,

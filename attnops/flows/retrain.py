@@ -7,8 +7,9 @@ limit), one retrain per event, the cooldown since the last started retrain, and 
 new labelled requests since the champion was registered.
 
 The new training set is the spec's train split plus the labelled requests (their text
-as logged: PII redacted); validation and test stay the spec's, so the gate compares the
-new version with the champion on exactly the inputs the champion was judged on.
+as logged: PII redacted; for `task: generation` the logged prompts with their corrected
+replies, see `flows.retrain_generation`); validation and test stay the spec's, so the gate
+compares the new version with the champion on exactly the inputs the champion was judged on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prefect import flow
 from attnops.flows.gate import gate
 from attnops.flows.monitor import MONITORING_SUFFIX
 from attnops.flows.release import release
+from attnops.flows.retrain_generation import corrections_since, generation_splits
 from attnops.flows.tasks import io_task
 from attnops.flows.train import train
 from attnops.models import aliases, registry, versions
@@ -75,15 +77,22 @@ def check_guards(
                 pd.DataFrame(),
             )
     since = champion.creation_timestamp / 1000
-    labelled = LogReader(settings.inference_db).labelled_since(since)
+    if spec.task == "generation":
+        labelled = corrections_since(spec, settings, since)
+    else:
+        labelled = LogReader(settings.inference_db).labelled_since(since)
     if len(labelled) < spec.retrain.min_new_labels:
         return (
-            f"only {len(labelled)} labelled requests since v{champion.version} was registered; "
-            f"retrain.min_new_labels is {spec.retrain.min_new_labels}",
+            f"only {len(labelled)} {_new_labels(spec)} since v{champion.version} was "
+            f"registered; retrain.min_new_labels is {spec.retrain.min_new_labels}",
             str(champion.version),
             labelled,
         )
     return None, str(champion.version), labelled
+
+
+def _new_labels(spec: PipelineSpec) -> str:
+    return "corrected replies" if spec.task == "generation" else "labelled requests"
 
 
 def _trigger_runs(client, name: str, *, decision: str) -> list:
@@ -138,9 +147,50 @@ def record_trigger(
 def write_training_spec(
     spec: PipelineSpec, spec_path: str, settings: Settings, champion: str, labelled: pd.DataFrame
 ) -> str:
-    """A spec for the retrain: the data with the new labelled requests, warm-started weights."""
+    """A spec for the retrain: the data with the new labelled requests (for generation: the
+    corrected replies), warm-started weights."""
     folder = settings.home / "retrain" / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True)
+    raw = spec.model_dump(mode="json")
+    if spec.task == "generation":
+        # Replies hold newlines and quotes: JSON lines keep them as written.
+        for split, frame in generation_splits(spec, spec_path, labelled).items():
+            path = folder / f"{split}.jsonl"
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            raw["data"][split] = str(path)
+        raw["data"]["format"] = "jsonl"
+    else:
+        for split, frame in _classification_splits(spec, spec_path, labelled).items():
+            path = folder / f"{split}.csv"
+            frame.to_csv(path, index=False)
+            raw["data"][split] = str(path)
+        raw["data"]["format"] = "csv"
+    if spec.retrain.warm_start:
+        client = registry.client_for(settings)
+        loaded = versions.load_version(client, spec.name, champion, folder / "champion")
+        weights = folder / "champion" / "model"
+        loaded.model.save_pretrained(weights)
+        loaded.tokenizer.save_pretrained(weights)
+        # A generator fine-tunes the champion's weights as it did the base's (new LoRA
+        # adapters, merged again at registration).
+        raw["model"] |= {"base": str(weights), "config_overrides": {}}
+        if spec.task == "classification":
+            # The head is trained already: the recipe's faster head rate is for a new, random
+            # one and would pull the warm-started decision boundaries around (on the demo it
+            # cost most of the out-of-scope recall).
+            raw["training"]["head_learning_rate"] = raw["training"]["learning_rate"]
+    if spec.retrain.epochs:
+        raw["training"]["epochs"] = spec.retrain.epochs
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    print(f"retrain spec: {path}")
+    return str(path)
+
+
+def _classification_splits(
+    spec: PipelineSpec, spec_path: str, labelled: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """The spec's splits in its column names, the train split with the labelled requests."""
     data = load_labelled_data(spec.data, spec_path)
     new = pd.DataFrame({TEXT: labelled["text"], LABEL: labelled["label"]})
     for column in spec.data.slice_columns:
@@ -152,29 +202,8 @@ def write_training_spec(
     splits = {"train": pd.concat([old, new], ignore_index=True)}
     splits |= {name: data.splits[name] for name in ("validation", "test")}
     names = {TEXT: spec.data.text_column, LABEL: spec.data.label_column}
-    raw = spec.model_dump(mode="json")
-    for split, frame in splits.items():
-        path = folder / f"{split}.csv"
-        frame.rename(columns=names).to_csv(path, index=False)
-        raw["data"][split] = str(path)
-    raw["data"]["format"] = "csv"
-    if spec.retrain.warm_start:
-        client = registry.client_for(settings)
-        loaded = versions.load_version(client, spec.name, champion, folder / "champion")
-        weights = folder / "champion" / "model"
-        loaded.model.save_pretrained(weights)
-        loaded.tokenizer.save_pretrained(weights)
-        raw["model"] |= {"base": str(weights), "config_overrides": {}}
-        # The head is trained already: the recipe's faster head rate is for a new, random one
-        # and would pull the warm-started decision boundaries around (on the demo it cost
-        # most of the out-of-scope recall).
-        raw["training"]["head_learning_rate"] = raw["training"]["learning_rate"]
-    if spec.retrain.epochs:
-        raw["training"]["epochs"] = spec.retrain.epochs
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    print(f"retrain data: {len(old)} original + {len(new)} labelled requests -> {path}")
-    return str(path)
+    print(f"retrain data: {len(old)} original + {len(new)} labelled requests")
+    return {name: frame.rename(columns=names) for name, frame in splits.items()}
 
 
 @flow(name="retrain", flow_run_name="retrain-{spec_path}", log_prints=True)
@@ -198,7 +227,7 @@ def retrain(spec_path: str, event_id: str | None = None) -> dict:
             record_trigger(spec, settings, champion, event_id, "skipped", why_not)
             print(f"retrain skipped: {why_not}")
             return {"status": "skipped", "reason": why_not}
-        reason = f"{len(labelled)} new labelled requests; event {event_id or 'manual'}"
+        reason = f"{len(labelled)} new {_new_labels(spec)}; event {event_id or 'manual'}"
         record_trigger(spec, settings, champion, event_id, "started", reason)
         new_spec = write_training_spec(spec, spec_path, settings, champion, labelled)
         version = train(

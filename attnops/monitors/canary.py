@@ -67,7 +67,7 @@ def compare_canary(
         )
     alpha = 1 - confidence
     checks = [
-        _rate_increase(
+        rate_increase_check(
             "error_rate",
             canary["status"] != 200,
             champion["status"] != 200,
@@ -75,14 +75,14 @@ def compare_canary(
             alpha,
         ),
         _latency(canary, champion, release.max_latency_increase, confidence),
-        _rate_increase(
+        rate_increase_check(
             "unsupported_assertions",
             canary["unsupported"].astype(bool),
             champion["unsupported"].astype(bool),
             release.max_unsupported_assertion_increase,
             alpha,
         ),
-        _rate_increase(
+        rate_increase_check(
             "pii_share",
             canary["has_pii"].astype(bool),
             champion["has_pii"].astype(bool),
@@ -95,7 +95,7 @@ def compare_canary(
     return CanaryDecision(canary=canary_version, champion=champion_version, checks=checks)
 
 
-def _rate_increase(
+def rate_increase_check(
     name: str, canary: pd.Series, champion: pd.Series, max_increase: float, alpha: float
 ) -> GateCheck:
     """Fails when the canary's rate exceeds the champion's by more than `max_increase`,
@@ -115,23 +115,35 @@ def _rate_increase(
 def _latency(
     canary: pd.DataFrame, champion: pd.DataFrame, max_increase: float, confidence: float
 ) -> GateCheck:
-    """p95 ratio with a bootstrap lower bound: slower only when the data says so."""
     ok1 = canary.loc[canary["status"] == 200, "latency_ms"].to_numpy(dtype=float)
     ok0 = champion.loc[champion["status"] == 200, "latency_ms"].to_numpy(dtype=float)
-    if len(ok1) < 5 or len(ok0) < 5:
-        return GateCheck.of("latency_ms_p95", True, "fewer than 5 answered requests on a side")
+    return p95_ratio_check("latency_ms_p95", ok1, ok0, max_increase, confidence)
+
+
+def p95_ratio_check(
+    name: str,
+    canary_ms: np.ndarray,
+    champion_ms: np.ndarray,
+    max_increase: float,
+    confidence: float,
+) -> GateCheck:
+    """p95 ratio with a bootstrap lower bound: slower only when the data says so."""
+    if len(canary_ms) < 5 or len(champion_ms) < 5:
+        return GateCheck.of(name, True, "fewer than 5 answered requests on a side")
     rng = np.random.default_rng(0)
-    boot1 = np.percentile(ok1[rng.integers(0, len(ok1), (1000, len(ok1)))], 95, axis=1)
-    boot0 = np.percentile(ok0[rng.integers(0, len(ok0), (1000, len(ok0)))], 95, axis=1)
+    boot1 = np.percentile(
+        canary_ms[rng.integers(0, len(canary_ms), (1000, len(canary_ms)))], 95, axis=1
+    )
+    boot0 = np.percentile(
+        champion_ms[rng.integers(0, len(champion_ms), (1000, len(champion_ms)))], 95, axis=1
+    )
     low = float(np.quantile(boot1 / np.maximum(boot0, 1e-9), 1 - confidence))
-    p1, p0 = float(np.percentile(ok1, 95)), float(np.percentile(ok0, 95))
+    p1, p0 = float(np.percentile(canary_ms, 95)), float(np.percentile(champion_ms, 95))
     reason = (
         f"p95 {p1:.1f} ms vs champion {p0:.1f} ms: x{p1 / max(p0, 1e-9):.2f} "
         f"({confidence:.0%} lower bound x{low:.2f}, max x{1 + max_increase:g})"
     )
-    return GateCheck.of(
-        "latency_ms_p95", low <= 1 + max_increase, reason, canary=p1, champion=p0, lower=low
-    )
+    return GateCheck.of(name, low <= 1 + max_increase, reason, canary=p1, champion=p0, lower=low)
 
 
 def _accuracy(
@@ -149,7 +161,7 @@ def _accuracy(
             f"only {len(right1)} canary / {len(right0)} champion labelled requests "
             f"(need {MIN_LABELLED} each); not compared",
         )
-    check = _rate_increase("accuracy", ~right1, ~right0, max_drop, alpha)
+    check = rate_increase_check("accuracy", ~right1, ~right0, max_drop, alpha)
     a1, a0 = float(right1.mean()), float(right0.mean())
     reason = f"accuracy {a1:.3f} on {len(right1)} labelled vs champion {a0:.3f} on {len(right0)}"
     reason += f" (max drop {max_drop}, p={check.values['p_value']:.3g})"
