@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from attnops.demo.ticket_replies import write_ticket_replies
-from attnops.models.batching import length_grouped_batches
+from attnops.models.batching import length_grouped_batches, padded_width
 from attnops.models.generation.base import load_base_model, model_cache_dir
 from attnops.models.generation.data import encode_examples, load_generation_data
 from attnops.models.generation.loss import validation_loss
@@ -105,7 +105,9 @@ def main() -> None:
     train = encode_examples(tokenizer, spec.generation, data.splits["train"])
     validation = encode_examples(tokenizer, spec.generation, data.splits["validation"])
     ours_loss = _val_loss(ours.model, validation, tokenizer.pad_token_id, device, cfg)
-    ours_padded = _our_padded_tokens(train, cfg.batch_size, cfg.seed, args.steps)
+    ours_padded = _our_padded_tokens(
+        train, cfg.batch_size, cfg.seed, args.steps, cuda=device.type == "cuda"
+    )
 
     seed_everything(cfg)  # the same initial weights as ours (a random init draws from it)
     model, _ = load_base_model(spec.model, cache)
@@ -175,13 +177,15 @@ def _val_loss(model, validation, pad_id, device, cfg) -> float:
     )
 
 
-def _our_padded_tokens(train: list[dict], batch_size: int, seed: int, steps: int) -> int:
+def _our_padded_tokens(
+    train: list[dict], batch_size: int, seed: int, steps: int, *, cuda: bool
+) -> int:
     """Token slots (real + pad) of the batches our trainer ran: the same batch plan it uses."""
     lengths = np.fromiter((len(e["input_ids"]) for e in train), dtype=np.int64)
     slots, epoch, done = 0, 0, 0
     while done < steps:
         for batch in length_grouped_batches(lengths, batch_size, seed=seed * 1_000 + epoch):
-            slots += int(lengths[batch].max()) * len(batch)
+            slots += padded_width(int(lengths[batch].max()), cuda) * len(batch)
             done += 1
             if done == steps:
                 break

@@ -124,6 +124,24 @@ def test_length_grouping_keeps_padding_low(tokenizer):
     assert all((a == b).all() for a, b in zip(grouped, again, strict=True))
 
 
+def test_cuda_batches_come_in_few_widths_cpu_batches_unpadded(tokenizer):
+    """On CUDA each new batch shape costs a kernel set-up: widths are rounded up to 32."""
+    from attnops.models.batching import collate, length_grouped_batches, padded_width
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=2000)
+    grouped = length_grouped_batches(lengths, 32, seed=0)
+    widths = {int(lengths[b].max()) for b in grouped}
+    assert len(widths) > 40
+    assert {padded_width(w, cuda=True) for w in widths} == {32, 64, 96, 128}
+    assert all(padded_width(w, cuda=False) == w for w in widths)
+
+    data = encode(tokenizer, ["refund my order please", "hi"], 16)
+    batch = collate(data, np.array([0, 1]), tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, max(data.lengths))
+    assert batch["attention_mask"].sum().item() == data.lengths.sum()
+
+
 def test_truncation_keeps_the_end_token_and_counts_full_length(tokenizer):
     data = encode(tokenizer, ["word " * 100, "short"], 16)
     assert data.lengths.tolist() == [16, 3]

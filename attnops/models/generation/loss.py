@@ -12,13 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnops.models.batching import padded_width
 from attnops.models.generation.data import IGNORE_INDEX
 
 
 def collate(examples: list[dict], indices, pad_id: int, device: torch.device) -> dict:
-    """Pad the selected examples to the longest of them (labels with IGNORE_INDEX)."""
+    """Pad the selected examples to the longest of them (labels with IGNORE_INDEX; on CUDA
+    to `padded_width` of it)."""
     rows = [examples[i] for i in indices]
-    width = max(len(row["input_ids"]) for row in rows)
+    cuda = device.type == "cuda"
+    width = padded_width(max(len(row["input_ids"]) for row in rows), cuda)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -28,7 +31,6 @@ def collate(examples: list[dict], indices, pad_id: int, device: torch.device) ->
         labels[r, :n] = torch.tensor(row["labels"])
         attention_mask[r, :n] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    cuda = device.type == "cuda"
     return {
         k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) for k, v in batch.items()
     }
