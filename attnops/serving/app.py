@@ -12,9 +12,7 @@ dropped. A version whose tokenizer does not hash to its tag is never served.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 import tempfile
 import time
 import uuid
@@ -33,7 +31,7 @@ from attnops.serving.engine import ServedVersions
 from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
 from attnops.serving.routing import choose_route
-from attnops.serving.validation import ClientError, check_feedback, check_texts
+from attnops.serving.validation import ClientError, authorize, check_feedback, check_texts
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -233,7 +231,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> dict:
-        _authorize(request, serving.admin_token_env)
+        authorize(request, serving.admin_token_env)
         models: ServedVersions = state["models"]
         async with state["reload"]:  # one reload at a time
             try:
@@ -291,12 +289,3 @@ async def _refresh_aliases(
                 logger.warning("alias refresh failed, still serving %s: %s", serving, exc)
                 continue
         metrics.publish(served)
-
-
-def _authorize(request: Request, token_env: str) -> None:
-    expected = os.environ.get(token_env)
-    if not expected:
-        raise ClientError(403, "admin_disabled", f"admin endpoints are off: set {token_env}")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")

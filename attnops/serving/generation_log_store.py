@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from attnops.serving.generation_log_reader import GenerationLogReader
 from attnops.serving.generation_log_schema import generation_context, generation_log
@@ -113,6 +113,34 @@ class GenerationLog(BufferedLogWriter, GenerationLogReader):
         )
         GenerationLogReader.__init__(self, url, redact=redact)
         self._on_leak, self._on_written = on_leak, on_written
+
+    def record_scores(self, updates: list[dict]) -> None:
+        """Write the detector's columns of stored rows, all rows in one transaction.
+
+        Args:
+            updates: per row `request_id`, `hallucination_score`, `hallucination_flag` and
+                `lookback_ratio` (None where not sampled), set together by one UPDATE.
+        """
+        statement = (
+            generation_log.update()
+            .where(generation_log.c.request_id == bindparam("rid"))
+            .values(
+                hallucination_score=bindparam("score"),
+                hallucination_flag=bindparam("flag"),
+                lookback_ratio=bindparam("lookback"),
+            )
+        )
+        rows = [
+            {
+                "rid": u["request_id"],
+                "score": u["hallucination_score"],
+                "flag": u["hallucination_flag"],
+                "lookback": u["lookback_ratio"],
+            }
+            for u in updates
+        ]
+        with self._engine.begin() as conn:
+            conn.execute(statement, rows)
 
     def _stored_ids(self, request_ids: Iterable[str]) -> set[str]:
         return set(self.request_versions(request_ids))

@@ -12,6 +12,8 @@ named, and nothing is stored, so a client can fix it and resend it as one unit.
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Collection, Mapping, Sequence
 
 from attnops.models.text_checks import describe_empty, is_empty_text
@@ -25,6 +27,21 @@ class ClientError(Exception):
     def __init__(self, status: int, reason: str, detail: str, route: str = "none") -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.route = status, reason, detail, route
+
+
+def authorize(request, token_env: str) -> None:
+    """Let an admin request through only with `Authorization: Bearer $<token_env>`.
+
+    Raises:
+        ClientError: 403 while the variable is unset (admin endpoints off), 401 on a wrong
+            or missing token.
+    """
+    expected = os.environ.get(token_env)
+    if not expected:
+        raise ClientError(403, "admin_disabled", f"admin endpoints are off: set {token_env}")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")
 
 
 def check_texts(texts: Sequence[str], *, batch: bool) -> None:
