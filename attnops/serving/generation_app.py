@@ -28,40 +28,28 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from attnops.models.aliases import CANARY, CHAMPION
-from attnops.models.text_checks import is_empty_text
-from attnops.serving.generation_calls import Call, reply_summary
+from attnops.serving.generation_calls import (
+    Call,
+    GenerateRequest,
+    ReferenceFeedback,
+    check_reference,
+    reply_summary,
+)
 from attnops.serving.generation_log_store import GenerationLog
 from attnops.serving.generation_metrics import GenerationMetrics
 from attnops.serving.generation_scheduler import Overloaded
 from attnops.serving.generation_scoring import GenerationScorer
 from attnops.serving.generation_versions import GenerationVersions, stop_engines
 from attnops.serving.routing import bucket, choose_route
-from attnops.serving.validation import ClientError, authorize
+from attnops.serving.validation import ClientError, authorize, read_body
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
 logger = logging.getLogger(__name__)
-
-
-class GenerateRequest(BaseModel):
-    source: str
-    """The customer's message (what the reply answers)."""
-    context: str = ""
-    """Grounding text placed before it (the knowledge-base article); shared contexts are cached."""
-    max_new_tokens: int | None = Field(None, ge=1)
-    """At most the version's own max_new_tokens (its generation config); default: that."""
-    key: str | None = None
-    """Sticky-routing key (user, session, ticket): the same key always gets the same version."""
-
-
-class ReferenceFeedback(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
-    reference: str
-    """The reply the request should have had (used by `retrain`)."""
 
 
 def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
@@ -82,6 +70,7 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        scratch = None
         try:
             settings.prepare()
             scratch = tempfile.TemporaryDirectory(dir=settings.home, prefix="serving-")
@@ -96,6 +85,8 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             versions.swap(await asyncio.to_thread(versions.prepare))
         except Exception as exc:
             app.state.startup_error = exc  # the CLI prints it as one line
+            if scratch is not None:
+                scratch.cleanup()
             raise
         with scratch:
             log.start()
@@ -127,20 +118,7 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     async def read(request: Request, model: type[BaseModel]):
-        body = await request.body()
-        if len(body) > serving.max_request_bytes:
-            raise ClientError(
-                413,
-                "too_large",
-                f"request body is {len(body)} bytes; the limit "
-                f"is {serving.max_request_bytes} (serving.max_request_bytes)",
-            )
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ClientError(422, "invalid", f"{where}: {first['msg']}") from None
+        return await read_body(request, model, serving.max_request_bytes)
 
     async def begin(request: Request) -> Call:
         """Route, prepare and queue a request; the caller must `finish` it."""
@@ -239,20 +217,8 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     @app.post("/feedback")
     async def feedback(request: Request) -> dict:
         body = await read(request, ReferenceFeedback)
-        if is_empty_text(body.reference):
-            raise ClientError(
-                422,
-                "bad_feedback",
-                "reference is empty; send the reply the request should have had",
-            )
         log: GenerationLog = state["log"]
-        if not await asyncio.to_thread(log.known_request_ids, [body.request_id]):
-            raise ClientError(
-                422,
-                "bad_feedback",
-                f"unknown request id {body.request_id} (use the request_id of a /generate "
-                "answer); nothing was recorded, fix and resend",
-            )
+        check_reference(body, await asyncio.to_thread(log.known_request_ids, [body.request_id]))
         recorded = await asyncio.to_thread(log.record_references, {body.request_id: body.reference})
         return {"recorded": recorded}
 
@@ -283,17 +249,7 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
     async def prometheus() -> Response:
         versions: GenerationVersions | None = state.get("versions")
         if versions is not None:
-            engines = versions.engines()
-            caches = [e.prefix_cache for e in engines]
-            lookups = sum(c.hits + c.misses for c in caches)
-            metrics.refresh(
-                queue=sum(len(e.scheduler) for e in engines),
-                rows=sum(e.running for e in engines),
-                max_rows=sum(e.max_rows for e in engines),
-                kv_bytes=sum(e.kv_bytes_in_use for e in engines),
-                hit_rate=sum(c.hits for c in caches) / lookups if lookups else 0.0,
-                scoring_backlog=state["scorer"].backlog,
-            )
+            metrics.refresh(**versions.load_now(), scoring_backlog=state["scorer"].backlog)
             log: GenerationLog = state["log"]
             metrics.log_pending.set(log.pending)
             metrics.log_write_errors.set(log.write_errors)

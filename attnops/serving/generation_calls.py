@@ -1,14 +1,55 @@
-"""One generation request in flight, from routing to its log record and its reply summary."""
+"""One generation request: its body, its time in flight (routing to log record), its reply;
+and the body of a corrected reply (`/feedback`)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from pydantic import BaseModel, Field
+
+from attnops.models.text_checks import is_empty_text
 from attnops.serving.generation_log_store import GenerationRecord
 from attnops.serving.generation_scheduler import Pending
 from attnops.serving.generation_stream import ReplyStream
 from attnops.serving.generation_versions import ServedGenerator
+from attnops.serving.validation import ClientError
+
+
+class GenerateRequest(BaseModel):
+    source: str
+    """The customer's message (what the reply answers)."""
+    context: str = ""
+    """Grounding text placed before it (the knowledge-base article); shared contexts are cached."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """At most the version's own max_new_tokens (its generation config); default: that."""
+    key: str | None = None
+    """Sticky-routing key (user, session, ticket): the same key always gets the same version."""
+
+
+class ReferenceFeedback(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64)
+    reference: str
+    """The reply the request should have had (used by `retrain`)."""
+
+
+def check_reference(body: ReferenceFeedback, known: set[str]) -> None:
+    """Refuse an empty reference or a request id the log does not know (written or queued).
+
+    Raises:
+        ClientError: 422 `bad_feedback`, naming the field or the id; nothing is recorded.
+    """
+    if is_empty_text(body.reference):
+        raise ClientError(
+            422, "bad_feedback", "reference is empty; send the reply the request should have had"
+        )
+    if body.request_id not in known:
+        raise ClientError(
+            422,
+            "bad_feedback",
+            f"unknown request id {body.request_id} (use the request_id of a /generate "
+            "answer); nothing was recorded, fix and resend",
+        )
 
 
 @dataclass(eq=False)

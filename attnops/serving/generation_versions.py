@@ -79,6 +79,19 @@ class GenerationVersions:
         served = list({id(s): s for s in self.slots.values()}.values())
         return [s.engine for s in served + self._retired]
 
+    def load_now(self) -> dict[str, float]:
+        """What the engines hold now, summed: the gauges of `GenerationMetrics.refresh`."""
+        engines = self.engines()
+        caches = [e.prefix_cache for e in engines]
+        lookups = sum(c.hits + c.misses for c in caches)
+        return {
+            "queue": sum(len(e.scheduler) for e in engines),
+            "rows": sum(e.running for e in engines),
+            "max_rows": sum(e.max_rows for e in engines),
+            "kv_bytes": sum(e.kv_bytes_in_use for e in engines),
+            "hit_rate": sum(c.hits for c in caches) / lookups if lookups else 0.0,
+        }
+
     def prepare(self) -> dict[str, ServedGenerator]:
         """Read the aliases and load (and start) the versions not served yet (blocking).
 

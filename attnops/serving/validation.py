@@ -16,6 +16,8 @@ import hmac
 import os
 from collections.abc import Collection, Mapping, Sequence
 
+from pydantic import BaseModel, ValidationError
+
 from attnops.models.text_checks import describe_empty, is_empty_text
 
 _LISTED = 5  # ids or classes named in a message; the rest are counted
@@ -27,6 +29,29 @@ class ClientError(Exception):
     def __init__(self, status: int, reason: str, detail: str, route: str = "none") -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.route = status, reason, detail, route
+
+
+async def read_body(request, model: type[BaseModel], max_bytes: int) -> BaseModel:
+    """The request's JSON body as `model`.
+
+    Raises:
+        ClientError: 413 for a body over `max_bytes` (serving.max_request_bytes), 422 naming
+            the first field that does not validate.
+    """
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise ClientError(
+            413,
+            "too_large",
+            f"request body is {len(body)} bytes; the limit is {max_bytes} "
+            "(serving.max_request_bytes)",
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ClientError(422, "invalid", f"{where}: {first['msg']}") from None
 
 
 def authorize(request, token_env: str) -> None:
