@@ -6,6 +6,7 @@ record lost in a burst that overflows the queue."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -106,7 +107,12 @@ def test_each_reply_is_logged_redacted_with_its_counts_and_scored_later(server):
     assert ready["champion"] == "1" and ready["canary"] is None
     assert ready["detector"] == {"1": True}
     metrics = httpx.get(f"{url}/metrics").text
-    assert 'attnops_generation_scored_outputs_total{version="1"}' in metrics
+    scored = re.search(
+        r'^attnops_generation_scored_outputs_total\{version="1"\} (\S+)$', metrics, re.M
+    )
+    assert scored and float(scored.group(1)) >= 20
+    for name in ("hallucination_flags", "pii_leaks", "scoring_backlog"):
+        assert f"# TYPE attnops_generation_{name}" in metrics, name
 
 
 def rows_of_known(ids: list[str]):
