@@ -190,6 +190,8 @@ def create_generation_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
             status = 500
             raise
         finally:
+            if status == 499:  # cancelled: nobody reads the rest, free the batch row
+                call.stream.closed = True
             finish(call, status)
 
     @app.post("/generate/stream")

@@ -88,7 +88,7 @@ def eager_twin(model):
     return twin.eval()
 
 
-def score_records(scoring: ScoringModel, records: Sequence[GenerationRecord]) -> list[dict]:
+def score_outputs(scoring: ScoringModel, records: Sequence[GenerationRecord]) -> list[dict]:
     """The score columns of each record (`request_id` and the three columns).
 
     Raises:
@@ -180,10 +180,10 @@ class GenerationScorer:
         self._thread.join(timeout_s + 30)  # a batch in progress finishes (never half-written)
         if self._queue:
             logger.warning(
-                "generation scoring: %d outputs left unscored at shutdown (hallucination_score "
-                "NULL); the scorer was %d outputs behind the traffic",
+                "generation scoring: %d outputs left unscored at shutdown after %.0f s "
+                "(hallucination_score NULL): the scorer was behind the traffic",
                 len(self._queue),
-                len(self._queue),
+                timeout_s,
             )
 
     def _run(self) -> None:
@@ -219,7 +219,7 @@ class GenerationScorer:
                 self.unscorable += len(records)
                 continue
             with torch.inference_mode():
-                scored = score_records(scoring, records)
+                scored = score_outputs(scoring, records)
             updates += scored
             flags += [(version, u["hallucination_flag"]) for u in scored]
         if not updates:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -102,11 +103,16 @@ def test_reload_under_load_answers_every_request_and_logs_each_on_its_version(sp
         )
         traffic.start()
         while len(window()) < 20:  # mid-traffic: answers are being logged
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         client().set_registered_model_alias(NAME, aliases.CHAMPION, "2")
         answer = reload(url)
         traffic.join()
         ready = httpx.get(f"{url}/ready").json()
+        # v1's engine stops once its last request is done: one decode thread is left.
+        deadline = time.monotonic() + 30
+        while sum(t.name == "decode" for t in threading.enumerate()) > 1:
+            assert time.monotonic() < deadline, "the retired version's engine still runs"
+            time.sleep(0.05)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"champion": "2", "canary": None}
     assert ready["champion"] == "2"
