@@ -94,7 +94,7 @@ def test_reload_under_load_answers_every_request_and_logs_each_on_its_version(sp
     results: list[httpx.Response] = []
     bodies = [
         {"source": f"Is order {i} refundable?", "context": ARTICLE, "max_new_tokens": 4}
-        for i in range(160)
+        for i in range(120)
     ]
     with running_server(spec_for()) as url:
         assert reload(url, token="wrong").status_code == 401
