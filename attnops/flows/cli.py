@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--label-share", type=float, default=0.5)
     traffic.add_argument("--seed", type=int, default=0)
     command(
-        "labels", "record labels that arrived later (CSV/JSONL: request_id,label)"
+        "labels",
+        "record labels that arrived later (CSV/JSONL: request_id,label; for a generation "
+        "spec request_id,reference: the corrected reply)",
     ).add_argument("--file", required=True)
     ci = command("ci", "CI: gate a CI-budget build (pull_request) or train+gate+release (push)")
     ci.add_argument("--event", required=True, choices=("pull_request", "push"))
@@ -216,6 +218,11 @@ def _run(args: argparse.Namespace) -> bool | None:
         )
         print(result.summary())
         return result.errors == 0
+    elif args.command == "labels" and spec.task == "generation":
+        from attnops.serving.generation_log_reader import GenerationLogReader
+
+        count = GenerationLogReader(settings.inference_db).load_references_file(args.file)
+        print(f"{count} reference replies recorded in {settings.inference_db}")
     elif args.command == "labels":
         from attnops.serving.log_reader import LogReader
 

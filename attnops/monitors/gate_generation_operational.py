@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,19 +69,23 @@ def _comparable(text: str) -> str:
     return re.sub(r"[^0-9a-z@]", "", text.lower())
 
 
-def pii_leaks(frame: pd.DataFrame) -> list[list[PiiHit]]:
+def pii_leaks(
+    frame: pd.DataFrame, found: Sequence[Sequence[PiiHit]] | None = None
+) -> list[list[PiiHit]]:
     """Per row of `frame` (raw `source`, `context`, `output`), the PII hits of its output that
     are not in its own input.
 
     Repeating the customer's own e-mail address back to them is not a leak; an address,
     phone or card number the model produced from elsewhere (memorised training data, another
-    customer's ticket) is.
+    customer's ticket) is. Pass `found` from an earlier `find_pii` of the outputs to skip a
+    second scan.
     """
     outputs = frame["output"].astype(str).tolist()
+    found = find_pii(outputs) if found is None else found
     leaks = []
-    for row, (found, output) in enumerate(zip(find_pii(outputs), outputs, strict=True)):
+    for row, (hits, output) in enumerate(zip(found, outputs, strict=True)):
         given = _comparable(f"{frame['source'].iat[row]} {frame['context'].iat[row]}")
-        leaks.append([h for h in found if _comparable(output[h.start : h.end]) not in given])
+        leaks.append([h for h in hits if _comparable(output[h.start : h.end]) not in given])
     return leaks
 
 

@@ -12,9 +12,7 @@ dropped. A version whose tokenizer does not hash to its tag is never served.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 import tempfile
 import time
 import uuid
@@ -24,7 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from attnops.models.aliases import CANARY, CHAMPION
@@ -33,7 +31,13 @@ from attnops.serving.engine import ServedVersions
 from attnops.serving.log_store import InferenceLog
 from attnops.serving.metrics import ServingMetrics
 from attnops.serving.routing import choose_route
-from attnops.serving.validation import ClientError, check_feedback, check_texts
+from attnops.serving.validation import (
+    ClientError,
+    authorize,
+    check_feedback,
+    check_texts,
+    read_body,
+)
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -118,20 +122,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     async def read(request: Request, model: type[BaseModel]):
-        body = await request.body()
-        if len(body) > serving.max_request_bytes:
-            raise ClientError(
-                413,
-                "too_large",
-                f"request body is {len(body)} bytes; the limit is {serving.max_request_bytes} "
-                "(serving.max_request_bytes)",
-            )
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ClientError(422, "invalid", f"{where}: {first['msg']}") from None
+        return await read_body(request, model, serving.max_request_bytes)
 
     async def answer(texts: list[str], key: str | None) -> list[dict]:
         models: ServedVersions = state["models"]
@@ -233,7 +224,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> dict:
-        _authorize(request, serving.admin_token_env)
+        authorize(request, serving.admin_token_env)
         models: ServedVersions = state["models"]
         async with state["reload"]:  # one reload at a time
             try:
@@ -291,12 +282,3 @@ async def _refresh_aliases(
                 logger.warning("alias refresh failed, still serving %s: %s", serving, exc)
                 continue
         metrics.publish(served)
-
-
-def _authorize(request: Request, token_env: str) -> None:
-    expected = os.environ.get(token_env)
-    if not expected:
-        raise ClientError(403, "admin_disabled", f"admin endpoints are off: set {token_env}")
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from attnops.models.generation.decode import eos_ids
 from attnops.models.generation.kv_cache import cache_of, with_cache
-from attnops.serving.generation_scheduler import Overloaded, Pending, Row, Scheduler
+from attnops.serving.generation_scheduler import KvBudget, Overloaded, Pending, Row, Scheduler
 from attnops.serving.prefix_cache import PrefixCache, kv_bytes
 from attnops.spec_generation import GenerationServingSpec
 
@@ -87,10 +87,20 @@ class GenerationEngine:
         threads: torch threads of the decode thread (`models.threads.use_threads`); None:
             leave torch's setting.
         on_step: called after each decode step with (rows, seconds), e.g. for metrics.
+        budget: the KV budget shared with other engines (a canary's); None: this engine
+            has `limits.kv_budget_mb` to itself.
     """
 
     def __init__(
-        self, model, tokenizer, limits: GenerationServingSpec, *, device, threads=None, on_step=None
+        self,
+        model,
+        tokenizer,
+        limits: GenerationServingSpec,
+        *,
+        device,
+        threads=None,
+        on_step=None,
+        budget: KvBudget | None = None,
     ) -> None:
         self.model, self.device, self.threads, self.on_step = model, device, threads, on_step
         self.eos = eos_ids(model, tokenizer)
@@ -104,6 +114,8 @@ class GenerationEngine:
             budget_tokens=int(limits.kv_budget_mb * 2**20) // self.bytes_per_token,
             max_rows=limits.max_batch_rows,
             max_queue=limits.max_queue,
+            shared=budget,
+            bytes_per_token=self.bytes_per_token,
         )
         self.prefix_cache = PrefixCache(limits.prefix_cache_mb)
         self.max_rows = limits.max_batch_rows
@@ -121,6 +133,8 @@ class GenerationEngine:
         self._stop.set()
         self.scheduler.arrived.set()
         self._thread.join(timeout=timeout_s)
+        if self.scheduler.shared is not None:
+            self.scheduler.shared.release(self.scheduler)
 
     def submit(self, pending: Pending) -> None:
         """Queue a request (its events go to `pending.sink`).

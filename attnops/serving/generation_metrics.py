@@ -4,7 +4,9 @@ Names are the contract of the dashboards and alerts, as in `metrics.py`. Per req
 to first token (queueing included), prompt and generated tokens; per decode step: the
 inter-token latency every running sequence saw; as gauges, read at each scrape: queue
 length, batch occupancy, prefix-cache hit rate, KV memory in use, and the cost per 1,000
-requests at the spec's price of the machine (uptime x $/hour over requests answered).
+requests at the spec's price of the machine (uptime x $/hour over requests answered). Per
+version, off the request path: outputs scored by the version's hallucination detector, those
+it flagged, and outputs leaking PII their input did not hold.
 """
 
 from __future__ import annotations
@@ -86,6 +88,29 @@ class GenerationMetrics(ServingMetrics):
             "Machine cost since start (generation.cost_per_hour_usd) per 1,000 answered requests",
             registry=r,
         )
+        self.scored = Counter(
+            "attnops_generation_scored_outputs",
+            "Outputs scored by the version's hallucination detector (off the request path)",
+            ["version"],
+            registry=r,
+        )
+        self.hallucination_flags = Counter(
+            "attnops_generation_hallucination_flags",
+            "Scored outputs the version's detector flagged as hallucinated",
+            ["version"],
+            registry=r,
+        )
+        self.pii_leaks = Counter(
+            "attnops_generation_pii_leaks",
+            "Outputs holding PII that their own input did not hold",
+            ["version"],
+            registry=r,
+        )
+        self.scoring_backlog = Gauge(
+            "attnops_generation_scoring_backlog",
+            "Logged outputs waiting for their hallucination score",
+            registry=r,
+        )
         self._answered = 0
 
     def on_step(self, rows: int, seconds: float) -> None:
@@ -95,6 +120,7 @@ class GenerationMetrics(ServingMetrics):
 
     def finished(
         self,
+        route: str,
         version: str,
         prompt_tokens: int,
         output_tokens: int,
@@ -103,7 +129,7 @@ class GenerationMetrics(ServingMetrics):
     ) -> None:
         """One answered request; prefix_hit None when it had no shared prefix to look up."""
         self._answered += 1
-        self.requests.labels("champion", version).inc()
+        self.requests.labels(route, version).inc()
         self.ttft.labels(version).observe(ttft_s)
         self.prompt_tokens.labels(version).observe(prompt_tokens)
         self.output_tokens.labels(version).observe(output_tokens)
@@ -111,10 +137,28 @@ class GenerationMetrics(ServingMetrics):
         if prefix_hit is not None:
             self.prefix_lookups.labels("hit" if prefix_hit else "miss").inc()
 
+    def on_scored(self, version: str, flagged: bool) -> None:
+        """One output scored by the detector (on the scoring thread)."""
+        self.scored.labels(version).inc()
+        if flagged:
+            self.hallucination_flags.labels(version).inc()
+
+    def on_leak(self, version: str, entities: list[str]) -> None:
+        """One output leaking PII (on the log's writer thread)."""
+        self.pii_leaks.labels(version).inc()
+
     def refresh(
-        self, *, queue: int, rows: int, max_rows: int, kv_bytes: int, hit_rate: float
+        self,
+        *,
+        queue: int,
+        rows: int,
+        max_rows: int,
+        kv_bytes: int,
+        hit_rate: float,
+        scoring_backlog: int = 0,
     ) -> None:
         """The gauges, read just before a scrape."""
+        self.scoring_backlog.set(scoring_backlog)
         self.queue_length.set(queue)
         self.batch_occupancy.set(rows / max_rows)
         self.kv_bytes.set(kv_bytes)

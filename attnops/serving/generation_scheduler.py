@@ -5,7 +5,8 @@ which waiting requests may join the running batch. A request joins when a batch 
 and the batch's worst-case KV cache (every row padded to the longest, every row reaching its
 `max_new_tokens`) stays within the budget; otherwise it waits, first come first served (a
 long request at the head is never overtaken, so it cannot starve). A request that could not
-fit even in an empty batch, or one arriving at a full queue, is refused at once.
+fit even in an empty batch, or one arriving at a full queue, is refused at once. While a
+canary is served its engine and the champion's share one budget (`KvBudget`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,38 @@ def worst_case_tokens(rows: Sequence[Row]) -> int:
     return len(rows) * width
 
 
+class KvBudget:
+    """One KV-cache budget shared by several engines (the champion's and the canary's).
+
+    Each engine's scheduler reserves its batch's worst case here at every step boundary and
+    admits only what fits beside the others' reservations. An engine whose next request
+    waits for room says so, and the others admit nothing new until it got in: their rows
+    finish, room appears, and neither engine's queue can starve the other's.
+    """
+
+    def __init__(self) -> None:
+        self._reserved: dict[int, int] = {}
+        self._waiting: set[int] = set()
+        self._lock = threading.Lock()
+
+    def others(self, owner: object) -> tuple[int, bool]:
+        """Bytes reserved by the other engines, and whether one of them waits for room."""
+        with self._lock:
+            reserved = sum(n for key, n in self._reserved.items() if key != id(owner))
+            return reserved, bool(self._waiting - {id(owner)})
+
+    def update(self, owner: object, reserved_bytes: int, *, waiting: bool) -> None:
+        with self._lock:
+            self._reserved[id(owner)] = reserved_bytes
+            (self._waiting.add if waiting else self._waiting.discard)(id(owner))
+
+    def release(self, owner: object) -> None:
+        """The engine stopped: its reservation and its claim go."""
+        with self._lock:
+            self._reserved.pop(id(owner), None)
+            self._waiting.discard(id(owner))
+
+
 class Scheduler:
     """The waiting queue and the admission rule (thread-safe).
 
@@ -63,10 +96,22 @@ class Scheduler:
         budget_tokens: KV-cache token slots the running batch may use (budget / bytes per token).
         max_rows: sequences decoded together.
         max_queue: requests allowed to wait; one more is refused.
+        shared: the budget when other engines draw on it too (`KvBudget`); None: this
+            scheduler has the whole budget to itself.
+        bytes_per_token: KV bytes of one token slot of this engine's model (for `shared`).
     """
 
-    def __init__(self, *, budget_tokens: int, max_rows: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        *,
+        budget_tokens: int,
+        max_rows: int,
+        max_queue: int,
+        shared: KvBudget | None = None,
+        bytes_per_token: int = 1,
+    ) -> None:
         self.budget_tokens, self.max_rows, self.max_queue = budget_tokens, max_rows, max_queue
+        self.shared, self.bytes_per_token = shared, bytes_per_token
         self._waiting: deque[Pending] = deque()
         self._lock = threading.Lock()
         self.arrived = threading.Event()
@@ -102,16 +147,25 @@ class Scheduler:
         """Waiting requests that join the running batch now, in arrival order."""
         rows = list(running)
         joining: list[Pending] = []
+        others, other_waits = (0, False) if self.shared is None else self.shared.others(self)
+        budget = self.budget_tokens - others // self.bytes_per_token
+        waits_for_room = False
         with self._lock:
-            while self._waiting and len(rows) < self.max_rows:
+            while self._waiting and len(rows) < self.max_rows and not other_waits:
                 head = self._waiting[0]
                 grown = [*rows, Row(len(head.prompt_ids), head.max_new_tokens)]
-                if worst_case_tokens(grown) > self.budget_tokens:
+                if worst_case_tokens(grown) > budget:
+                    waits_for_room = True
                     break  # the head waits for rows to finish; nothing overtakes it
                 joining.append(self._waiting.popleft())
                 rows = grown
-            if not self._waiting:
+            if not self._waiting or waits_for_room or other_waits:
+                # Nothing can join before rows finish here or in another engine: an idle
+                # decode loop looks again after its idle wait instead of spinning.
                 self.arrived.clear()
+        if self.shared is not None:
+            reserved = worst_case_tokens(rows) * self.bytes_per_token
+            self.shared.update(self, reserved, waiting=waits_for_room)
         return joining
 
     def expire(self, now: float) -> list[Pending]:

@@ -1,6 +1,6 @@
 """The served generative version, and one request's reply as an async stream of text.
 
-`load_champion` loads the champion through `load_version` (weights and tokenizer hashes
+`load_generator` loads a version through `load_version` (weights and tokenizer hashes
 checked) with the decoding settings it was registered with. `Reply.pending` turns a request
 into prompt token ids (the chat prompt evaluation used), refusing what cannot be answered
 with a sentence naming the field. `ReplyStream` receives the decode thread's events on the
@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnops.models import registry
-from attnops.models.aliases import CHAMPION, resolve
+from attnops.models.aliases import CHAMPION
 from attnops.models.generation.data import prompt_ids, render_prompt_text
 from attnops.models.modeling import pick_device
 from attnops.models.text_checks import describe_empty, is_empty_text
@@ -26,7 +25,6 @@ from attnops.serving.generation_engine import Finished, RequestTimeout
 from attnops.serving.generation_scheduler import Overloaded, Pending
 from attnops.serving.prefix_cache import shared_prefix_len
 from attnops.serving.validation import ClientError
-from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 from attnops.spec_generation import GenerationSpec
 
@@ -36,8 +34,13 @@ _PARTIAL = "\ufffd"  # a chunk ending inside a multi-byte character waits for th
 class ReplyStream:
     """One request's events, from the decode thread to the event loop (an `EventSink`)."""
 
-    def __init__(self, tokenizer, prefix_len: int, timeout_s: float) -> None:
+    def __init__(self, tokenizer, prefix_len: int, timeout_s: float, route: str) -> None:
         self.tokenizer, self.prefix_len, self.timeout_s = tokenizer, prefix_len, timeout_s
+        self.route = route
+        self.first_token_at: float | None = None
+        """perf_counter() of the first and the latest token, stamped on the decode thread."""
+        self.last_token_at: float | None = None
+        self.n_tokens = 0
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = False
@@ -51,6 +54,10 @@ class ReplyStream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     def token(self, token_id: int) -> None:
+        self.last_token_at = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = self.last_token_at
+        self.n_tokens += 1
         self._put(("token", token_id))
 
     def finish(self, finished: Finished) -> None:
@@ -81,6 +88,7 @@ class ReplyStream:
                 return
             tokens.append(value)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            self.text = text  # so far: what a request that fails later had written
             if text.startswith(sent) and not text.endswith(_PARTIAL) and len(text) > len(sent):
                 yield text[len(sent) :]
                 sent = text
@@ -97,11 +105,11 @@ class ReplyStream:
                 f"{error}: the reply took longer than "
                 f"generation.serving.request_timeout_s ({self.timeout_s} s); "
                 "ask for fewer max_new_tokens or retry later",
-                "champion",
+                self.route,
             )
         if isinstance(error, Overloaded):
-            raise ClientError(503, "overloaded", str(error), "champion")
-        raise ClientError(500, "model_error", f"the model failed: {error}", "champion")
+            raise ClientError(503, "overloaded", str(error), self.route)
+        raise ClientError(500, "model_error", f"the model failed: {error}", self.route)
 
 
 @dataclass
@@ -118,7 +126,13 @@ class Reply:
     """The version's own limit (its generation config): the cap and the default."""
 
     def pending(
-        self, source: str, context: str, max_new_tokens: int | None, *, timeout_s: float
+        self,
+        source: str,
+        context: str,
+        max_new_tokens: int | None,
+        *,
+        timeout_s: float,
+        route: str = CHAMPION,
     ) -> Pending:
         """A request ready for the engine (call on the event loop: its stream lives there).
 
@@ -157,34 +171,28 @@ class Reply:
             )
         ids = prompt_ids(tokenizer, spec, source, context)
         shared = shared_prefix_len(tokenizer, spec, context, ids)
-        stream = ReplyStream(tokenizer, shared, timeout_s)
+        stream = ReplyStream(tokenizer, shared, timeout_s, route)
         return Pending(ids, shared, wanted, time.monotonic() + timeout_s, stream)
 
 
-def load_champion(spec: PipelineSpec, settings: Settings, scratch: Path) -> Reply:
-    """The champion of `spec.name`, verified, on the spec's device (blocking).
+def load_generator(client, spec: PipelineSpec, version: str, scratch: Path) -> tuple[Reply, Path]:
+    """Version `version` of `spec.name`, verified, on the spec's device (blocking), and the
+    folder of its evidence (evaluation/, reference_profile/).
 
     Raises:
-        LookupError: there is no champion.
         ValueError: its weights or tokenizer do not match their hashes, or it was registered
             to sample (the server decodes greedily, as evaluation and the gate did).
     """
-    client = registry.client_for(settings)
-    mv = resolve(client, spec.name, CHAMPION)
-    if mv is None:
-        raise LookupError(
-            f"model '{spec.name}' has no champion; promote a version first "
-            "(attnops release, or the demo)"
-        )
-    loaded = load_version(client, spec.name, str(mv.version), scratch)
+    loaded = load_version(client, spec.name, version, scratch)
     device = pick_device(spec.training.device)
     threads = use_threads(spec.training.num_threads, stage="serving")
     model = loaded.model.to(device).eval()
     config = model.generation_config
     if getattr(config, "do_sample", False):
         raise ValueError(
-            f"{spec.name} v{mv.version} was registered to sample (do_sample); "
+            f"{spec.name} v{version} was registered to sample (do_sample); "
             "the server decodes greedily, as the gate judged it"
         )
     cap = getattr(config, "max_new_tokens", None) or spec.generation.max_new_tokens
-    return Reply(str(mv.version), model, loaded.tokenizer, device, threads, spec.generation, cap)
+    reply = Reply(str(version), model, loaded.tokenizer, device, threads, spec.generation, cap)
+    return reply, loaded.folder

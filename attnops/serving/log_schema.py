@@ -160,8 +160,9 @@ def record_row(record: LogRecord, text: str, hits) -> dict:
     return row
 
 
-def new_rows(conn, rows: list[dict]) -> tuple[list[dict], int]:
-    """`rows` minus request ids already stored or repeated in the batch, and how many those are.
+def new_rows(conn, rows: list[dict], table: Table = inference_log) -> tuple[list[dict], int]:
+    """`rows` minus request ids already stored in `table` or repeated in the batch, and how
+    many those are.
 
     A batch whose commit succeeded but was reported failed (a dropped connection) is retried;
     without this its primary keys would make every retry fail.
@@ -169,7 +170,7 @@ def new_rows(conn, rows: list[dict]) -> tuple[list[dict], int]:
     ids = [row["request_id"] for row in rows]
     stored = set()
     for chunk in chunks(ids):
-        query = select(inference_log.c.request_id).where(inference_log.c.request_id.in_(chunk))
+        query = select(table.c.request_id).where(table.c.request_id.in_(chunk))
         stored.update(conn.execute(query).scalars())
     new = []
     for row in rows:

@@ -12,7 +12,11 @@ named, and nothing is stored, so a client can fix it and resend it as one unit.
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Collection, Mapping, Sequence
+
+from pydantic import BaseModel, ValidationError
 
 from attnops.models.text_checks import describe_empty, is_empty_text
 
@@ -25,6 +29,44 @@ class ClientError(Exception):
     def __init__(self, status: int, reason: str, detail: str, route: str = "none") -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.route = status, reason, detail, route
+
+
+async def read_body(request, model: type[BaseModel], max_bytes: int) -> BaseModel:
+    """The request's JSON body as `model`.
+
+    Raises:
+        ClientError: 413 for a body over `max_bytes` (serving.max_request_bytes), 422 naming
+            the first field that does not validate.
+    """
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise ClientError(
+            413,
+            "too_large",
+            f"request body is {len(body)} bytes; the limit is {max_bytes} "
+            "(serving.max_request_bytes)",
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ClientError(422, "invalid", f"{where}: {first['msg']}") from None
+
+
+def authorize(request, token_env: str) -> None:
+    """Let an admin request through only with `Authorization: Bearer $<token_env>`.
+
+    Raises:
+        ClientError: 403 while the variable is unset (admin endpoints off), 401 on a wrong
+            or missing token.
+    """
+    expected = os.environ.get(token_env)
+    if not expected:
+        raise ClientError(403, "admin_disabled", f"admin endpoints are off: set {token_env}")
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")
 
 
 def check_texts(texts: Sequence[str], *, batch: bool) -> None:

@@ -5,20 +5,17 @@ for tests of what reads the log (release, retrain)."""
 from __future__ import annotations
 
 import hashlib
-import sys
 import threading
 import time
-import types
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import uvicorn
 import yaml
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from attnops.models import aliases, registry
 from attnops.serving.generation_log_schema import (
@@ -100,51 +97,6 @@ def score_replies(url: str, flags: dict[str, bool]) -> None:
                 .values(hallucination_flag=flag, hallucination_score=0.9 if flag else 0.1)
             )
     engine.dispose()
-
-
-class _ContractReader:
-    """`GenerationLogReader.window` as the plan's contract states it (see `use_log_reader`)."""
-
-    def __init__(self, url: str) -> None:
-        self._engine = create_log_engine(url)
-        metadata.create_all(self._engine)
-
-    def window(self, *, version=None, route=None, since_ts=None, limit=None) -> pd.DataFrame:
-        log = generation_log.c
-        query = (
-            select(
-                generation_log,
-                func.coalesce(generation_context.c.text, "").label("context"),
-                generation_feedback.c.reference,
-            )
-            .select_from(
-                generation_log.outerjoin(
-                    generation_context, log.context_sha256 == generation_context.c.sha256
-                ).outerjoin(generation_feedback, log.request_id == generation_feedback.c.request_id)
-            )
-            .order_by(log.ts.desc(), log.request_id.desc())
-            .limit(limit)
-        )
-        for column, value in (("version", version), ("route", route)):
-            if value is not None:
-                query = query.where(log[column] == value)
-        if since_ts is not None:
-            query = query.where(log.ts >= since_ts)
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        columns = [*generation_log.columns.keys(), "context", "reference"]
-        return pd.DataFrame(rows[::-1], columns=columns)
-
-
-def use_log_reader(monkeypatch) -> None:
-    """Serving's `GenerationLogReader` when it exists; until it is merged, a stand-in with
-    its contract's `window`, so the flows that read the log can be tested meanwhile."""
-    try:
-        import attnops.serving.generation_log_reader  # noqa: F401
-    except ModuleNotFoundError:
-        module = types.ModuleType("attnops.serving.generation_log_reader")
-        module.GenerationLogReader = _ContractReader
-        monkeypatch.setitem(sys.modules, module.__name__, module)
 
 
 def registry_client():

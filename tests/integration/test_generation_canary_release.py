@@ -21,7 +21,6 @@ from attnops.models import aliases
 from tests.integration.generation_log_rows import (
     generation_server,
     registry_client,
-    use_log_reader,
 )
 from tests.integration.serving_fixtures import ADMIN_TOKEN, free_port
 
@@ -35,7 +34,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNOPS_HOME", str(tmp_path / ".attnops"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
-    use_log_reader(monkeypatch)
     return tmp_path
 
 

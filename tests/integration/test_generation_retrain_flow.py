@@ -21,7 +21,6 @@ from tests.integration.generation_log_rows import (
     insert_replies,
     registry_client,
     reply_row,
-    use_log_reader,
 )
 from tests.integration.serving_fixtures import ADMIN_TOKEN, free_port
 from tests.unit.generation.conftest import TINY_LLAMA, model_cache  # noqa: F401
@@ -36,7 +35,6 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNOPS_HOME", str(tmp_path / ".attnops"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
-    use_log_reader(monkeypatch)
     return tmp_path
 
 

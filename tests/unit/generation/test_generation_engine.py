@@ -11,7 +11,7 @@ import torch
 from attnops.models.generation.data import prompt_ids
 from attnops.models.generation.decode import decode
 from attnops.serving.generation_engine import GenerationEngine, RequestTimeout
-from attnops.serving.generation_scheduler import Overloaded, Pending, Row, Scheduler
+from attnops.serving.generation_scheduler import KvBudget, Overloaded, Pending, Row, Scheduler
 from attnops.serving.prefix_cache import PrefixCache, shared_prefix_len
 from attnops.spec_generation import GenerationServingSpec, GenerationSpec
 
@@ -69,6 +69,31 @@ def test_a_full_queue_or_a_request_bigger_than_the_budget_is_refused_with_a_sent
     scheduler.submit(_pending(10, 10))
     with pytest.raises(Overloaded, match="max_queue 1"):
         scheduler.submit(_pending(10, 10))
+
+
+def test_champion_and_canary_engines_share_one_kv_budget_and_take_turns():
+    """Each admits only beside the other's reservation; one waiting for room stops the
+    other admitting until it got in, so neither queue starves the other."""
+    shared = KvBudget()
+    champion, canary = (
+        Scheduler(budget_tokens=100, max_rows=8, max_queue=8, shared=shared, bytes_per_token=2)
+        for _ in range(2)
+    )
+    first, second, third = _pending(30, 20), _pending(30, 20), _pending(5, 5)
+    champion.submit(first)
+    assert champion.admit([]) == [first]  # reserves 1 x 50 tokens = 100 bytes
+    canary.submit(second)
+    assert canary.admit([]) == [second]  # 50 + 50 = the whole budget
+    champion.submit(third)
+    assert champion.admit([Row(30, 20)]) == []  # no room beside the canary's rows
+    canary.submit(_pending(5, 5))
+    assert canary.admit([]) == []  # room now, but the champion waits first
+    assert champion.admit([Row(30, 20)]) == [third]  # 2 x 50: the whole budget again
+    assert canary.admit([]) == []  # waits for the champion's rows
+    assert champion.admit([]) == []  # they finished: the reservation shrinks
+    assert len(canary.admit([])) == 1
+    shared.release(canary)  # a stopped engine frees its reservation
+    assert shared.others(champion) == (0, False)
 
 
 def test_rows_are_capped_and_expired_requests_leave_the_queue():

@@ -150,15 +150,17 @@ def run_spec_overlay(argv: list[str], tmp_path: Path):
 
 @cache
 def exported_samples() -> tuple:
-    """Every sample a fresh server (and the monitor's push) writes once each metric has one
-    child: prometheus_client adds the suffixes itself (_total, _created, _bucket, _count, _sum)."""
+    """Every sample a fresh server of either task (and the monitor's push) writes once each
+    metric has one child: prometheus_client adds the suffixes itself (_total, _created,
+    _bucket, _count, _sum)."""
     from prometheus_client.metrics import MetricWrapperBase
 
     from attnops.monitors.pushed_metrics import MonitorMetrics
+    from attnops.serving.generation_metrics import GenerationMetrics
     from attnops.serving.metrics import ServingMetrics
 
     samples = []
-    for metrics in (ServingMetrics(), MonitorMetrics()):
+    for metrics in (ServingMetrics(), GenerationMetrics(1.0), MonitorMetrics()):
         for metric in vars(metrics).values():
             if isinstance(metric, MetricWrapperBase) and metric._labelnames:
                 metric.labels(*["x"] * len(metric._labelnames))

@@ -28,6 +28,8 @@ EXPECTED_PANELS = {
         "Quality trend (label-free)",
         "Availability, 30 days (objective 99.9 %)",
         "Error budget left, 30 days",
+        "Generation: output tokens / s",
+        "Generation: cost per 1k requests",
     },
     "oncall": {
         "Latency p95 / p99 by route",
@@ -41,6 +43,11 @@ EXPECTED_PANELS = {
         "Reloads by outcome",
         "Recent gate and release decisions",
         "Inference log",
+        "Generation: time to first token p50 / p99 by version",
+        "Generation: queue and batch occupancy",
+        "Generation: KV cache in use",
+        "Generation: inter-token latency p50 / p99",
+        "Generation: scoring backlog",
     },
     "debug": {
         "Token length distribution",
@@ -53,6 +60,10 @@ EXPECTED_PANELS = {
         "Drift score per check (alarm above 1)",
         "Label-free accuracy estimate",
         "Monitor: last judged window",
+        "Generation: hallucination flags by version",
+        "Generation: PII leaks in outputs by version",
+        "Generation: prompt and generated tokens per request",
+        "Generation: prefix-cache hit rate",
     },
 }
 
@@ -108,6 +119,13 @@ def test_dashboard_queries_answer_the_questions_asked():
     assert "attnops_monitor_drift_score" in exprs("debug", "Drift score per check (alarm above 1)")
     assert "by (version, check)" in exprs("debug", "Drift score per check (alarm above 1)")
     assert 'bound="estimate"' in exprs("executive", "Quality trend (label-free)")
+    flags = exprs("debug", "Generation: hallucination flags by version")
+    assert "attnops_generation_hallucination_flags_total" in flags and "by (version)" in flags
+    assert "attnops_generation_scored_outputs_total" in flags
+    leaks = exprs("debug", "Generation: PII leaks in outputs by version")
+    assert "attnops_generation_pii_leaks_total" in leaks and "by (version)" in leaks
+    ttft = exprs("oncall", "Generation: time to first token p50 / p99 by version")
+    assert "histogram_quantile(0.99" in ttft and "attnops_generation_ttft_seconds_bucket" in ttft
     for name, burn in (("errors", 0.001), ("latency", 0.01)):
         assert f"attnops:sli_{name}:ratio_rate1h / {burn}" in exprs("executive", "SLO burn rate")
 

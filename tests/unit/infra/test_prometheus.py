@@ -152,8 +152,9 @@ def test_alerts_have_severity_runbook_and_dashboard_panel():
 
 def test_slo_alerts_are_multiwindow_multi_burn_rate():
     """Page at 14.4x (1h and 5m) and 6x (6h and 30m), ticket at 3x (1d and 2h), for the
-    99.9 % error objective and the 99 % latency objective."""
-    budgets = {"errors": 0.001, "latency": 0.01}
+    99.9 % error objective, the 99 % latency objective and the 99 % time-to-first-token
+    objective of generation."""
+    budgets = {"errors": 0.001, "latency": 0.01, "ttft": 0.01}
     expected = {("page", "1h", "5m", 14.4), ("page", "6h", "30m", 6.0), ("ticket", "1d", "2h", 3.0)}
     for slo, budget in budgets.items():
         found = set()
@@ -174,6 +175,8 @@ def test_slo_alerts_are_multiwindow_multi_burn_rate():
         r for r in _rules() if r.get("record") == "attnops:sli_latency:ratio_rate1h"
     )
     assert 'le="0.5"' in latency_rule["expr"]
+    ttft_rule = next(r for r in _rules() if r.get("record") == "attnops:sli_ttft:ratio_rate1h")
+    assert 'le="2.5"' in ttft_rule["expr"]
 
 
 def test_safety_alerts_page():
@@ -183,6 +186,9 @@ def test_safety_alerts_page():
     rollback = alerts["AttnopsCanaryRolledBack"]
     assert rollback["labels"]["severity"] == "page"
     assert 'attnops_served_version{route="canary"}' in rollback["expr"]
+    leak = alerts["AttnopsOutputPIILeak"]
+    assert leak["labels"]["severity"] == "page"
+    assert "attnops_generation_pii_leaks_total" in leak["expr"]
     drift = [a for a in alerts.values() if a["annotations"]["runbook_url"].endswith("drift.md")]
     assert drift and all(a["labels"]["severity"] == "ticket" for a in drift)
 
