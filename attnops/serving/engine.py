@@ -131,7 +131,9 @@ class ModelSlot:
         if a is None:
             answered = {
                 "prediction": "",
-                "confidence": float("nan"),
+                # No answer, no confidence: 0, not NaN (SQLite stores NaN as NULL, which the
+                # NOT NULL column refuses); every reader leaves status != 200 out.
+                "confidence": 0.0,
                 "n_tokens": 0,
                 "truncated": False,
                 "text_chars": len(text),

@@ -105,6 +105,9 @@ class LogRecord:
             raise ValueError(f"request_id must be a 1-64 character str, got {self.request_id!r}")
         if not isinstance(self.text, str):
             raise TypeError(f"text must be a str, got {type(self.text).__name__}")
+        for name in ("confidence", "latency_ms"):
+            if not math.isfinite(getattr(self, name)):  # stored as NULL: refused, forever
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if np.ndim(self.embedding) != 1:
             raise ValueError(f"embedding must be 1-d, got shape {np.shape(self.embedding)}")
         if self.attention_entropy is not None and np.ndim(self.attention_entropy) != 2:

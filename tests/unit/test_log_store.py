@@ -203,6 +203,16 @@ def test_max_batch_wakes_the_writer_early(db):
     log.close()
 
 
+def test_a_record_the_database_would_refuse_is_refused_at_submit(db):
+    """NaN is stored as NULL in SQLite; in a NOT NULL column its batch would retry forever."""
+    with pytest.raises(ValueError, match="confidence must be a finite number"):
+        make_record(0, confidence=float("nan"), status=500)
+    with InferenceLog(f"sqlite:///{db}", flush_interval_s=FAST, redact=False) as log:
+        log.submit(make_record(0, prediction="", confidence=0.0, status=500))  # a failed request
+        log.submit(make_record(1))
+    assert log.window()["status"].tolist() == [500, 200]
+
+
 def test_a_resubmitted_request_id_is_stored_once_and_does_not_stall_the_writer(db):
     """A duplicate request id is skipped; the records around it are written."""
     with InferenceLog(f"sqlite:///{db}", flush_interval_s=FAST, redact=False) as log:
