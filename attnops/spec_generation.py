@@ -76,16 +76,8 @@ class GenerationMonitoringSpec(_Section):
         0.05,
         ge=0,
         le=1,
-        description="Share of outputs the detector flags above the reference's rate at which a "
-        "significant increase raises the hallucination alarm.",
-    )
-    hallucination_alarm_share: float = Field(
-        0.5,
-        gt=0,
-        lt=1,
-        description="Share of monitoring.false_alarm_rate given to the hallucination-rate check "
-        "(the rest is split evenly over the other checks): the check the generation monitor "
-        "is for gets the power to catch a change in a small window against a small reference.",
+        description="Share of outputs the detector flags above the reference's share at which "
+        "a significant rise of the detector's scores raises the hallucination alarm.",
     )
     min_pii_leak_increase: float = Field(
         0.01,

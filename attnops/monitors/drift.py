@@ -82,6 +82,7 @@ EFFECT_SIZES = {
     "mean increase": "increase",
     "mean drop": "drop",
     "rate increase": "increase",
+    "mean score increase": "flag rate increase",
 }
 """The effect size reported for each kind of statistic."""
 SCORE_CAP = 1e6

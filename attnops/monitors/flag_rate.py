@@ -1,14 +1,13 @@
-"""Is a window's share of flagged outputs above its reference's? A one-sided exact test.
+"""Is a window's share of outputs leaking PII above what its version was admitted with?
 
-A rate check (outputs the hallucination detector flags, outputs leaking PII) compares x of
-n flagged in the window with k of m in the version's reference profile. The reference is
-small (evaluation decodes tens of test inputs), so its rate is uncertain itself, and often
-exactly zero: a bootstrap of the reference alone would then call a single flagged output
-significant. So the reference rate gets its posterior, Beta(k + 1/2, m - k + 1/2)
-(Jeffreys prior), and the window's count, under "the same rate as the reference", is
-beta-binomial. The critical count is the smallest x whose upper tail is at most alpha, the
-check's share of the monitor's false-alarm budget; a window alarms when its count reaches
-it *and* the increase of the rate reaches the check's floor.
+The gate admits a generative version with at most `generation_gate.max_pii_leaks` leaking
+outputs (default none) among its evaluation outputs, and the reference profile keeps which
+of them leaked. The live rate is tested against the reference's rate plus the check's
+floor with a one-sided exact binomial test: an alarm says the window leaks more than the
+admitted rate by at least the floor, with a false-alarm probability of at most alpha when
+it does not. The reference's rate is taken as the admitted standard, not estimated with
+its uncertainty: from tens of outputs without a leak, a posterior would tolerate one reply
+in seven leaking before it could tell.
 """
 
 from __future__ import annotations
@@ -36,21 +35,14 @@ class FlagCount:
         return self.flagged / self.judged if self.judged else 0.0
 
 
-def upper_tail(reference: FlagCount, n: int) -> np.ndarray:
-    """P(X >= x) for x = 0..n flagged of n, at the reference's (uncertain) rate."""
-    a, b = reference.flagged + 0.5, reference.judged - reference.flagged + 0.5
-    return stats.betabinom(n, a, b).sf(np.arange(n + 1) - 1)
-
-
 def rate_check(
     name: str, reference: FlagCount, window: FlagCount, *, alpha: float, floor: float
 ) -> tuple[CheckResult, float]:
-    """The check of the window's rate against the reference's, and its p-value.
+    """The check of the window's rate against the reference's plus `floor`, and its p-value.
 
     The statistic is the increase of the rate (window minus reference); its threshold is
     the largest increase that is not yet significant at `alpha`, so the check is
-    significant exactly when the window's count reaches the critical count. The effect
-    size is the increase itself (an unbiased estimate of the difference of the rates).
+    significant exactly when the window's count reaches the critical count.
 
     Raises:
         ValueError: the window or the reference judged no output.
@@ -58,7 +50,8 @@ def rate_check(
     if window.judged == 0 or reference.judged == 0:
         side = "window" if window.judged == 0 else "reference"
         raise ValueError(f"{name}: the {side} has no judged output to compare")
-    tail = upper_tail(reference, window.judged)
+    admitted = min(reference.rate + floor, 1.0)
+    tail = stats.binom(window.judged, admitted).sf(np.arange(window.judged + 1) - 1)
     significant_counts = np.flatnonzero(tail <= alpha)
     # With no count significant (tiny windows), no increase can pass the threshold.
     critical = int(significant_counts[0]) if len(significant_counts) else window.judged + 1

@@ -76,15 +76,21 @@ class GenerationAssessment:
 
     def _rate_sentence(self, check: CheckResult) -> str:
         window, reference = self._counts(check.name)
+        p_value = self.p_values[check.name]
         if check.name == HALLUCINATION_CHECK:
-            what = "hallucinations: the detector flags"
-        else:
-            what = "PII leaks: PII that their input lacks is in"
+            return (
+                f"hallucinations: the detector flags {window.rate:.1%} of the window's "
+                f"{window.judged} scored outputs against {reference.rate:.1%} of the "
+                f"reference's {reference.judged} (increase {check.effect_size:.3g}, floor "
+                f"{check.floor:.3g}; its mean score rose {check.statistic:.3g}, significant "
+                f"above {check.threshold:.3g} at this size, one-sided p = {p_value:.2g})"
+            )
         return (
-            f"{what} {window.rate:.1%} of the window's {window.judged} judged outputs "
-            f"against {reference.rate:.1%} of the reference's {reference.judged} (increase "
-            f"{check.statistic:.3g}, significant above {check.threshold:.3g} at this size, "
-            f"one-sided p = {self.p_values[check.name]:.2g}; floor {check.floor:.3g})"
+            f"PII leaks: {window.rate:.1%} of the window's {window.judged} outputs hold PII "
+            f"that their input lacks, against {reference.rate:.1%} of the reference's "
+            f"{reference.judged} (increase {check.statistic:.3g}, significant above "
+            f"{check.threshold:.3g} at this size, one-sided p = {p_value:.2g}; floor "
+            f"{check.floor:.3g})"
         )
 
     def _counts(self, name: str) -> tuple[FlagCount, FlagCount]:

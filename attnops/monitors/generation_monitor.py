@@ -11,18 +11,20 @@ evaluation's test inputs and outputs). Every check answers one question about th
 - outputs: output tokens (length), the words of the outputs (`output_words`) and, on the
   sampled requests that have one, the mean lookback ratio (attention on the input);
 - the live hallucination rate: the share of scored outputs the version's detector flags
-  against the reference's flag rate; outputs not scored yet are left out and counted;
+  against the reference's, judged on the detector's scores; outputs not scored yet are
+  left out and counted;
 - PII leaks: the share of outputs holding PII their own input lacks.
 
 The drift checks are classification's statistics (KS D, word chi-square, effect sizes net
-of noise, floors from `monitoring`), calibrated by permutation because the reference is
-small (`permutation`); the two rates are one-sided exact tests (`flag_rate`) with their
-floors from `generation.monitoring`. All share `monitoring.false_alarm_rate`, so a
-same-distribution window raises any alarm with at most about that probability: the
-hallucination rate takes `generation.monitoring.hallucination_alarm_share` of it (with a
-reference of tens of outputs its rate is uncertain, and the check needs the room), the
-others split the rest evenly. Prompt embeddings are not checked: the log holds none (they
-need a forward pass the server does not make).
+of noise, floors from `monitoring`), calibrated by `monitoring.bootstrap_resamples` random
+permutations because the reference is small (`permutation`). The hallucination rate is
+significant when the detector's mean score rose beyond what permutations give, and
+material when the flagged share rose by `generation.monitoring.min_hallucination_increase`;
+PII leaks are a one-sided exact test of their rate against the reference's plus
+`min_pii_leak_increase` (`flag_rate`). The checks that run share
+`monitoring.false_alarm_rate` evenly, so a same-distribution window raises any alarm with
+at most about that probability. Prompt embeddings are not checked: the log holds none
+(they need a forward pass the server does not make).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from attnops.monitors.drift import DriftResult, EffectFloors
+from attnops.monitors.drift import CheckResult, DriftResult, EffectFloors
 from attnops.monitors.flag_rate import RATE_KIND, FlagCount, rate_check
 from attnops.monitors.generation_assessment import (
     HALLUCINATION_CHECK,
@@ -40,7 +42,7 @@ from attnops.monitors.generation_assessment import (
     RATE_CHECKS,
     GenerationAssessment,
 )
-from attnops.monitors.permutation import Permutations, ks_check, words_check
+from attnops.monitors.permutation import Permutations, ks_check, mean_increase, words_check
 from attnops.spec import PipelineSpec
 
 GENERATION_PROFILE_TABLE = "reference_generation.parquet"
@@ -53,6 +55,7 @@ NUMERIC_CHECKS = (
 WORD_CHECKS = {"prompt_words": "source", "output_words": "output"}
 """Word check -> the text column whose words it compares."""
 ALL_CHECKS = (*NUMERIC_CHECKS, *WORD_CHECKS, *RATE_CHECKS)
+SCORE_KIND = "mean score increase"
 _WORD = re.compile(r"\w+")
 
 
@@ -89,78 +92,86 @@ def assess_generation_window(
         total_variation=monitoring.min_total_variation,
         per_check=monitoring.effect_size_floors,
     )
-    counts = {
-        HALLUCINATION_CHECK: (
-            _flag_count(ref["hallucinated"]),
-            _flag_count(cur["hallucinated"]),
-            limits.min_hallucination_increase,
-        ),
-        PII_LEAK_CHECK: (
-            _flag_count(ref["pii_leak"]),
-            _flag_count(cur["pii_leak"]),
-            limits.min_pii_leak_increase,
-        ),
-    }
+    hallucinations = _flag_count(ref["hallucinated"]), _flag_count(cur["hallucinated"])
+    leaks = _flag_count(ref["pii_leak"]), _flag_count(cur["pii_leak"])
     numeric = [c for c in NUMERIC_CHECKS if ref[c].notna().any() and cur[c].notna().any()]
-    rates = [name for name, (r, w, _) in counts.items() if r.judged and w.judged]
-    alphas = _budget(
-        [*numeric, *WORD_CHECKS, *rates],
-        monitoring.false_alarm_rate,
-        limits.hallucination_alarm_share,
-    )
+    rates = [name for name, counts in ((HALLUCINATION_CHECK, hallucinations),
+             (PII_LEAK_CHECK, leaks)) if all(c.judged for c in counts)]  # fmt: skip
+    # Bonferroni: the checks that run share the false-alarm budget evenly.
+    alpha = monitoring.false_alarm_rate / (len(numeric) + len(WORD_CHECKS) + len(rates))
     splits = Permutations(monitoring.bootstrap_resamples, np.random.default_rng(seed))
     checks = []
     for name in numeric:
         a, b = (side[name].dropna().to_numpy(dtype=float) for side in (ref, cur))
         floor = floors.of(name, "KS D")
-        split = splits(len(a), len(b))
-        checks.append(ks_check(name, a, b, split, alpha=alphas[name], floor=floor))
+        checks.append(ks_check(name, a, b, splits(len(a), len(b)), alpha=alpha, floor=floor))
     for name, column in WORD_CHECKS.items():
         floor = floors.of(name, "chi-square")
         split = splits(len(ref), len(cur))
-        check = words_check(name, ref[column], cur[column], split, alpha=alphas[name], floor=floor)
-        checks.append(check)
+        checks.append(words_check(name, ref[column], cur[column], split, alpha=alpha, floor=floor))
     p_values = {}
-    for name in rates:
-        reference_count, window_count, floor = counts[name]
-        floor = floors.of(name, RATE_KIND, floor)
-        check, p_values[name] = rate_check(
-            name, reference_count, window_count, alpha=alphas[name], floor=floor
+    if HALLUCINATION_CHECK in rates:
+        floor = floors.of(HALLUCINATION_CHECK, SCORE_KIND, limits.min_hallucination_increase)
+        check, p_values[HALLUCINATION_CHECK] = _hallucination_check(
+            ref, cur, splits, alpha=alpha, floor=floor
+        )
+        checks.append(check)
+    if PII_LEAK_CHECK in rates:
+        floor = floors.of(PII_LEAK_CHECK, RATE_KIND, limits.min_pii_leak_increase)
+        check, p_values[PII_LEAK_CHECK] = rate_check(
+            PII_LEAK_CHECK, *leaks, alpha=alpha, floor=floor
         )
         checks.append(check)
     return GenerationAssessment(
         drift=DriftResult(checks, monitoring.false_alarm_rate),
-        hallucinations=counts[HALLUCINATION_CHECK][1],
-        reference_hallucinations=counts[HALLUCINATION_CHECK][0],
-        pii_leaks=counts[PII_LEAK_CHECK][1],
-        reference_pii_leaks=counts[PII_LEAK_CHECK][0],
+        hallucinations=hallucinations[1],
+        reference_hallucinations=hallucinations[0],
+        pii_leaks=leaks[1],
+        reference_pii_leaks=leaks[0],
         p_values=p_values,
         n=len(answered),
         n_failed=len(window) - len(answered),
     )
 
 
-def _budget(names: list[str], false_alarm_rate: float, hallucination_share: float) -> dict:
-    """Each check's false-alarm probability: they sum to `false_alarm_rate` (Bonferroni),
-    the hallucination rate, when it runs, taking `hallucination_share` of it."""
-    if HALLUCINATION_CHECK not in names:
-        return dict.fromkeys(names, false_alarm_rate / len(names))
-    rest = false_alarm_rate * (1 - hallucination_share) / (len(names) - 1)
-    return dict.fromkeys(names, rest) | {
-        HALLUCINATION_CHECK: false_alarm_rate * hallucination_share
-    }
+def _hallucination_check(
+    ref: pd.DataFrame, cur: pd.DataFrame, splits: Permutations, *, alpha: float, floor: float
+) -> tuple[CheckResult, float]:
+    """The live hallucination rate against the reference's, and the check's p-value.
+
+    Significant: the detector's mean score (P(hallucinated)) rose more than random splits
+    of the pooled scored outputs give; the scores say more than the flags, whose threshold
+    sits among the faithful outputs' scores (it lets 10% of them through), so a few flags
+    more or less are noise. Material: the share of flagged outputs rose by `floor`.
+    """
+    r, c = (side[side["hallucinated"].notna()] for side in (ref, cur))
+    scores = (side["hallucination_score"].to_numpy(dtype=float) for side in (r, c))
+    diffs = mean_increase(*scores, splits(len(r), len(c)))
+    increase = float(c["hallucinated"].mean() - r["hallucinated"].mean())
+    check = CheckResult(
+        name=HALLUCINATION_CHECK,
+        kind=SCORE_KIND,
+        statistic=float(diffs[0]),
+        threshold=float(np.quantile(diffs[1:], 1.0 - alpha)),
+        effect_size=max(increase, 0.0),
+        floor=floor,
+        n_reference=len(r),
+        n_current=len(c),
+    )
+    return check, float((1 + np.sum(diffs[1:] >= diffs[0])) / len(diffs))
 
 
 def reference_features(reference: pd.DataFrame) -> pd.DataFrame:
     """The reference profile's rows as the checks read them."""
-    _require(reference, ("source", "context", "output", "prompt_tokens", "output_tokens",
-                         "hallucinated"), "the reference profile")  # fmt: skip
+    columns = ("source", "context", "output", "prompt_tokens", "output_tokens")
+    _require(reference, (*columns, "hallucination_score", "hallucinated"), "the reference profile")
     frame = _text_features(reference)
     frame["has_pii"] = _nullable(reference.get("source_has_pii"), len(reference))
     frame["output_tokens"] = reference["output_tokens"].to_numpy(dtype=float)
     frame["lookback_ratio"] = (
         [float(np.mean(v)) for v in reference["lookback"]] if "lookback" in reference else np.nan
     )
+    frame["hallucination_score"] = reference["hallucination_score"].to_numpy(dtype=float)
     frame["hallucinated"] = reference["hallucinated"].astype(float).to_numpy()
     # A profile written before leaks were stored: its gate allowed none (max_pii_leaks 0).
     leaks = reference.get(OUTPUT_PII_LEAKS, pd.Series("", index=reference.index))
@@ -170,13 +181,16 @@ def reference_features(reference: pd.DataFrame) -> pd.DataFrame:
 
 def window_features(window: pd.DataFrame) -> pd.DataFrame:
     """The inference log's rows as the checks read them."""
-    _require(window, ("source", "context", "output", "prompt_tokens", "output_tokens",
-                      "hallucination_flag"), "the window")  # fmt: skip
+    columns = ("source", "context", "output", "prompt_tokens", "output_tokens")
+    _require(window, (*columns, "hallucination_score", "hallucination_flag"), "the window")
     frame = _text_features(window)
     frame["has_pii"] = _nullable(window.get("has_pii"), len(window))
     frame["output_tokens"] = window["output_tokens"].to_numpy(dtype=float)
     frame["lookback_ratio"] = _nullable(window.get("lookback_ratio"), len(window))
-    frame["hallucinated"] = _nullable(window["hallucination_flag"], len(window))
+    frame["hallucination_score"] = _nullable(window["hallucination_score"], len(window))
+    # Scored: both the score and the flag are written (NULL until the detector ran).
+    flags = _nullable(window["hallucination_flag"], len(window))
+    frame["hallucinated"] = np.where(np.isnan(frame["hallucination_score"]), np.nan, flags)
     frame["pii_leak"] = _leak_flags(window.get(OUTPUT_PII_LEAKS, pd.Series(index=window.index)))
     return frame
 

@@ -11,7 +11,8 @@ its exact null at any size. Word vocabularies are built from the pooled texts, w
 split does not change.
 
 The statistics and effect sizes are classification's: KS D for numbers, chi-square of word
-counts with the total variation distance as effect, each effect net of the null's noise.
+counts with the total variation distance as effect, each effect net of the null's noise;
+and the increase of a per-row score's mean (the hallucination detector's).
 """
 
 from __future__ import annotations
@@ -77,8 +78,17 @@ def words_check(
     docs = WordBag(texts).docs
     a = np.asarray((docs.T @ splits.reference.T).T)
     c = np.asarray((docs.T @ splits.window.T).T)
-    return _judged(name, "chi-square", chi2(a, c), total_variation(a, c), splits,
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stat = np.nan_to_num(chi2(a, c))  # texts without a word: nothing to compare
+    return _judged(name, "chi-square", stat, total_variation(a, c), splits,
                    alpha=alpha, floor=floor)  # fmt: skip
+
+
+def mean_increase(reference: np.ndarray, current: np.ndarray, splits: Splits) -> np.ndarray:
+    """Window mean minus reference mean of a per-row score: the observed split first, then
+    one value per permutation."""
+    pooled = np.concatenate([reference, current])
+    return splits.window @ pooled / splits.n - splits.reference @ pooled / splits.m
 
 
 def _judged(
