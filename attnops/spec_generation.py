@@ -68,6 +68,26 @@ class GenerationServingSpec(_Section):
     )
 
 
+class GenerationMonitoringSpec(_Section):
+    """What `attnops monitor` adds for a generative version's live outputs; window size,
+    false-alarm budget and drift floors are the `monitoring` section's."""
+
+    min_hallucination_increase: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of outputs the detector flags above the reference's share at which "
+        "a significant rise of the detector's scores raises the hallucination alarm.",
+    )
+    min_pii_leak_increase: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of outputs leaking PII (not in their own input) above the "
+        "reference's at which a significant increase raises an alarm.",
+    )
+
+
 class GenerationSpec(_Section):
     """How a generative model is prompted, trained, decoded and judged."""
 
@@ -130,6 +150,9 @@ class GenerationSpec(_Section):
     )
     serving: GenerationServingSpec = Field(
         GenerationServingSpec(), description="How the server batches, caches and limits decoding."
+    )
+    monitoring: GenerationMonitoringSpec = Field(
+        GenerationMonitoringSpec(), description="Live hallucination and PII-leak alarms."
     )
 
 

@@ -19,7 +19,7 @@ Example:
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,9 @@ def _pick(rng: np.random.Generator, items: Sequence):
     return items[int(rng.integers(len(items)))]
 
 
-def article(intent: str) -> str:
-    """The knowledge-base article of `intent` (one of `INTENTS`)."""
-    policy = POLICIES[intent]
+def article(intent: str, policies: Mapping[str, Policy] = POLICIES) -> str:
+    """The knowledge-base article of `intent` (one of `INTENTS`) in `policies`."""
+    policy = policies[intent]
     return policy.article.format_map(policy.terms)
 
 
@@ -121,16 +121,18 @@ def _render(template: str, fill: dict[str, str], *, flipped: bool = False) -> st
     return _FLIP.sub(lambda m: m.group(2 if flipped else 1), template).format_map(fill)
 
 
-def _example(rng: np.random.Generator, intent: str) -> dict:
+def _example(
+    rng: np.random.Generator, intent: str, policies: Mapping[str, Policy] = POLICIES
+) -> dict:
     """One ticket with its article, gold reply template and the values that fill it."""
-    policy = POLICIES[intent]
+    policy = policies[intent]
     ent = _entities(rng, policy)
     ticket, core, used = _ticket(rng, policy, ent)
     template = _reply_template(rng, policy, core, used)
     fill = {**policy.terms, **ent}
     return {
         "ticket": ticket,
-        "article": article(intent),
+        "article": article(intent, policies),
         "reply": _render(template, fill),
         "intent": intent,
         "_template": template,

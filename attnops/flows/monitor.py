@@ -13,6 +13,12 @@ are significant but below their floor are reported and raise nothing. With
 per check, alarm, estimated accuracy), last, after MLflow and the event have it; a
 champion still waiting for its first full window clears them. A Pushgateway that stays
 unreachable fails the run (its alerts depend on it).
+
+A `task: generation` spec judges the champion's window of the generation log against its
+`reference_generation.parquet` (`monitors.generation_monitor`): prompt and output drift, the
+live hallucination rate from the detector's flags (outputs not scored yet left out), PII
+leaks. An alarm on the outputs themselves (hallucinations, leaks) is `high` severity, drift
+alone `low`; the event, the MLflow run and the gauges are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Metric, Param
 from prefect import flow
 from prefect.events import emit_event
@@ -29,6 +36,11 @@ from prefect.events import emit_event
 from attnops.flows.tasks import compute_task, io_task
 from attnops.models import aliases, registry, versions
 from attnops.models.versions import REFERENCE_FOLDER
+from attnops.monitors.generation_monitor import (
+    GENERATION_PROFILE_TABLE,
+    GenerationAssessment,
+    assess_generation_window,
+)
 from attnops.monitors.pushed_metrics import MonitorMetrics, clear_pushed
 from attnops.monitors.reference import ReferenceProfile, WindowAssessment
 from attnops.serving.log_reader import LogReader
@@ -46,6 +58,14 @@ def read_window(spec: PipelineSpec, settings: Settings) -> tuple[str, str, objec
     mv = aliases.resolve(client, spec.name, aliases.CHAMPION)
     if mv is None:
         raise LookupError(f"model '{spec.name}' has no champion: nothing is served to monitor")
+    if spec.task == "generation":
+        # The reader is the serving side's; imported here so classification never loads it.
+        from attnops.serving.generation_log_reader import GenerationLogReader
+
+        window = GenerationLogReader(settings.inference_db).window(
+            version=str(mv.version), route=aliases.CHAMPION, limit=spec.monitoring.window_size
+        )
+        return str(mv.version), mv.run_id, window
     log = LogReader(settings.inference_db)
     window = log.window(
         version=str(mv.version),
@@ -80,13 +100,24 @@ def assess(
     return profile, profile.assess(window)
 
 
+@compute_task
+def assess_generation(spec: PipelineSpec, reference_folder: Path, window) -> GenerationAssessment:
+    path = reference_folder / GENERATION_PROFILE_TABLE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path.name} not found in the champion's {REFERENCE_FOLDER}/: the version has no "
+            "generation reference profile; register it with this attnops version (attnops train)"
+        )
+    return assess_generation_window(window, pd.read_parquet(path), spec)
+
+
 @io_task
 def log_monitoring_run(
     spec: PipelineSpec,
     settings: Settings,
     version: str,
     window,
-    assessment: WindowAssessment,
+    assessment: WindowAssessment | GenerationAssessment,
     folder: Path,
 ) -> str:
     client = registry.client_for(settings)
@@ -119,9 +150,14 @@ def log_monitoring_run(
 
 
 @io_task
-def push_gauges(url: str, model: str, version: str, assessment: WindowAssessment) -> None:
+def push_gauges(
+    url: str, model: str, version: str, assessment: WindowAssessment | GenerationAssessment
+) -> None:
     gauges = MonitorMetrics()
-    gauges.record(version, assessment)
+    if isinstance(assessment, GenerationAssessment):
+        gauges.record_generation(version, assessment)
+    else:
+        gauges.record(version, assessment)
     gauges.push(url, model)
 
 
@@ -153,23 +189,18 @@ def monitor(spec_path: str) -> dict:
     if float(window["ts"].max()) <= last_judged_ts(settings, experiment, version):
         print(f"v{version}: no new requests since the last monitoring run")
         return {"status": "stale", "records": len(window)}
-    # Evidently takes seconds to import: only a window that is judged pays for it.
-    from attnops.monitors.reports import drift_report
-
     with tempfile.TemporaryDirectory(dir=settings.home) as scratch:
         scratch = Path(scratch)
         versions.download_evidence(run_id, scratch / "evidence")
-        profile, assessment = assess(spec, scratch / "evidence" / REFERENCE_FOLDER, window)
         folder = scratch / "monitor"
         folder.mkdir()
-        drift_report(
-            profile.records,
-            window,
-            folder / "drift.html",
-            title=f"{spec.name} v{version}: live window of {len(window)} vs reference profile",
-            slice_columns=spec.data.slice_columns,
-            tsne_rows=0,
-        )
+        reference_folder = scratch / "evidence" / REFERENCE_FOLDER
+        if spec.task == "generation":
+            assessment = assess_generation(spec, reference_folder, window)
+            (folder / "checks.md").write_text(assessment.table() + "\n")
+            print(assessment.table())
+        else:
+            assessment = judge_classification(spec, version, reference_folder, window, folder)
         monitoring_run = log_monitoring_run(spec, settings, version, window, assessment, folder)
     result = {
         "status": "alarm" if assessment.alarm else "ok",
@@ -187,7 +218,7 @@ def monitor(spec_path: str) -> dict:
                 "version": version,
                 "monitoring_run_id": monitoring_run,
                 "severity": assessment.severity,
-                "estimated_accuracy_drop": assessment.estimated_accuracy_drop,
+                **_event_figures(assessment),
                 "reasons": assessment.reasons(),
                 "window_records": len(window),
                 "window_last_ts": float(window["ts"].max()),
@@ -203,6 +234,9 @@ def monitor(spec_path: str) -> dict:
         )
     else:
         print(f"v{version}: window of {len(window)} requests within the reference's range")
+    if isinstance(assessment, GenerationAssessment):
+        for note in assessment.notes():
+            print(f"note: {note}")
     immaterial = assessment.drift.immaterial_checks
     if immaterial:
         print(f"significant but below their effect-size floor (no alarm): {', '.join(immaterial)}")
@@ -210,3 +244,33 @@ def monitor(spec_path: str) -> dict:
         push_gauges(settings.pushgateway_url, spec.name, version, assessment)
         print(f"gauges pushed to the Pushgateway at {settings.pushgateway_url}")
     return result
+
+
+def judge_classification(
+    spec: PipelineSpec, version: str, reference_folder: Path, window, folder: Path
+) -> WindowAssessment:
+    """The classification verdict, with the Evidently drift report written into `folder`."""
+    # Evidently takes seconds to import: only a window that is judged pays for it.
+    from attnops.monitors.reports import drift_report
+
+    profile, assessment = assess(spec, reference_folder, window)
+    drift_report(
+        profile.records,
+        window,
+        folder / "drift.html",
+        title=f"{spec.name} v{version}: live window of {len(window)} vs reference profile",
+        slice_columns=spec.data.slice_columns,
+        tsne_rows=0,
+    )
+    return assessment
+
+
+def _event_figures(assessment: WindowAssessment | GenerationAssessment) -> dict[str, float]:
+    """What the event adds for its task: the estimated accuracy drop, or the rates."""
+    if isinstance(assessment, GenerationAssessment):
+        return {
+            "hallucination_rate": assessment.hallucinations.rate,
+            "reference_hallucination_rate": assessment.reference_hallucinations.rate,
+            "pii_leak_rate": assessment.pii_leaks.rate,
+        }
+    return {"estimated_accuracy_drop": assessment.estimated_accuracy_drop}

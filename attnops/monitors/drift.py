@@ -81,6 +81,8 @@ EFFECT_SIZES = {
     "MMD^2": "MMD net of noise",
     "mean increase": "increase",
     "mean drop": "drop",
+    "rate increase": "increase",
+    "mean score increase": "flag rate increase",
 }
 """The effect size reported for each kind of statistic."""
 SCORE_CAP = 1e6

@@ -2,11 +2,12 @@
 both redacted.
 
 The per-input table (`evaluation/per_input.parquet`) is what the gate pairs with the
-champion's; the reference profile is what part 2's monitor compares live traffic with
-(prompt and output token counts, output lengths, detector scores, lookback ratios per test
-input). Every text column (source, context, reference, output) is PII-redacted before it is
-stored; the outputs' PII leaks (PII not in their own input) are found before redaction and
-kept as entity names, so the gate can still judge them.
+champion's; the reference profile (`reference_profile/reference_generation.parquet`) is what
+the monitor compares live traffic with (prompt and output token counts, output lengths,
+detector scores and flags, lookback ratios and PII leaks per test input). Every text
+column (source, context, reference, output) is PII-redacted before it is stored; the
+outputs' PII leaks (PII not in their own input) are found before redaction and kept as
+entity names, so the gate and the monitor can still judge them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from attnops.models.evaluate import EVALUATION_JSON
 from attnops.models.generation.evaluate import PER_INPUT
 from attnops.monitors import pii
 from attnops.monitors.gate_generation_operational import PII_LEAK_COLUMN, pii_leaks
+from attnops.monitors.generation_monitor import GENERATION_PROFILE_TABLE, OUTPUT_PII_LEAKS
 
-GENERATION_PROFILE_TABLE = "reference_generation.parquet"
 TEXT_COLUMNS = ("source", "context", "reference", "output", "baseline_output")
 
 
@@ -37,7 +38,12 @@ def save_generation_reference(records: pd.DataFrame, out_dir: Path) -> list[Path
         redacted.to_parquet(table_path, index=False)
         _report_leaks(out_dir / EVALUATION_JSON, redacted)
     path = out_dir / GENERATION_PROFILE_TABLE
-    redact_texts(records).to_parquet(path, index=False)
+    reference = records.copy()
+    # As the inference log stores them: what the monitor's PII-leak rate is compared with.
+    reference[OUTPUT_PII_LEAKS] = [
+        ",".join(sorted({h.entity for h in row})) for row in pii_leaks(records)
+    ]
+    redact_texts(reference).to_parquet(path, index=False)
     return [path]
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from attnops.monitors.drift import SCORE_CAP
+from attnops.monitors.generation_assessment import GenerationAssessment
 from attnops.monitors.reference import WindowAssessment
 from attnops.settings import service_timeout_s
 
@@ -55,6 +56,19 @@ class MonitorMetrics:
             ["version"],
             registry=r,
         )
+        self.hallucination_rate = Gauge(
+            "attnops_monitor_hallucination_rate",
+            "Share of the window's scored outputs the hallucination detector flags (generation; "
+            "source: window or reference)",
+            ["version", "source"],
+            registry=r,
+        )
+        self.pii_leak_rate = Gauge(
+            "attnops_monitor_pii_leak_rate",
+            "Share of the window's outputs holding PII their own input lacks (generation)",
+            ["version"],
+            registry=r,
+        )
         self.window_records = Gauge(
             "attnops_monitor_window_records",
             "Requests in the judged window",
@@ -79,6 +93,21 @@ class MonitorMetrics:
         ):
             self.estimated_accuracy.labels(version, bound).set(value)
         self.unsupported_rate.labels(version).set(assessment.unsupported.rate)
+        self.window_records.labels(version).set(assessment.n)
+        self.last_run.set_to_current_time()
+
+    def record_generation(self, version: str, assessment: GenerationAssessment) -> None:
+        """A generative version's window: its checks, alarm and output rates."""
+        for check in assessment.drift.checks:
+            self.drift_score.labels(version, check.name).set(min(check.score, SCORE_CAP))
+        self.alarm.labels(version).set(float(assessment.alarm))
+        if assessment.hallucinations.judged:
+            self.hallucination_rate.labels(version, "window").set(assessment.hallucinations.rate)
+        self.hallucination_rate.labels(version, "reference").set(
+            assessment.reference_hallucinations.rate
+        )
+        if assessment.pii_leaks.judged:
+            self.pii_leak_rate.labels(version).set(assessment.pii_leaks.rate)
         self.window_records.labels(version).set(assessment.n)
         self.last_run.set_to_current_time()
 
