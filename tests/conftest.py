@@ -99,3 +99,13 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One speed class, the `slow` marker: `tests/slow/` (end-to-end scenarios) is slow as a
+    whole; slow tests elsewhere sit beside the fast tests of the same code and carry the
+    marker themselves. `pytest -m "not slow"` is the fast suite either way."""
+    slow_folder = Path(__file__).parent / "slow"
+    for item in items:
+        if slow_folder in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
