@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from attnops.models.train import macro_f1
+from attnops.models.train_steps import macro_f1
 
 
 @pytest.mark.parametrize("seed", range(20))

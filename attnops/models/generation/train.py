@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM to write targets: setup, loop, validation loss, stop early, resume.
+"""Fine-tune a causal LM to write targets: set up (or resume), run the loop (`train_steps`), finish.
 
 The classification loop's principles, for a decoder: length-grouped batches padded to their
 longest member, the warmup/decay schedule of `models.recipe`, early stopping on validation
@@ -12,8 +12,7 @@ torch, transformers and peft only: no MLflow, no Prefect.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,38 +20,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from attnops.models import recipe
-from attnops.models.batching import length_grouped_batches
-from attnops.models.checkpoints import (
-    cpu_copy,
-    load_best,
-    prepare_checkpoint_dir,
-    read_checkpoint,
-    restore,
-    save_best,
-    save_checkpoint,
-)
+from attnops.models import loop, recipe
+from attnops.models.checkpoints import load_best, prepare_checkpoint_dir, read_checkpoint, restore
 from attnops.models.generation.base import load_base_model
 from attnops.models.generation.data import GenerationData, encode_examples
-from attnops.models.generation.loss import collate, target_loss, validation_loss
 from attnops.models.generation.run_card import assess_fit, run_card
+from attnops.models.generation.train_steps import GenerationState, Run, train_epoch
 from attnops.models.modeling import pick_device, seed_everything
 from attnops.spec import PipelineSpec
-
-
-@dataclass
-class GenerationState:
-    """Everything besides weights and optimizer moments that a resumed run needs."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_done_in_epoch: int = 0
-    best_val_loss: float = math.inf
-    evals_without_improvement: int = 0
-    real_tokens: int = 0
-    """Non-pad tokens (prompt and target) trained on."""
-    train_seconds: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
+from attnops.spec_generation import GenerationSpec
 
 
 @dataclass(frozen=True)
@@ -110,7 +86,7 @@ def train_generator(
             settings; without it any old checkpoint is discarded.
         progress: show a progress bar.
     """
-    cfg, gen = spec.training, spec.generation
+    cfg = spec.training
     if cfg.distributed.world_size > 1:
         raise ValueError(
             "training.distributed is not supported for task: generation yet; set "
@@ -121,8 +97,33 @@ def train_generator(
     seed_everything(cfg)
     device = pick_device(cfg.device)
     model, tokenizer = load_base_model(spec.model, cache_dir)
-    train = encode_examples(tokenizer, gen, data.splits["train"])
-    validation = encode_examples(tokenizer, gen, data.splits["validation"])
+    train = encode_examples(tokenizer, spec.generation, data.splits["train"])
+    validation = encode_examples(tokenizer, spec.generation, data.splits["validation"])
+    model = _as_trained(model, spec.generation)
+    model.to(device)
+    run, card = _set_up(
+        model,
+        spec,
+        train,
+        validation,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
+    bar = tqdm(
+        total=run.plan.total_steps, initial=run.state.step, disable=not progress, desc="fine-tune"
+    )
+    model.train()
+    while run.state.step < run.plan.total_steps and not run.stopped_early:
+        train_epoch(run, train, validation, cfg, bar)
+    bar.close()
+    model, result = _finish(run, spec.generation, card)
+    return TrainedGenerator(model=model, tokenizer=tokenizer, device=device, result=result)
+
+
+def _as_trained(model, gen: GenerationSpec):
+    """The model as it trains: gradient checkpointing and LoRA adapters when asked, no cache."""
     if gen.gradient_checkpointing:
         # Non-reentrant checkpointing also works when only adapters need gradients.
         model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -139,8 +140,22 @@ def train_generator(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    model.to(device)
-    cuda = device.type == "cuda"
+    return model
+
+
+def _set_up(
+    model,
+    spec: PipelineSpec,
+    train: list[dict],
+    validation: list[dict],
+    *,
+    pad_id: int,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    resume: bool,
+) -> tuple[Run, dict[str, object]]:
+    """Optimizer, schedule and state (fresh or resumed), the run card (printed)."""
+    cfg, gen = spec.training, spec.generation
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     # No decay on norm weights and biases: decaying them only hurts (BERT recipe).
@@ -154,103 +169,60 @@ def train_generator(
     )
     plan = recipe.plan_training(cfg, len(train))
     scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
-    state, best_weights = GenerationState(), None
-    if resume and checkpoint_dir and (checkpoint_dir / "last").is_dir():
-        saved = read_checkpoint(checkpoint_dir, model)
-        best_weights = load_best(checkpoint_dir, model)
-        # `restore` sets optimizer, scheduler and random states; the state is ours.
-        restore({**saved, "state": {}}, optimizer, scheduler)
-        state = GenerationState(**saved["state"])
-        print(f"resumed from {checkpoint_dir / 'last'} at step {state.step}")
-
+    state, best_weights = _resume(model, optimizer, scheduler, checkpoint_dir, resume)
     card = run_card(spec, model, train, validation, plan, device, state.step)
-    facts = ", ".join(f"{k}={v}" for k, v in card.items() if k != "why")
-    print(f"run card: {facts}\n" + "\n".join(f"  {k}: {v}" for k, v in card["why"].items()))
-
+    loop.print_run_card(card)
     core = model.get_base_model() if gen.lora is not None else model
-    decoder = torch.compile(core.get_decoder()) if cfg.compile else core.get_decoder()
-    head = core.get_output_embeddings()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    lengths = np.fromiter((len(e["input_ids"]) for e in train), dtype=np.int64, count=len(train))
-    patience = cfg.early_stopping_patience
-    stopped_early = bool(patience and state.evals_without_improvement >= patience)
-    interval_loss, interval_steps = 0.0, 0
-    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not progress, desc="fine-tune")
-    model.train()
-    while state.step < plan.total_steps and not stopped_early:
-        batches = length_grouped_batches(
-            lengths, cfg.batch_size, seed=cfg.seed * 1_000 + state.epoch
-        )
-        started = time.perf_counter()
-        for b in range(state.batches_done_in_epoch, len(batches)):
-            batch = collate(train, batches[b], tokenizer.pad_token_id, device)
-            # Scale so an accumulated step averages its micro-batches; an epoch's last group
-            # can be shorter than grad_accum_steps.
-            group_start = b - b % cfg.grad_accum_steps
-            group_size = min(cfg.grad_accum_steps, len(batches) - group_start)
-            with autocast:
-                loss = target_loss(decoder, head, batch)
-            (loss / group_size).backward()
-            state.real_tokens += int(lengths[batches[b]].sum())  # host-side: no device sync
-            if (b + 1) % cfg.grad_accum_steps and b + 1 < len(batches):
-                continue
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batches_done_in_epoch = b + 1
-            loss_value = loss.item()
-            interval_loss, interval_steps = interval_loss + loss_value, interval_steps + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-            last_of_epoch = b + 1 == len(batches)
-            if (
-                state.step % plan.eval_every_steps
-                and state.step < plan.total_steps
-                and not last_of_epoch
-            ):
-                continue
-            if last_of_epoch:
-                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
-            state.train_seconds += time.perf_counter() - started
-            val_loss = validation_loss(
-                decoder, head, validation, tokenizer.pad_token_id, device, cfg
-            )
-            model.train()
-            state.history.append(
-                {
-                    "step": state.step,
-                    "val_loss": val_loss,
-                    "train_loss_mean": interval_loss / interval_steps,
-                    "train_loss": loss_value,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                }
-            )
-            if val_loss < state.best_val_loss:
-                state.best_val_loss, state.evals_without_improvement = val_loss, 0
-                best_weights = cpu_copy(model)
-                if checkpoint_dir:
-                    save_best(checkpoint_dir, model)
-            elif state.step > plan.warmup_steps:  # no verdict while still warming up
-                state.evals_without_improvement += 1
-            if checkpoint_dir:
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
-            stopped_early = bool(patience and state.evals_without_improvement >= patience)
-            interval_loss, interval_steps = 0.0, 0
-            started = time.perf_counter()
-            if stopped_early or state.step >= plan.total_steps:
-                break
-    bar.close()
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
+    run = Run(
+        model=model,
+        decoder=torch.compile(core.get_decoder()) if cfg.compile else core.get_decoder(),
+        head=core.get_output_embeddings(),
+        autocast=torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16
+        ),
+        trainable=[p for p in model.parameters() if p.requires_grad],
+        optimizer=optimizer,
+        scheduler=scheduler,
+        plan=plan,
+        pad_id=pad_id,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        train_lengths=np.fromiter(
+            (len(e["input_ids"]) for e in train), dtype=np.int64, count=len(train)
+        ),
+        state=state,
+        best_weights=best_weights,
+        # A run that had already stopped early when it was checkpointed stays stopped.
+        stopped_early=loop.patience_ran_out(cfg, state.evals_without_improvement),
+    )
+    return run, card
+
+
+def _resume(
+    model, optimizer, scheduler, checkpoint_dir: Path | None, resume: bool
+) -> tuple[GenerationState, dict[str, torch.Tensor] | None]:
+    """The state to start from and the best weights so far: the checkpoint's, or fresh ones."""
+    if not (resume and checkpoint_dir and (checkpoint_dir / "last").is_dir()):
+        return GenerationState(), None
+    saved = read_checkpoint(checkpoint_dir, model)
+    best_weights = load_best(checkpoint_dir, model)
+    # `restore` sets optimizer, scheduler and random states; the state is ours.
+    restore({**saved, "state": {}}, optimizer, scheduler)
+    state = GenerationState(**saved["state"])
+    print(f"resumed from {checkpoint_dir / 'last'} at step {state.step}")
+    return state, best_weights
+
+
+def _finish(run: Run, gen: GenerationSpec, card: dict) -> tuple[object, GenerationTrainResult]:
+    """Load the best weights, fold LoRA adapters in, diagnose the fit (onto the run card)."""
+    model, state = run.model, run.state
+    if run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
     if gen.lora is not None:
         model = model.merge_and_unload()  # a plain LlamaForCausalLM, adapters folded in
     model.config.use_cache = True
     model.eval()
-    fit = assess_fit(state.history, stopped_early)
+    fit = assess_fit(state.history, run.stopped_early)
     card["fit"] = fit
     print(fit["note"])
     result = GenerationTrainResult(
@@ -259,12 +231,12 @@ def train_generator(
         optimizer_steps=state.step,
         real_tokens=state.real_tokens,
         train_seconds=state.train_seconds,
-        stopped_early=stopped_early,
+        stopped_early=run.stopped_early,
         history=state.history,
         run_card=card,
         fit=fit,
     )
-    return TrainedGenerator(model=model, tokenizer=tokenizer, device=device, result=result)
+    return model, result
 
 
 def _prepare_checkpoints(
