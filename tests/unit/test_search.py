@@ -216,7 +216,9 @@ def test_a_killed_trial_is_failed_and_run_again(tmp_path):
     worker.send_signal(signal.SIGKILL)  # mid-trial: no chance to clean up
     worker.wait()
     (killed,) = study.get_trials(states=(TrialState.RUNNING,))
-    time.sleep(2.5)  # past the grace period without a heartbeat
+    # Past the 2 s grace period without a heartbeat, with room for SQLite storing its
+    # timestamps in whole seconds (2.5 s was sometimes not yet stale).
+    time.sleep(3.5)
 
     ran = []
     while (trial := search.run_trial(study, spec, data)) is not None:
