@@ -72,7 +72,8 @@ def _tell(
     decision = gate(spec_path, candidate=v1.version)
     if not decision.passed:
         raise RuntimeError(f"the demo's v1 did not pass the gate: {decision.reasons()}")
-    step("gate v1", "passed (no champion: absolute limits and gain over the zero-shot base)")
+    limits = "absolute limits" + (", gain over the zero-shot base" if _vs_base(m) else "")
+    step("gate v1", f"passed (no champion: {limits})")
     release(spec_path, candidate=v1.version)
     step("release v1", "champion (first version)")
 
@@ -184,7 +185,10 @@ def _verdict(result: dict, settings: Settings) -> str:
     )
     if result["status"] == "ok":
         return f"no alarm: {figures}"
-    return f"ALARM ({result['severity']}): " + "; ".join(result["reasons"])
+    reasons = "; ".join(result["reasons"])
+    if "hallucinations:" not in reasons:  # the hallucination reason states the figures itself
+        reasons += f" ({figures})"
+    return f"ALARM ({result['severity']}): {reasons}"
 
 
 def _retrain_steps(
@@ -219,7 +223,7 @@ def _retrain_steps(
         return
     step(
         f"canary v{version}",
-        f"{canary_sent} tickets with the new articles, routes {canary_routes}; "
+        f"{canary_sent} tickets after the change, routes {canary_routes}; "
         f"{outcome['status']}: {_checks(mv.run_id, 'release').get('hallucination_rate', '')}",
     )
 
