@@ -81,7 +81,7 @@ async def send_traffic(
                 labels[body["request_id"]] = str(tickets["intent"].iat[i])
 
     async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
-        await _check_server(client, url)
+        await check_server(client, url)
         await asyncio.gather(*(one(client, i) for i in range(n)))
         if labels:
             response = await client.post("/feedback", json={"labels": labels})
@@ -91,7 +91,7 @@ async def send_traffic(
     return result
 
 
-async def _check_server(client: httpx.AsyncClient, url: str) -> None:
+async def check_server(client: httpx.AsyncClient, url: str) -> None:
     """One request first: no server means one sentence, not `n` connection errors."""
     try:
         await client.get("/health", timeout=10.0)

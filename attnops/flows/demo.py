@@ -2,7 +2,8 @@
 
 train v1 -> gate (absolute limits) -> champion -> serve -> normal traffic -> monitor: no
 alarm -> drifted traffic (a new product line) -> monitor: drift detected -> retrain v2 on
-the new labels -> gate v2 vs v1 -> canary -> canary window -> promote.
+the new labels -> gate v2 vs v1 -> canary -> canary window -> promote. A `task: generation`
+spec tells its own story (`flows.demo_generation`).
 
 The demo keeps its state in `.attnops/demo/` and clears it (Prefect's database aside)
 at every start, so it tells the same story each time it runs.
@@ -51,16 +52,13 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
     from attnops.spec import load_spec
 
     spec = load_spec(spec_path)
-    settings = Settings.from_env()
-    steps: list[tuple[str, str, float]] = []
-    clock = time.perf_counter()
+    if spec.task == "generation":
+        from attnops.flows.demo_generation import run_generation_demo
 
-    def step(name: str, outcome: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        steps.append((name, outcome, now - clock))
-        clock = now
-        print(f"\n>>> {name}: {outcome}\n", flush=True)
+        run_generation_demo(spec_path, regenerate=regenerate)
+        return
+    settings = Settings.from_env()
+    step = Steps()
 
     paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
     if regenerate or not all(p.is_file() for p in paths):
@@ -91,7 +89,7 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
 
     token = secrets.token_hex(16)
     os.environ[spec.serving.admin_token_env] = token
-    with _server(spec_path, spec.serving.url) as url:
+    with serve_in_child(spec_path, spec.serving.url) as url:
         step("serve", f"champion v1 at {url}")
 
         size = spec.monitoring.window_size
@@ -114,13 +112,29 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
             f"retrain -> v{outcome.get('version')}",
             f"{outcome['status']}: {outcome.get('reason', '')}",
         )
-    _print_summary(steps, settings)
+    print_summary(step.rows, settings)
     if outcome["status"] != "promoted":
         raise RuntimeError(f"v2 was not promoted: {outcome.get('reason')}")
 
 
+class Steps:
+    """The story's steps as they end: `step(name, outcome)` prints one and times it from the
+    end of the previous one."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, float]] = []
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str, outcome: str, *, ended: float | None = None) -> None:
+        """Record a step; `ended`: when it ended (`time.perf_counter()`), if not now."""
+        end = time.perf_counter() if ended is None else ended
+        self.rows.append((name, outcome, end - self._clock))
+        self._clock = end
+        print(f"\n>>> {name}: {outcome}\n", flush=True)
+
+
 @contextmanager
-def _server(spec_path: str, url: str) -> Iterator[str]:
+def serve_in_child(spec_path: str, url: str) -> Iterator[str]:
     """`attnops serve` in a child process, ready when the block starts, stopped after it."""
     from attnops.models.threads import ENV_VAR, available_cpus  # imports torch
 
@@ -151,7 +165,7 @@ def _server(spec_path: str, url: str) -> Iterator[str]:
             process.kill()
 
 
-def _print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:
+def print_summary(steps: list[tuple[str, str, float]], settings: Settings) -> None:
     print("\n=== attnops demo: what happened ===")
     for name, outcome, seconds in steps:
         print(f"{seconds:6.0f} s  {name:<36} {outcome}")

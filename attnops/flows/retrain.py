@@ -174,6 +174,11 @@ def write_training_spec(
         # A generator fine-tunes the champion's weights as it did the base's (new LoRA
         # adapters, merged again at registration).
         raw["model"] |= {"base": str(weights), "config_overrides": {}}
+        if spec.task == "generation":
+            # The "zero-shot base" would now be the champion, and the gate would ask the new
+            # version to beat it by generation_gate.min_rouge_l_gain_over_base; the gate
+            # compares it with the champion anyway (non-inferiority, paired hallucinations).
+            raw["generation"]["zero_shot_baseline"] = False
         if spec.task == "classification":
             # The head is trained already: the recipe's faster head rate is for a new, random
             # one and would pull the warm-started decision boundaries around (on the demo it

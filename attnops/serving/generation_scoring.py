@@ -142,14 +142,15 @@ class GenerationScorer:
         self._wake = threading.Event()
         self._deadline: float | None = None  # set by close: finish by then
         self._thread = threading.Thread(target=self._run, name="generation-scoring", daemon=True)
+        self._scoring = 0  # outputs of the batch being scored (off the queue, not stored yet)
         self.scored = 0
         self.unscorable = 0
         """Outputs of versions without a detector: left unscored."""
 
     @property
     def backlog(self) -> int:
-        """Outputs waiting for a score."""
-        return len(self._queue)
+        """Outputs waiting for a score, those of the batch being scored included."""
+        return len(self._queue) + self._scoring
 
     def serve(self, models: Sequence[ScoringModel]) -> None:
         """The versions served now; a version no longer served is dropped once its queued
@@ -201,11 +202,14 @@ class GenerationScorer:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+            self._scoring = min(self.batch_size, len(self._queue))  # before the queue shrinks
+            batch = [self._queue.popleft() for _ in range(self._scoring)]
             try:
                 self._score(batch)
             except Exception:  # a bad batch must not stop the worker: its rows stay NULL
                 logger.exception("generation scoring: a batch failed; its rows stay unscored")
+            finally:
+                self._scoring = 0
             self._retire()
 
     def _score(self, batch: list[GenerationRecord]) -> None:

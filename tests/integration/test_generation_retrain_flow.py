@@ -57,7 +57,7 @@ def _spec(folder: Path) -> str:
             "max_new_tokens": 8,
             "hallucination_set": str(data / "hallucination.jsonl"),
             "eval_samples": 4,
-            "zero_shot_baseline": False,
+            "zero_shot_baseline": True,
         },
         "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
         "evaluation": {"probe_size": 4},
@@ -114,6 +114,8 @@ def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(home)
     raw = yaml.safe_load(retrain_spec.read_text())
     assert raw["model"]["base"] == str(retrain_spec.parent / "champion" / "model")
     assert raw["model"]["config_overrides"] == {}
+    # Its "zero-shot base" would be the champion: the gate compares the two directly instead.
+    assert raw["generation"]["zero_shot_baseline"] is False
     trained_on = pd.read_json(raw["data"]["train"], lines=True)
     assert len(trained_on) == 16 + 4  # the original rows, one row per corrected prompt
     live = trained_on.tail(4)
