@@ -258,6 +258,7 @@ def _open_log(settings: Settings, flush_interval_s: float, metrics: ServingMetri
             settings.inference_db,
             flush_interval_s=flush_interval_s,
             on_pii=lambda entity: metrics.pii_hits.labels(entity).inc(),
+            on_entropy=metrics.observe_entropy,
         )
     except (OSError, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]

@@ -3,12 +3,19 @@
 A batch goes through `score_records`, the same function that built the version's
 reference profile, so every logged record is comparable with that profile: the same
 tokenizer statistics, the same projected embedding, attention entropy on a sampled share.
+The entropy does not decide the answer, so it is not computed with it: the sampled
+inputs' records carry a deferred computation that the inference log's writer runs, off
+the request path and within its CPU cap (`log_writer`).
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +23,13 @@ import torch
 
 from attnops.models import registry
 from attnops.models.aliases import CANARY, CHAMPION, resolve
-from attnops.models.attention_columns import entropy_columns
+from attnops.models.attention import attention_entropy
+from attnops.models.batching import Encoded, encode
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
 from attnops.models.record_columns import TEXT_FEATURES
 from attnops.models.records import score_records
-from attnops.models.threads import use_threads
+from attnops.models.threads import pinned_threads, use_threads
 from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
@@ -39,8 +47,9 @@ class Answer:
     features: dict[str, float]
     """The `TEXT_FEATURES` of the input (n_tokens before truncation, truncated, ...)."""
     embedding: np.ndarray
-    attention_entropy: np.ndarray | None
-    """(layers, heads) mean attention entropy, for the sampled share of inputs only."""
+    attention_entropy: Callable[[], np.ndarray] | None
+    """For the sampled share of inputs only: computes their (layers, heads) mean attention
+    entropy when called (on the log writer's thread, not the model's)."""
 
 
 class ModelSlot:
@@ -70,17 +79,24 @@ class ModelSlot:
         self.max_length = int(summary["max_length"])
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
+        # The entropy pass needs eager attention, the served model keeps SDPA: a copy of the
+        # modules that shares the weights lets both run at once, on different threads.
+        self._eager = self._shared_copy()
+        self._eager.set_attn_implementation("eager")
         self.device = device
         self.attention_share = attention_share
         self.forward_batch_size = forward_batch_size
-        self.layers = self.model.config.num_hidden_layers
-        self.heads = self.model.config.num_attention_heads
         # The version's own out-of-scope score, as its evaluation measured it.
         self.out_of_scope = load_detector(loaded.folder / REFERENCE_FOLDER)
         self.unsupported = UnsupportedAssertionDetector.from_summary(
             loaded.reference_records(), summary, unsupported_distance_quantile
         )
         self._calls = 0
+
+    def _shared_copy(self):
+        """A copy of the model's modules that shares its parameters and buffers."""
+        weights = chain(self.model.parameters(), self.model.buffers())
+        return copy.deepcopy(self.model, memo={id(t): t for t in weights})
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including special tokens, before truncation."""
@@ -97,32 +113,43 @@ class ModelSlot:
             max_length=self.max_length,
             projection=self.projection,
             device=self.device,
-            attention_share=self.attention_share,
-            seed=self._calls,  # a different sample each batch
             batch_size=self.forward_batch_size,
             out_of_scope=self.out_of_scope,
         )
+        # The same seeded draw `score_records` makes for the reference profile's share,
+        # a different sample each batch.
+        sampled = np.random.default_rng(self._calls).random(len(texts)) < self.attention_share
+        chosen = np.flatnonzero(sampled).tolist()
+        sampled_ids = (
+            encode(self.tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
+            if chosen
+            else []
+        )
         unsupported = self.unsupported.flags(records)
-        columns = entropy_columns(self.layers, self.heads)
-        entropy = records[columns].to_numpy() if columns[0] in records else None
-        answers = []
-        for i, row in enumerate(records.itertuples(index=False)):
-            sampled = entropy is not None and not np.isnan(entropy[i]).any()
-            answers.append(
-                Answer(
-                    label=row.prediction,
-                    confidence=float(row.confidence),
-                    unsupported=bool(unsupported[i]),
-                    features={k: getattr(row, k) for k in TEXT_FEATURES},
-                    embedding=row.embedding,
-                    attention_entropy=(
-                        entropy[i].reshape(self.layers, self.heads).astype(np.float32)
-                        if sampled
-                        else None
-                    ),
-                )
+        entropy_later = dict.fromkeys(range(len(texts)))
+        for i, ids in zip(chosen, sampled_ids, strict=True):
+            entropy_later[i] = partial(self.attention_entropy, ids)
+        return [
+            Answer(
+                label=row.prediction,
+                confidence=float(row.confidence),
+                unsupported=bool(unsupported[i]),
+                features={k: getattr(row, k) for k in TEXT_FEATURES},
+                embedding=row.embedding,
+                attention_entropy=entropy_later[i],
             )
-        return answers
+            for i, row in enumerate(records.itertuples(index=False))
+        ]
+
+    def attention_entropy(self, input_ids: list[int]) -> np.ndarray:
+        """(layers, heads) mean attention entropy of one tokenized input, on one torch thread
+        of the calling thread (the log writer's), beside the served passes."""
+        one = Encoded([input_ids], None, [len(input_ids)])
+        with pinned_threads(1):
+            values = attention_entropy(
+                self._eager, one, pad_id=self.tokenizer.pad_token_id, device=self.device
+            )
+        return values[0].astype(np.float32)
 
     def log_record(
         self, request_id: str, route: str, text: str, latency_ms: float, a: Answer | None
@@ -157,7 +184,7 @@ class ModelSlot:
                 "non_letter_share": float(f["non_letter_share"]),
                 "unsupported": a.unsupported,
                 "embedding": a.embedding,
-                "attention_entropy": a.attention_entropy,
+                "attention_entropy_later": a.attention_entropy,
             }
         return LogRecord(
             request_id=request_id,
