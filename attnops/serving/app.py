@@ -92,6 +92,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                 (CHAMPION, CANARY),
                 max_batch_size=serving.max_batch_size,
                 max_wait_ms=serving.max_batch_wait_ms,
+                workers=models.workers,
                 on_batch=lambda route, n: metrics.batch_size.labels(route).observe(n),
             )
             batcher.start()

@@ -6,11 +6,18 @@ tokenizer statistics, the same projected embedding, attention entropy on a sampl
 The entropy does not decide the answer, so it is not computed with it: the sampled
 inputs' records carry a deferred computation that the inference log's writer runs, off
 the request path and within its CPU cap (`log_writer`).
+
+On a CPU the model runs in several single-threaded workers rather than one multi-threaded
+one: a forward pass over a few short texts splits poorly across threads, and when another
+thread (the event loop, the log writer, a neighbour) takes one of its cores, the others
+wait for it at every operator.
 """
 
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +36,7 @@ from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
 from attnops.models.record_columns import TEXT_FEATURES
 from attnops.models.records import score_records
-from attnops.models.threads import pinned_threads, use_threads
+from attnops.models.threads import choose_threads, pinned_threads
 from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
@@ -61,6 +68,7 @@ class ModelSlot:
         attention_share: share of inputs whose attention entropy is computed.
         unsupported_distance_quantile: the spec's monitoring setting, as in the monitors.
         forward_batch_size: inputs per forward pass (`serving.forward_batch_size`).
+        workers: threads that may run batches at the same time.
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class ModelSlot:
         attention_share: float,
         unsupported_distance_quantile: float,
         forward_batch_size: int,
+        workers: int = 1,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
         self.name, self.version = loaded.name, loaded.version
@@ -79,10 +88,16 @@ class ModelSlot:
         self.max_length = int(summary["max_length"])
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
-        # The entropy pass needs eager attention, the served model keeps SDPA: a copy of the
-        # modules that shares the weights lets both run at once, on different threads.
+        # Each worker runs its own copy of the modules and tokenizer, sharing the weights:
+        # `predict`'s forward hook and a fast tokenizer's truncation setting live on the
+        # object, and two threads using one would see each other's. The entropy pass gets a
+        # copy with eager attention (the served ones keep SDPA) for the same reason.
+        self._views: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(workers):
+            self._views.put((self._shared_copy(), copy.deepcopy(self.tokenizer)))
         self._eager = self._shared_copy()
         self._eager.set_attn_implementation("eager")
+        self._calls_lock = threading.Lock()
         self.device = device
         self.attention_share = attention_share
         self.forward_batch_size = forward_batch_size
@@ -103,28 +118,33 @@ class ModelSlot:
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
     def answer(self, texts: list[str]) -> list[Answer]:
-        """Run one batch; results in the order of `texts`."""
-        self._calls += 1
-        records = score_records(
-            self.model,
-            self.tokenizer,
-            texts,
-            label_names=self.label_names,
-            max_length=self.max_length,
-            projection=self.projection,
-            device=self.device,
-            batch_size=self.forward_batch_size,
-            out_of_scope=self.out_of_scope,
-        )
-        # The same seeded draw `score_records` makes for the reference profile's share,
-        # a different sample each batch.
-        sampled = np.random.default_rng(self._calls).random(len(texts)) < self.attention_share
-        chosen = np.flatnonzero(sampled).tolist()
-        sampled_ids = (
-            encode(self.tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
-            if chosen
-            else []
-        )
+        """Run one batch; results in the order of `texts` (any thread, several at once)."""
+        with self._calls_lock:
+            self._calls += 1
+            seed = self._calls  # a different sample each batch
+        model, tokenizer = self._views.get()
+        try:
+            records = score_records(
+                model,
+                tokenizer,
+                texts,
+                label_names=self.label_names,
+                max_length=self.max_length,
+                projection=self.projection,
+                device=self.device,
+                batch_size=self.forward_batch_size,
+                out_of_scope=self.out_of_scope,
+            )
+            # The same seeded draw `score_records` makes for the reference profile's share.
+            sampled = np.random.default_rng(seed).random(len(texts)) < self.attention_share
+            chosen = np.flatnonzero(sampled).tolist()
+            sampled_ids = (
+                encode(tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
+                if chosen
+                else []
+            )
+        finally:
+            self._views.put((model, tokenizer))
         unsupported = self.unsupported.flags(records)
         entropy_later = dict.fromkeys(range(len(texts)))
         for i, ids in zip(chosen, sampled_ids, strict=True):
@@ -205,8 +225,16 @@ class ServedVersions:
         self.spec, self.settings, self.scratch = spec, settings, scratch
         self.slots: dict[str, ModelSlot] = {}
         self.device = pick_device(spec.training.device)
-        # Before the model thread's first operator: a thread keeps the count it started with.
-        use_threads(spec.training.num_threads, stage="serving")
+        choice = choose_threads(spec.training.num_threads)
+        if self.device.type == "cpu":
+            self.workers, self._threads_per_worker = choice.threads, 1
+            print(
+                f"serving: {self.workers} model worker(s) of 1 torch thread ({choice.describe()})"
+            )
+        else:
+            self.workers, self._threads_per_worker = 1, choice.threads
+            print(f"serving: 1 model worker on {self.device} ({choice.describe()})")
+        self._worker = threading.local()
 
     def load(self) -> dict[str, str | None]:
         """Read the `champion` and `canary` aliases and load what changed (blocking).
@@ -240,7 +268,10 @@ class ServedVersions:
         return {CHAMPION: self.slots.get(CHAMPION), CANARY: self.slots.get(CANARY)}
 
     def run(self, route: str, texts: list[str]) -> list[tuple[ModelSlot, Answer]]:
-        """On the model thread: the route's slot (the champion if the canary just left)."""
+        """On a model worker thread: the route's slot (the champion if the canary just left)."""
+        if not getattr(self._worker, "threads_set", False):  # a thread keeps its own count
+            torch.set_num_threads(self._threads_per_worker)
+            self._worker.threads_set = True
         slots = self.slots
         slot = slots.get(route) or slots[CHAMPION]
         return [(slot, answer) for answer in slot.answer(texts)]
@@ -253,4 +284,5 @@ class ServedVersions:
             attention_share=self.spec.serving.attention_sample_share,
             unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
             forward_batch_size=self.spec.serving.forward_batch_size,
+            workers=self.workers,
         )
