@@ -3,9 +3,11 @@
 A batch goes through `score_records`, the same function that built the version's
 reference profile, so every logged record is comparable with that profile: the same
 tokenizer statistics, the same projected embedding, attention entropy on a sampled share.
-The entropy does not decide the answer, so it is not computed with it: the sampled
-inputs' records carry a deferred computation that the inference log's writer runs, off
-the request path and within its CPU cap (`log_writer`).
+The entropy does not decide the answer and must not cost a second pass on the request path:
+on a CPU it is read off the served pass itself (`attention_capture`: the sampled inputs' query
+and key rows), and where that is not possible (a GPU's bf16 pass, a layout the capture does
+not know) the sampled records carry a deferred eager pass that the inference log's writer
+runs, off the request path and within its CPU cap (`log_writer`).
 
 On a CPU the model runs in several single-threaded workers rather than one multi-threaded
 one: a forward pass over a few short texts splits poorly across threads, and when another
@@ -31,6 +33,7 @@ import torch
 from attnops.models import registry
 from attnops.models.aliases import CANARY, CHAMPION, resolve
 from attnops.models.attention import attention_entropy
+from attnops.models.attention_capture import AttentionCapture
 from attnops.models.batching import Encoded, encode
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
@@ -43,6 +46,9 @@ from attnops.serving.log_schema import LogRecord
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
+# A typical ticket: the attention capture is checked against the eager pass on it at load.
+_PROBE = "Hi, my order 1234 arrived broken; can I get a refund or a replacement?"
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -54,9 +60,11 @@ class Answer:
     features: dict[str, float]
     """The `TEXT_FEATURES` of the input (n_tokens before truncation, truncated, ...)."""
     embedding: np.ndarray
-    attention_entropy: Callable[[], np.ndarray] | None
-    """For the sampled share of inputs only: computes their (layers, heads) mean attention
-    entropy when called (on the log writer's thread, not the model's)."""
+    attention_entropy: np.ndarray | None
+    """(layers, heads) mean attention entropy, for the sampled share of inputs only."""
+    attention_entropy_later: Callable[[], np.ndarray] | None = None
+    """Instead, where it was not read off the served pass: computes it when called (on the
+    log writer's thread, not the model's)."""
 
 
 class ModelSlot:
@@ -89,12 +97,20 @@ class ModelSlot:
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
         # Each worker runs its own copy of the modules and tokenizer, sharing the weights:
-        # `predict`'s forward hook and a fast tokenizer's truncation setting live on the
-        # object, and two threads using one would see each other's. The entropy pass gets a
-        # copy with eager attention (the served ones keep SDPA) for the same reason.
+        # forward hooks (`predict`'s, the attention capture's) and a fast tokenizer's
+        # truncation setting live on the object, and two threads using one would see each
+        # other's. The deferred entropy pass gets a copy with eager attention (the served
+        # ones keep SDPA) for the same reason.
+        probe = encode(self.tokenizer, [_PROBE], self.max_length).input_ids[0]
         self._views: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(workers):
-            self._views.put((self._shared_copy(), copy.deepcopy(self.tokenizer)))
+            model = self._shared_copy()
+            capture = (
+                AttentionCapture.attach(model, probe, self.tokenizer.pad_token_id)
+                if device.type == "cpu"  # a GPU's bf16 pass would not match the reference
+                else None
+            )
+            self._views.put((model, copy.deepcopy(self.tokenizer), capture))
         self._eager = self._shared_copy()
         self._eager.set_attn_implementation("eager")
         self._calls_lock = threading.Lock()
@@ -122,8 +138,18 @@ class ModelSlot:
         with self._calls_lock:
             self._calls += 1
             seed = self._calls  # a different sample each batch
-        model, tokenizer = self._views.get()
+        model, tokenizer, capture = self._views.get()
         try:
+            # The same seeded draw `score_records` makes for the reference profile's share.
+            sampled = np.random.default_rng(seed).random(len(texts)) < self.attention_share
+            chosen = np.flatnonzero(sampled).tolist()
+            sampled_ids = (
+                encode(tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
+                if chosen
+                else []
+            )
+            if capture is not None:
+                capture.expect(sampled_ids)
             records = score_records(
                 model,
                 tokenizer,
@@ -135,20 +161,16 @@ class ModelSlot:
                 batch_size=self.forward_batch_size,
                 out_of_scope=self.out_of_scope,
             )
-            # The same seeded draw `score_records` makes for the reference profile's share.
-            sampled = np.random.default_rng(seed).random(len(texts)) < self.attention_share
-            chosen = np.flatnonzero(sampled).tolist()
-            sampled_ids = (
-                encode(tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
-                if chosen
-                else []
-            )
+            read_off = capture.entropies() if capture is not None else {}
         finally:
-            self._views.put((model, tokenizer))
+            self._views.put((model, tokenizer, capture))
         unsupported = self.unsupported.flags(records)
-        entropy_later = dict.fromkeys(range(len(texts)))
-        for i, ids in zip(chosen, sampled_ids, strict=True):
-            entropy_later[i] = partial(self.attention_entropy, ids)
+        entropy, entropy_later = dict.fromkeys(range(len(texts))), dict.fromkeys(range(len(texts)))
+        for k, (i, ids) in enumerate(zip(chosen, sampled_ids, strict=True)):
+            if k in read_off:
+                entropy[i] = read_off[k]
+            else:
+                entropy_later[i] = partial(self.attention_entropy, ids)
         return [
             Answer(
                 label=row.prediction,
@@ -156,7 +178,8 @@ class ModelSlot:
                 unsupported=bool(unsupported[i]),
                 features={k: getattr(row, k) for k in TEXT_FEATURES},
                 embedding=row.embedding,
-                attention_entropy=entropy_later[i],
+                attention_entropy=entropy[i],
+                attention_entropy_later=entropy_later[i],
             )
             for i, row in enumerate(records.itertuples(index=False))
         ]
@@ -204,7 +227,8 @@ class ModelSlot:
                 "non_letter_share": float(f["non_letter_share"]),
                 "unsupported": a.unsupported,
                 "embedding": a.embedding,
-                "attention_entropy_later": a.attention_entropy,
+                "attention_entropy": a.attention_entropy,
+                "attention_entropy_later": a.attention_entropy_later,
             }
         return LogRecord(
             request_id=request_id,

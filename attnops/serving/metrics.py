@@ -115,7 +115,7 @@ class ServingMetrics:
                 self.served.labels(route, version).set(1)
 
     def observe(self, route: str, version: str, a: Answer, latency_ms: float) -> None:
-        """One answered input (its attention entropy, computed later: `observe_entropy`)."""
+        """One answered input (an attention entropy computed later: `observe_entropy`)."""
         self.requests.labels(route, version).inc()
         self.latency.labels(route, version).observe(latency_ms / 1000)
         self.tokens.labels(version).observe(a.features["n_tokens"])
@@ -124,6 +124,8 @@ class ServingMetrics:
             self.truncated.labels(version).inc()
         if a.unsupported:
             self.unsupported.labels(version).inc()
+        if a.attention_entropy is not None:
+            self.observe_entropy(version, a.attention_entropy)
 
     def observe_entropy(self, version: str, entropy: np.ndarray) -> None:
         """The (layers, heads) attention entropy of one sampled input."""
