@@ -113,6 +113,7 @@ def create_app(spec: PipelineSpec, settings: Settings) -> FastAPI:
                     refresh.cancel()
                 await batcher.stop()  # answers what is queued
                 log.close()  # then writes every record
+                models.close()
 
     app = FastAPI(title=f"attnops: {spec.name}", lifespan=lifespan)
     app.state.startup_error = None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from attnops.models import registry
 from attnops.models.aliases import CANARY, CHAMPION, resolve
@@ -249,6 +250,8 @@ class ServedVersions:
         self.spec, self.settings, self.scratch = spec, settings, scratch
         self.slots: dict[str, ModelSlot] = {}
         self.device = pick_device(spec.training.device)
+        self._blas_limits = None
+        self._blas_lock = threading.Lock()
         choice = choose_threads(spec.training.num_threads)
         if self.device.type == "cpu":
             self.workers, self._threads_per_worker = choice.threads, 1
@@ -288,6 +291,20 @@ class ServedVersions:
         self.slots = fresh  # one assignment: a request sees the old set or the new one
         return {route: (s.version if s else None) for route, s in self.routes().items()}
 
+    def close(self) -> None:
+        """Give numpy's BLAS its thread count back (the server is stopping)."""
+        if self._blas_limits is not None:
+            self._blas_limits.restore_original_limits()
+
+    def _one_blas_thread(self) -> None:
+        """numpy's BLAS starts a thread per core for the scores' small products (e.g. the
+        Mahalanobis out-of-scope score) and spins them between calls: 5 ms of CPU per input
+        for nothing, on the cores the model workers need. One BLAS thread, process-wide,
+        from the first batch until `close` (a test may serve in-process)."""
+        with self._blas_lock:
+            if self._blas_limits is None:
+                self._blas_limits = threadpool_limits(limits=1, user_api="blas")
+
     def routes(self) -> dict[str, ModelSlot | None]:
         return {CHAMPION: self.slots.get(CHAMPION), CANARY: self.slots.get(CANARY)}
 
@@ -296,6 +313,7 @@ class ServedVersions:
         if not getattr(self._worker, "threads_set", False):  # a thread keeps its own count
             torch.set_num_threads(self._threads_per_worker)
             self._worker.threads_set = True
+            self._one_blas_thread()
         slots = self.slots
         slot = slots.get(route) or slots[CHAMPION]
         return [(slot, answer) for answer in slot.answer(texts)]
