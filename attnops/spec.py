@@ -547,14 +547,16 @@ class ServingSpec(_Section):
     over_length: Literal["truncate", "reject"] = "truncate"
     """An input longer than model.max_length tokens: cut it (and log `truncated`) or 422."""
     max_batch_size: int = Field(32, ge=1)
-    """Requests the server runs through the model together (dynamic micro-batching)."""
+    """Requests in flight through the model at once (dynamic micro-batching); on a CPU they
+    are shared among the model workers (one single-threaded worker per torch thread)."""
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     """How long the first request of a micro-batch waits for company."""
     forward_batch_size: int = Field(8, ge=1)
     """A micro-batch runs as length-sorted forward passes of this many inputs: less padding.
     8 suits a CPU (measured: 14 ms/input vs 24 at 64 for MiniLM on 2 cores); raise it on a GPU."""
     attention_sample_share: float = Field(0.05, ge=0, le=1)
-    """Share of requests whose attention entropy is computed and logged (eager pass)."""
+    """Share of requests whose attention entropy is computed and logged (read off the served
+    pass on a CPU; else an eager pass on the inference log's writer thread)."""
     log_flush_interval_s: float = Field(0.5, gt=0, le=60)
     """The inference log writes every this often: at most this much is lost on a crash."""
     admin_token_env: str = "ATTNOPS_ADMIN_TOKEN"

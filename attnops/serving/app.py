@@ -88,6 +88,7 @@ def _lifespan(
                 (CHAMPION, CANARY),
                 max_batch_size=serving.max_batch_size,
                 max_wait_ms=serving.max_batch_wait_ms,
+                workers=models.workers,
                 on_batch=lambda route, n: metrics.batch_size.labels(route).observe(n),
             )
             batcher.start()
@@ -108,6 +109,7 @@ def _lifespan(
                     refresh.cancel()
                 await batcher.stop()  # answers what is queued
                 log.close()  # then writes every record
+                models.close()
 
     return lifespan
 
@@ -131,6 +133,7 @@ def _open_log(settings: Settings, flush_interval_s: float, metrics: ServingMetri
             settings.inference_db,
             flush_interval_s=flush_interval_s,
             on_pii=lambda entity: metrics.pii_hits.labels(entity).inc(),
+            on_entropy=metrics.observe_entropy,
         )
     except (OSError, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]

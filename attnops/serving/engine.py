@@ -3,30 +3,52 @@
 A batch goes through `score_records`, the same function that built the version's
 reference profile, so every logged record is comparable with that profile: the same
 tokenizer statistics, the same projected embedding, attention entropy on a sampled share.
+The entropy does not decide the answer and must not cost a second pass on the request path:
+on a CPU it is read off the served pass itself (`attention_capture`: the sampled inputs' query
+and key rows), and where that is not possible (a GPU's bf16 pass, a layout the capture does
+not know) the sampled records carry a deferred eager pass that the inference log's writer
+runs, off the request path and within its CPU cap (`log_writer`).
+
+On a CPU the model runs in several single-threaded workers rather than one multi-threaded
+one: a forward pass over a few short texts splits poorly across threads, and when another
+thread (the event loop, the log writer, a neighbour) takes one of its cores, the others
+wait for it at every operator.
 """
 
 from __future__ import annotations
 
+import copy
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from attnops.models import registry
 from attnops.models.aliases import CANARY, CHAMPION, resolve
-from attnops.models.attention_columns import entropy_columns
+from attnops.models.attention import attention_entropy
+from attnops.models.attention_capture import AttentionCapture
+from attnops.models.batching import Encoded, encode
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
 from attnops.models.record_columns import TEXT_FEATURES
 from attnops.models.records import score_records
-from attnops.models.threads import use_threads
+from attnops.models.threads import choose_threads, pinned_threads
 from attnops.models.versions import REFERENCE_FOLDER, LoadedVersion, load_version
 from attnops.monitors.hallucination import UnsupportedAssertionDetector
 from attnops.serving.log_schema import LogRecord
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
+
+# A typical ticket: the attention capture is checked against the eager pass on it at load.
+_PROBE = "Hi, my order 1234 arrived broken; can I get a refund or a replacement?"
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,9 @@ class Answer:
     embedding: np.ndarray
     attention_entropy: np.ndarray | None
     """(layers, heads) mean attention entropy, for the sampled share of inputs only."""
+    attention_entropy_later: Callable[[], np.ndarray] | None = None
+    """Instead, where it was not read off the served pass: computes it when called (on the
+    log writer's thread, not the model's)."""
 
 
 class ModelSlot:
@@ -52,6 +77,7 @@ class ModelSlot:
         attention_share: share of inputs whose attention entropy is computed.
         unsupported_distance_quantile: the spec's monitoring setting, as in the monitors.
         forward_batch_size: inputs per forward pass (`serving.forward_batch_size`).
+        workers: threads that may run batches at the same time.
     """
 
     def __init__(
@@ -62,6 +88,7 @@ class ModelSlot:
         attention_share: float,
         unsupported_distance_quantile: float,
         forward_batch_size: int,
+        workers: int = 1,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
         self.name, self.version = loaded.name, loaded.version
@@ -70,11 +97,27 @@ class ModelSlot:
         self.max_length = int(summary["max_length"])
         self.model = loaded.model.to(device).eval()
         self.tokenizer = loaded.tokenizer
+        # Each worker runs its own copy of the modules and tokenizer, sharing the weights:
+        # forward hooks (`predict`'s, the attention capture's) and a fast tokenizer's
+        # truncation setting live on the object, and two threads using one would see each
+        # other's. The deferred entropy pass gets a copy with eager attention (the served
+        # ones keep SDPA) for the same reason.
+        probe = encode(self.tokenizer, [_PROBE], self.max_length).input_ids[0]
+        self._views: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(workers):
+            model = self._shared_copy()
+            capture = (
+                AttentionCapture.attach(model, probe, self.tokenizer.pad_token_id)
+                if device.type == "cpu"  # a GPU's bf16 pass would not match the reference
+                else None
+            )
+            self._views.put((model, copy.deepcopy(self.tokenizer), capture))
+        self._eager = self._shared_copy()
+        self._eager.set_attn_implementation("eager")
+        self._calls_lock = threading.Lock()
         self.device = device
         self.attention_share = attention_share
         self.forward_batch_size = forward_batch_size
-        self.layers = self.model.config.num_hidden_layers
-        self.heads = self.model.config.num_attention_heads
         # The version's own out-of-scope score, as its evaluation measured it.
         self.out_of_scope = load_detector(loaded.folder / REFERENCE_FOLDER)
         self.unsupported = UnsupportedAssertionDetector.from_summary(
@@ -82,47 +125,75 @@ class ModelSlot:
         )
         self._calls = 0
 
+    def _shared_copy(self):
+        """A copy of the model's modules that shares its parameters and buffers."""
+        weights = chain(self.model.parameters(), self.model.buffers())
+        return copy.deepcopy(self.model, memo={id(t): t for t in weights})
+
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including special tokens, before truncation."""
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
     def answer(self, texts: list[str]) -> list[Answer]:
-        """Run one batch; results in the order of `texts`."""
-        self._calls += 1
-        records = score_records(
-            self.model,
-            self.tokenizer,
-            texts,
-            label_names=self.label_names,
-            max_length=self.max_length,
-            projection=self.projection,
-            device=self.device,
-            attention_share=self.attention_share,
-            seed=self._calls,  # a different sample each batch
-            batch_size=self.forward_batch_size,
-            out_of_scope=self.out_of_scope,
-        )
-        unsupported = self.unsupported.flags(records)
-        columns = entropy_columns(self.layers, self.heads)
-        entropy = records[columns].to_numpy() if columns[0] in records else None
-        answers = []
-        for i, row in enumerate(records.itertuples(index=False)):
-            sampled = entropy is not None and not np.isnan(entropy[i]).any()
-            answers.append(
-                Answer(
-                    label=row.prediction,
-                    confidence=float(row.confidence),
-                    unsupported=bool(unsupported[i]),
-                    features={k: getattr(row, k) for k in TEXT_FEATURES},
-                    embedding=row.embedding,
-                    attention_entropy=(
-                        entropy[i].reshape(self.layers, self.heads).astype(np.float32)
-                        if sampled
-                        else None
-                    ),
-                )
+        """Run one batch; results in the order of `texts` (any thread, several at once)."""
+        with self._calls_lock:
+            self._calls += 1
+            seed = self._calls  # a different sample each batch
+        model, tokenizer, capture = self._views.get()
+        try:
+            # The same seeded draw `score_records` makes for the reference profile's share.
+            sampled = np.random.default_rng(seed).random(len(texts)) < self.attention_share
+            chosen = np.flatnonzero(sampled).tolist()
+            sampled_ids = (
+                encode(tokenizer, [texts[i] for i in chosen], self.max_length).input_ids
+                if chosen
+                else []
             )
-        return answers
+            if capture is not None:
+                capture.expect(sampled_ids)
+            records = score_records(
+                model,
+                tokenizer,
+                texts,
+                label_names=self.label_names,
+                max_length=self.max_length,
+                projection=self.projection,
+                device=self.device,
+                batch_size=self.forward_batch_size,
+                out_of_scope=self.out_of_scope,
+            )
+            read_off = capture.entropies() if capture is not None else {}
+        finally:
+            self._views.put((model, tokenizer, capture))
+        unsupported = self.unsupported.flags(records)
+        entropy, entropy_later = dict.fromkeys(range(len(texts))), dict.fromkeys(range(len(texts)))
+        for k, (i, ids) in enumerate(zip(chosen, sampled_ids, strict=True)):
+            if k in read_off:
+                entropy[i] = read_off[k]
+            else:
+                entropy_later[i] = partial(self.attention_entropy, ids)
+        return [
+            Answer(
+                label=row.prediction,
+                confidence=float(row.confidence),
+                unsupported=bool(unsupported[i]),
+                features={k: getattr(row, k) for k in TEXT_FEATURES},
+                embedding=row.embedding,
+                attention_entropy=entropy[i],
+                attention_entropy_later=entropy_later[i],
+            )
+            for i, row in enumerate(records.itertuples(index=False))
+        ]
+
+    def attention_entropy(self, input_ids: list[int]) -> np.ndarray:
+        """(layers, heads) mean attention entropy of one tokenized input, on one torch thread
+        of the calling thread (the log writer's), beside the served passes."""
+        one = Encoded([input_ids], None, [len(input_ids)])
+        with pinned_threads(1):
+            values = attention_entropy(
+                self._eager, one, pad_id=self.tokenizer.pad_token_id, device=self.device
+            )
+        return values[0].astype(np.float32)
 
     def log_record(
         self, request_id: str, route: str, text: str, latency_ms: float, a: Answer | None
@@ -158,6 +229,7 @@ class ModelSlot:
                 "unsupported": a.unsupported,
                 "embedding": a.embedding,
                 "attention_entropy": a.attention_entropy,
+                "attention_entropy_later": a.attention_entropy_later,
             }
         return LogRecord(
             request_id=request_id,
@@ -178,8 +250,18 @@ class ServedVersions:
         self.spec, self.settings, self.scratch = spec, settings, scratch
         self.slots: dict[str, ModelSlot] = {}
         self.device = pick_device(spec.training.device)
-        # Before the model thread's first operator: a thread keeps the count it started with.
-        use_threads(spec.training.num_threads, stage="serving")
+        self._blas_limits = None
+        self._blas_lock = threading.Lock()
+        choice = choose_threads(spec.training.num_threads)
+        if self.device.type == "cpu":
+            self.workers, self._threads_per_worker = choice.threads, 1
+            print(
+                f"serving: {self.workers} model worker(s) of 1 torch thread ({choice.describe()})"
+            )
+        else:
+            self.workers, self._threads_per_worker = 1, choice.threads
+            print(f"serving: 1 model worker on {self.device} ({choice.describe()})")
+        self._worker = threading.local()
 
     def load(self) -> dict[str, str | None]:
         """Read the `champion` and `canary` aliases and load what changed (blocking).
@@ -209,11 +291,29 @@ class ServedVersions:
         self.slots = fresh  # one assignment: a request sees the old set or the new one
         return {route: (s.version if s else None) for route, s in self.routes().items()}
 
+    def close(self) -> None:
+        """Give numpy's BLAS its thread count back (the server is stopping)."""
+        if self._blas_limits is not None:
+            self._blas_limits.restore_original_limits()
+
+    def _one_blas_thread(self) -> None:
+        """numpy's BLAS starts a thread per core for the scores' small products (e.g. the
+        Mahalanobis out-of-scope score) and spins them between calls: 5 ms of CPU per input
+        for nothing, on the cores the model workers need. One BLAS thread, process-wide,
+        from the first batch until `close` (a test may serve in-process)."""
+        with self._blas_lock:
+            if self._blas_limits is None:
+                self._blas_limits = threadpool_limits(limits=1, user_api="blas")
+
     def routes(self) -> dict[str, ModelSlot | None]:
         return {CHAMPION: self.slots.get(CHAMPION), CANARY: self.slots.get(CANARY)}
 
     def run(self, route: str, texts: list[str]) -> list[tuple[ModelSlot, Answer]]:
-        """On the model thread: the route's slot (the champion if the canary just left)."""
+        """On a model worker thread: the route's slot (the champion if the canary just left)."""
+        if not getattr(self._worker, "threads_set", False):  # a thread keeps its own count
+            torch.set_num_threads(self._threads_per_worker)
+            self._worker.threads_set = True
+            self._one_blas_thread()
         slots = self.slots
         slot = slots.get(route) or slots[CHAMPION]
         return [(slot, answer) for answer in slot.answer(texts)]
@@ -226,4 +326,5 @@ class ServedVersions:
             attention_share=self.spec.serving.attention_sample_share,
             unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
             forward_batch_size=self.spec.serving.forward_batch_size,
+            workers=self.workers,
         )

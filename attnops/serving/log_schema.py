@@ -7,8 +7,8 @@ mode so monitors read while the server writes) and Postgres.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,9 @@ class LogRecord:
     """One answered request as the server saw it; `text` is raw (the store redacts it).
 
     `embedding` is the compact (projected) pooled output, float32, 1-d; `attention_entropy`
-    is per-head entropy of shape (layers, heads) for sampled requests, else None.
+    is per-head entropy of shape (layers, heads) for sampled requests, else None. A sampled
+    request may instead carry `attention_entropy_later`, which computes it: the store calls
+    it on its writer thread, off the request path.
     """
 
     request_id: str
@@ -98,6 +100,7 @@ class LogRecord:
     embedding: np.ndarray
     attention_entropy: np.ndarray | None = None
     status: int = 200
+    attention_entropy_later: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Checked here, on the caller's side: a record the writer cannot store would stall it.

@@ -7,11 +7,20 @@ locked or unreachable database delays records but never loses them; `close` writ
 everything submitted before it returns. Subclasses say how records become rows (`_to_rows`)
 and how rows are stored (`_insert`); the classification log (`log_store.InferenceLog`) and
 the generation log (`generation_log_store.GenerationLog`) share the rest.
+
+The writer's work (redaction, deferred scores) competes with the requests for the same
+cores, so it may be bounded: with `max_cpu_share` it converts records a slice at a time and
+after each slice sleeps until its CPU time is at most that share of one core's wall time,
+at a lower scheduling priority (Linux: `nice_increment` on its own thread). It then lags
+behind a burst of requests, and catches up afterwards; it never drops a record (`pending`
+says how far behind it is), and `close` drains at full speed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +43,10 @@ class BufferedLogWriter:
         redact: Replace PII in texts by placeholders before storing (see `_to_rows`).
         on_pii: Called on the writer thread with the entity name of every PII hit found
             in an input (e.g. to count hits in a metric).
+        max_cpu_share: At most this share of one core's time for the writer thread while
+            serving (None: no bound).
+        slice_records: Records converted between two checks of that share (with one).
+        nice_increment: How much lower the writer thread's priority is (Linux; 0: same).
     """
 
     def _init_writer(
@@ -44,12 +57,20 @@ class BufferedLogWriter:
         redact: bool,
         on_pii: Callable[[str], None] | None,
         name: str,
+        max_cpu_share: float | None = None,
+        slice_records: int = 16,
+        nice_increment: int = 0,
     ) -> None:
-        if flush_interval_s <= 0 or max_batch < 1:
+        if flush_interval_s <= 0 or max_batch < 1 or slice_records < 1:
             raise ValueError(
-                f"need flush_interval_s > 0 and max_batch >= 1, got {flush_interval_s}, {max_batch}"
+                "need flush_interval_s > 0, max_batch >= 1 and slice_records >= 1, got "
+                f"{flush_interval_s}, {max_batch}, {slice_records}"
             )
+        if max_cpu_share is not None and not 0 < max_cpu_share <= 1:
+            raise ValueError(f"max_cpu_share is a share of one core in (0, 1], got {max_cpu_share}")
         self.flush_interval_s, self.max_batch, self.redact = flush_interval_s, max_batch, redact
+        self.max_cpu_share, self._slice, self._nice = max_cpu_share, slice_records, nice_increment
+        self._paced_cpu_s = self._paced_at = self._paused_s = 0.0
         self._name = name
         # The subclass's module logger: warnings name the log they come from.
         self._logger = logging.getLogger(type(self).__module__)
@@ -98,6 +119,11 @@ class BufferedLogWriter:
     def pending(self) -> int:
         """Records submitted but not yet committed (queued or in a batch being retried)."""
         return self._submitted - self._written - self._duplicates
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds the writer held back to stay within `max_cpu_share`."""
+        return self._paused_s
 
     @property
     def write_errors(self) -> int:
@@ -168,6 +194,7 @@ class BufferedLogWriter:
         self.close()
 
     def _run(self) -> None:
+        self._lower_priority()
         if self.redact:
             from attnops.monitors import pii
 
@@ -187,18 +214,55 @@ class BufferedLogWriter:
 
     def _flush(self) -> None:
         self._taken.extend(self._queue.popleft() for _ in range(len(self._queue)))
-        if self._taken:  # a failing redaction leaves them taken, for the next try
-            self._rows.extend(self._to_rows(self._taken))
-            self._taken = []
-        if not self._rows:
+        self._paced_cpu_s, self._paced_at = time.thread_time(), time.monotonic()
+        # Uncapped, all at once (a batch may share work, e.g. the generation log's articles).
+        size = len(self._taken) if self.max_cpu_share is None else self._slice
+        while self._taken:  # a failing redaction leaves them taken, for the next try
+            self._rows.extend(self._to_rows(self._taken[:size]))
+            del self._taken[:size]
+            if len(self._rows) >= self.max_batch and not self._write():
+                return  # the database refuses: retry at the next flush, not at every slice
+            self._pace()
+        self._write()
+
+    def _pace(self) -> None:
+        """Sleep until this thread's CPU time since the last pause is within its share."""
+        if self.max_cpu_share is None or self._closing.is_set():
             return
+        used_s = time.thread_time() - self._paced_cpu_s
+        owed_s = used_s / self.max_cpu_share - (time.monotonic() - self._paced_at)
+        if owed_s > 0:
+            self._closing.wait(owed_s)  # a close ends the pause: it drains at full speed
+            self._paused_s += owed_s
+        self._paced_cpu_s, self._paced_at = time.thread_time(), time.monotonic()
+
+    def _lower_priority(self) -> None:
+        """Lower this thread's scheduling priority by `nice_increment` (Linux only: there
+        `setpriority` on a thread id changes that thread alone)."""
+        if self._nice <= 0 or sys.platform != "linux":
+            return
+        thread_id = threading.get_native_id()
+        try:
+            nice = os.getpriority(os.PRIO_PROCESS, thread_id) + self._nice
+            os.setpriority(os.PRIO_PROCESS, thread_id, min(nice, 19))
+        except OSError as exc:  # e.g. a seccomp profile refusing it: the share still holds
+            self._logger.warning("%s: cannot lower the writer's priority (%s)", self._name, exc)
+
+    def _write(self) -> bool:
+        """Insert the converted rows in one transaction; on failure keep them for a retry.
+
+        Returns:
+            False when the write failed.
+        """
+        if not self._rows:
+            return True
         try:
             with self._engine.begin() as conn:
                 rows = self._insert(conn, self._rows)
         except SQLAlchemyError as exc:
             self._write_errors += 1
             self._warn_failure(len(self._rows), exc)
-            return
+            return False
         duplicates = len(self._rows) - len(rows)
         if duplicates:
             self._logger.warning("%s: skipped %d duplicate request ids", self._name, duplicates)
@@ -213,6 +277,7 @@ class BufferedLogWriter:
             self._committed(rows)
         except Exception:  # what follows a write (scoring) must not stop the log
             self._logger.exception("%s: handing on written records failed", self._name)
+        return True
 
     def _report_pii(self, hits: Sequence[Sequence]) -> None:
         """Call `on_pii` per hit; runs once per record (rows stay redacted across retries)."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
     Summary,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # the engine loads torch and MLflow; the metrics need neither
     from attnops.serving.engine import Answer
@@ -99,6 +105,7 @@ class ServingMetrics:
         self.reloads = Counter(
             "attnops_reloads", "Alias reloads by outcome", ["outcome"], registry=r
         )
+        r.register(ThreadCpu())
 
     def publish(self, served: dict[str, str | None]) -> None:
         """The version each route serves now (route -> version, None for an empty route)."""
@@ -108,7 +115,7 @@ class ServingMetrics:
                 self.served.labels(route, version).set(1)
 
     def observe(self, route: str, version: str, a: Answer, latency_ms: float) -> None:
-        """One answered input."""
+        """One answered input (an attention entropy computed later: `observe_entropy`)."""
         self.requests.labels(route, version).inc()
         self.latency.labels(route, version).observe(latency_ms / 1000)
         self.tokens.labels(version).observe(a.features["n_tokens"])
@@ -118,5 +125,39 @@ class ServingMetrics:
         if a.unsupported:
             self.unsupported.labels(version).inc()
         if a.attention_entropy is not None:
-            for (layer, head), value in np.ndenumerate(a.attention_entropy):
-                self.attention_entropy.labels(version, str(layer), str(head)).observe(value)
+            self.observe_entropy(version, a.attention_entropy)
+
+    def observe_entropy(self, version: str, entropy: np.ndarray) -> None:
+        """The (layers, heads) attention entropy of one sampled input."""
+        for (layer, head), value in np.ndenumerate(entropy):
+            self.attention_entropy.labels(version, str(layer), str(head)).observe(value)
+
+
+class ThreadCpu(Collector):
+    """`attnops_thread_cpu_seconds_total{thread}`: where the server process's CPU goes.
+
+    Per Python thread name, numbered pool suffixes dropped (`MainThread`: the event loop and
+    request handling, `model`: the batches, `inference-log`: redaction, attention entropy and
+    writes, `asyncio`: `to_thread` helpers), and `native` for the rest of the process's CPU
+    time: threads Python did not start, i.e. torch's intra-op workers.
+    """
+
+    _POOL_SUFFIX = re.compile(r"_\d+$")
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        seconds: dict[str, float] = {}
+        for thread in threading.enumerate():
+            try:
+                used = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (AttributeError, OSError, TypeError):  # not POSIX, or the thread just ended
+                continue
+            name = self._POOL_SUFFIX.sub("", thread.name)
+            seconds[name] = seconds.get(name, 0.0) + used
+        # The process's CPU time includes that of threads that have ended: counted as native.
+        seconds["native"] = max(0.0, time.process_time() - sum(seconds.values()))
+        family = CounterMetricFamily(
+            "attnops_thread_cpu_seconds", "CPU time by server thread", labels=["thread"]
+        )
+        for name, value in sorted(seconds.items()):
+            family.add_metric([name], value)
+        yield family

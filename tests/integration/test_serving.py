@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 
 import httpx
@@ -183,3 +184,28 @@ def test_every_answer_is_logged_redacted_and_survives_a_stop(spec_for, tmp_path)
     window = InferenceLog(Settings.from_env().inference_db).window(limit=100)
     assert len(window) == 40 and window["label"].notna().sum() == 1
     assert {"embedding", "unk_rate", "l0h0"} <= set(window.columns)
+
+
+def test_two_model_workers_give_every_text_the_answer_it_gets_alone(spec_for, monkeypatch, capsys):
+    """With two CPU threads the server runs two batches at once, one per worker thread, each
+    with its own copy of the modules and tokenizer (the output-layer hook, the truncation
+    setting): every repeat of a text gets the answer it gets alone, a long one included."""
+    monkeypatch.setenv("ATTNOPS_NUM_THREADS", "2")
+    texts = [f"order {i} arrived broken, I want my money back" if i % 2 else
+             f"how do I change the email on account {i}?" for i in range(7)]  # fmt: skip
+    texts.append("my parcel never came and " * 20)  # over max_length: truncated
+    with running_server(spec_for(max_batch_size=8)) as url:
+        alone = {t: httpx.post(f"{url}/predict", json={"text": t}).json() for t in texts}
+        responses = asyncio.run(_predict_many(url, [{"text": t} for t in texts * 8], 32))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert "serving: 2 model worker(s) of 1 torch thread" in capsys.readouterr().out
+    model_cpu_s = re.search(r'attnops_thread_cpu_seconds_total\{thread="model"\} (\S+)', metrics)
+    assert float(model_cpu_s.group(1)) > 0
+    assert [r.status_code for r in responses] == [200] * 64
+    for text, response in zip(texts * 8, responses, strict=True):
+        got, expected = response.json(), alone[text]
+        assert got["label"] == expected["label"]
+        assert got["confidence"] == pytest.approx(expected["confidence"], abs=1e-4)
+    db = sqlite3.connect(Settings.from_env().inference_db.removeprefix("sqlite:///"))
+    flags = db.execute("select text, count(distinct unsupported) from inference_log group by text")
+    assert all(n == 1 for _, n in flags.fetchall())
