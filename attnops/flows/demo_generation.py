@@ -209,12 +209,16 @@ def _retrain_steps(
     client = registry.client_for(settings)
     mv = client.get_model_version(spec.name, version)
     metrics = client.get_run(mv.run_id).data.metrics
-    gate_checks = _checks(mv.run_id, "gate")
+    verdict = mv.tags.get("attnops.gate", "unknown")
+    # Passed: its hallucination figures; failed: why.
+    why = _checks(mv.run_id, "gate").get("hallucination", "")
+    if verdict != "passed":
+        why = mv.tags.get("attnops.gate_reasons", "")
     step(
         f"retrain -> v{version}, gate vs v1",
         f"warm start from v1 on the corrections ({metrics['train_seconds']:.0f} s of "
-        f"fine-tuning): test ROUGE-L {metrics['test_rouge_l']:.3f}; gate "
-        f"{mv.tags.get('attnops.gate', 'unknown')}: {gate_checks.get('hallucination', '')}",
+        f"fine-tuning): test ROUGE-L {metrics['test_rouge_l']:.3f}, hallucination rate "
+        f"{metrics['test_hallucination_rate']:.3f}; gate {verdict}: {why}",
         ended=canary_started,
     )
     if canary_started is None:
