@@ -8,7 +8,10 @@ amount, date) and the article (the policy's days, prices, steps) only. Banks liv
 The labelled hallucination set is built on tickets no split contains: every faithful reply
 (label 0) has a minimally altered twin (label 1) of one `KINDS` kind, so a detector's
 errors can be read per kind. Some kinds are easy for text overlap (an invented phone number),
-others are not (another valid term of the same article, a flipped negation).
+others are not (another valid term of the same article, a flipped negation). One kind has no
+article in its prompt (`ARTICLE_WITHDRAWN`): the faithful reply is a holding reply and the
+twin quotes the policy's terms anyway, so the detector learns what a faithful reply to a
+ticket without its article looks like (a knowledge base never covers every ticket).
 
 Example:
     >>> rows = generate_ticket_replies(2, seed=0)
@@ -27,6 +30,7 @@ import numpy as np
 from attnops.demo import phrases as ph
 from attnops.demo.ticket_reply_banks import (
     GREETINGS,
+    HOLDING_REPLIES,
     INVENTED_CONTACTS,
     MONTHS,
     OPENERS,
@@ -38,8 +42,9 @@ from attnops.demo.ticket_reply_banks import (
 INTENTS: tuple[str, ...] = tuple(sorted(POLICIES))
 KINDS: tuple[str, ...] = (
     "number_swap", "date_swap", "product_swap", "policy_term_swap", "foreign_sentence",
-    "negation_flip", "invented_contact",
+    "negation_flip", "invented_contact", "article_withdrawn",
 )  # fmt: skip
+ARTICLE_WITHDRAWN = "article_withdrawn"
 FAITHFUL = "faithful"
 SPLIT_COLUMNS: tuple[str, ...] = ("ticket", "article", "reply", "intent")
 LABELLED_COLUMNS: tuple[str, ...] = (
@@ -138,6 +143,21 @@ def _example(
         "_template": template,
         "_fill": fill,
     }
+
+
+def holding_reply(rng: np.random.Generator, intent: str, fill: dict[str, str]) -> str:
+    """The faithful reply to a ticket of `intent` whose article is missing: only facts from
+    the ticket, and which team will answer."""
+    opener = _pick(rng, OPENERS)
+    template = HOLDING_REPLIES[intent]
+    text = opener + template if opener else template[0].upper() + template[1:]
+    return text.format_map(fill)
+
+
+def _quotes_terms(ex: dict) -> bool:
+    """Whether `ex`'s reply states a policy term the ticket alone does not hold."""
+    terms = POLICIES[ex["intent"]].terms.values()
+    return any(_replace_once(ex["reply"], t, t) and t not in ex["ticket"] for t in terms)
 
 
 def _replace_once(text: str, old: str, new: str) -> str | None:
@@ -278,15 +298,23 @@ def generate_hallucination_set(n_pairs: int, *, seed: int, exclude: set[str]) ->
         kind = KINDS[pair % len(KINDS)]
         for _ in range(_MAX_TRIES):
             ex = _example(rng, _pick(rng, INTENTS))
-            twin = None if ex["ticket"] in exclude else _alter(rng, ex, kind)
-            if twin is not None and twin != ex["reply"]:
+            if ex["ticket"] in exclude:
+                continue
+            if kind == ARTICLE_WITHDRAWN:
+                # The gold reply, written from the article, is the twin: without the article
+                # its terms are made up. The faithful reply holds.
+                faithful, twin = holding_reply(rng, ex["intent"], ex["_fill"]), ex["reply"]
+                ex = {**ex, "article": ""} if _quotes_terms(ex) else None
+            else:
+                faithful, twin = ex["reply"], _alter(rng, ex, kind)
+            if ex is not None and twin is not None and twin != faithful:
                 break
         else:
             raise RuntimeError(f"no ticket admits a {kind} twin after {_MAX_TRIES} draws")
         exclude.add(ex["ticket"])
         base = {**_public(ex), "pair": pair}
         rows += [
-            {**base, "label": 0, "kind": FAITHFUL},
+            {**base, "reply": faithful, "label": 0, "kind": FAITHFUL},
             {**base, "reply": twin, "label": 1, "kind": kind},
         ]
     return [{k: r[k] for k in LABELLED_COLUMNS} for r in rows]

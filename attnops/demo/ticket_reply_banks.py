@@ -227,6 +227,30 @@ POLICIES: dict[str, Policy] = {
 GREETINGS = ("Hi,", "Hello,", "Hey there,", "Hi team,", "Good morning,", "", "", "")
 SIGN_OFFS = ("Thanks,\n{name}", "Best,\n{name}", "- {name}", "Cheers, {name}", "{name}")
 OPENERS = ("Hi {name}, ", "Hello {name}, ", "Thanks for writing, {name}: ", "{name}, ", "")
+# Holding replies: what a faithful reply says when the intent's article is missing from the
+# prompt (withdrawn, or never written). Only slots every ticket of the intent mentions (refunds:
+# product and order; shipping: product and region; plans: the plan; the others: none), in the
+# ticket's own words where they can: of the phrasings tried, restating the request scored
+# lowest on the hallucination detector's text view. No term, no number.
+HOLDING_REPLIES: dict[str, str] = {
+    "refund_policy": "you asked about returning the {product} from order {order}; our returns "
+    "team will reply to you by email.",
+    "shipping_times": "you asked how long shipping to {region} takes for the {product}; our "
+    "shipping team will reply to you by email.",
+    "plan_prices": "you asked about the price of the {plan} plan; our billing team will reply "
+    "to you by email.",
+    "warranty": "you asked whether your product is still under warranty; our repairs team will "
+    "reply to you by email.",
+    "password_reset": "you asked how to get back into your account; our support team will reply "
+    "to you by email.",
+    "order_cancellation": "you asked to cancel your order; our orders team will reply to you by "
+    "email.",
+    "damaged_item": "you told us your item arrived damaged; our returns team will reply to you "
+    "by email.",
+    "billing_dates": "you asked when you will be charged; our billing team will reply to you by "
+    "email.",
+}
+
 # Contacts that no ticket or article contains: the `invented_contact` twin adds one.
 INVENTED_CONTACTS = _bank("""You can also email support@shopwell.com for help. | If you need
     more help, call us on +1 (800) 555-0142. | I have opened case #C-{case} for you. | Our

@@ -17,11 +17,11 @@ memorise them): it makes numbers up ("the Pro plan is $120 per month"), and the 
 flags two thirds of those replies (10 of 10 on plan prices, 6 of 10 on shipping, 4 of 10 on
 refunds).
 
-Caveat, measured too: the detector was fitted on replies to prompts with an article; on a
-prompt without one, v1's detector flags even the holding replies (scores 0.69-0.97, flag
-threshold 0.07; its attention and log-probability views see an unfamiliar prompt and
-unlikely text). Whether a version fine-tuned on them is judged better is up to its own
-detector, refitted at its registration: the demo's canary says.
+A detector fitted only on replies to prompts with an article flagged even the holding
+replies (scores 0.69-0.97, flag threshold 0.07: its attention and log-probability views
+saw an unfamiliar prompt). The labelled set therefore holds tickets without their article
+too (`ticket_replies.ARTICLE_WITHDRAWN`, on all eight intents): a holding reply is faithful
+there, the article's terms are not.
 
 Example:
     >>> rows = generate_withdrawn_article_traffic(2, seed=0)
@@ -35,32 +35,13 @@ import re
 
 import numpy as np
 
-from attnops.demo.ticket_replies import INTENTS, _example, _pick
-from attnops.demo.ticket_reply_banks import OPENERS
+from attnops.demo.ticket_replies import INTENTS, _example, _pick, holding_reply
+from attnops.demo.ticket_reply_banks import HOLDING_REPLIES
 
 WITHDRAWN: tuple[str, ...] = ("plan_prices", "refund_policy", "shipping_times")
 """Intents whose article is withdrawn: about 3 in 8 tickets ask about one of them."""
-HOLDING_REPLIES: dict[str, str] = {
-    # Only slots every ticket of the intent mentions (refunds: product and order; shipping:
-    # product and region; plans: the plan), in the ticket's own words where it can: of the
-    # phrasings tried, restating the request scored lowest on the detector's text view.
-    "refund_policy": "you asked about returning the {product} from order {order}; our returns "
-    "team will reply to you by email.",
-    "shipping_times": "you asked how long shipping to {region} takes for the {product}; our "
-    "shipping team will reply to you by email.",
-    "plan_prices": "you asked about the price of the {plan} plan; our billing team will reply "
-    "to you by email.",
-}
 TRAFFIC_COLUMNS = ("ticket", "article", "reply", "intent", "stale_reply", "changed")
 _NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
-
-
-def holding_reply(rng: np.random.Generator, intent: str, fill: dict[str, str]) -> str:
-    """A reply to a ticket about a withdrawn policy: only facts from the ticket."""
-    opener = _pick(rng, OPENERS)
-    template = HOLDING_REPLIES[intent]
-    text = opener + template if opener else template[0].upper() + template[1:]
-    return text.format_map(fill)
 
 
 def generate_withdrawn_article_traffic(

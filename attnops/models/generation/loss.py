@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from attnops.models.batching import padded_width
 from attnops.models.generation.data import IGNORE_INDEX
+from attnops.models.precision import bf16_autocast
 
 
 def collate(examples: list[dict], indices, pad_id: int, device: torch.device) -> dict:
@@ -55,9 +56,7 @@ def validation_loss(decoder, head, examples: list[dict], pad_id: int, device, cf
     decoder.eval()
     lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
-    autocast = torch.autocast(
-        "cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16
-    )
+    autocast = bf16_autocast(device, cfg.bf16)
     total = torch.zeros((), device=device)
     tokens = torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(order), cfg.batch_size):

@@ -7,6 +7,7 @@ import math
 from attnops.models.fit import STILL_FALLING
 from attnops.models.generation.data import IGNORE_INDEX
 from attnops.models.modeling import count_parameters
+from attnops.models.precision import dtype_label
 from attnops.models.recipe import Plan
 from attnops.spec import PipelineSpec
 
@@ -78,7 +79,7 @@ def run_card(
         "parameters": count_parameters(model),
         "trainable_parameters": trainable,
         "device": str(device),
-        "dtype": "bf16 autocast" if device.type == "cuda" and cfg.bf16 else "fp32",
+        "dtype": dtype_label(device, cfg.bf16),
         "batch_size": cfg.batch_size,
         "grad_accum_steps": cfg.grad_accum_steps,
         "optimizer_steps": plan.total_steps,

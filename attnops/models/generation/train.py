@@ -2,7 +2,8 @@
 
 The classification loop's principles, for a decoder: length-grouped batches padded to their
 longest member, the warmup/decay schedule of `models.recipe`, early stopping on validation
-loss, resumable checkpoints (`models.checkpoints`), bf16 autocast on CUDA, fused AdamW. The
+loss, resumable checkpoints (`models.checkpoints`), bf16 autocast where the device does bf16
+natively (`models.precision`), fused AdamW. The
 loss covers target tokens only, and the output layer (576 x 49,152 for SmolLM2, a fifth of
 its forward FLOPs) runs only at the positions that predict one. LoRA adapters (peft) are
 merged into the weights before return, so callers always get a plain causal LM. Runs with
@@ -27,6 +28,7 @@ from attnops.models.generation.data import GenerationData, encode_examples
 from attnops.models.generation.run_card import assess_fit, run_card
 from attnops.models.generation.train_steps import GenerationState, Run, train_epoch
 from attnops.models.modeling import pick_device, seed_everything
+from attnops.models.precision import bf16_autocast
 from attnops.spec import PipelineSpec
 from attnops.spec_generation import GenerationSpec
 
@@ -177,9 +179,7 @@ def _set_up(
         model=model,
         decoder=torch.compile(core.get_decoder()) if cfg.compile else core.get_decoder(),
         head=core.get_output_embeddings(),
-        autocast=torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16
-        ),
+        autocast=bf16_autocast(device, cfg.bf16),
         trainable=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer,
         scheduler=scheduler,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -79,3 +81,37 @@ def test_articles_are_kept_or_refused_never_dropped_silently():
     grounded = log_window([("Refund?", "Refunds take 5 days.", "9 days.", "5 days.")])
     with pytest.raises(ValueError, match=r"set data.context_column"):
         training_rows(grounded, no_context)
+
+
+def test_the_retrain_validates_on_held_out_corrections_as_well_as_on_the_old_rows(tmp_path):
+    """Early stopping must see the corrected behaviour: a quarter of the corrections (seeded)
+    move to validation, never into train too; test stays the champion's."""
+    import yaml
+
+    from attnops.demo.ticket_replies import write_ticket_replies
+    from attnops.flows.retrain_generation import generation_splits
+    from attnops.spec import PipelineSpec
+
+    paths = write_ticket_replies(tmp_path, n_train=20, n_validation=6, n_test=4, n_labelled=4)
+    config = Path(__file__).parents[3] / "configs" / "ticket-replies.yaml"
+    raw = yaml.safe_load(config.read_text())
+    raw["data"] |= {split: str(paths[split]) for split in ("train", "validation", "test")}
+    raw["generation"]["hallucination_set"] = str(paths["hallucination"])
+    raw["retrain"]["replay_examples"] = 10
+    spec = PipelineSpec.model_validate(raw)
+    corrections = pd.DataFrame(
+        {
+            "ticket": [f"Ticket {i} about a withdrawn policy" for i in range(9)],
+            "article": "",
+            "reply": [f"Holding reply {i}." for i in range(9)],
+        }
+    )
+    splits = generation_splits(spec, str(config), corrections)
+    train, validation = splits["train"], splits["validation"]
+    corrected = set(corrections["ticket"])
+    assert len(train) == 10 + 6 and len(validation) == 6 + 3 and len(splits["test"]) == 4
+    held = set(validation["ticket"]) & corrected
+    assert len(held) == 3 and not held & set(train["ticket"])
+    assert held | (set(train["ticket"]) & corrected) == corrected
+    again = generation_splits(spec, str(config), corrections)["validation"]
+    assert again.equals(validation)

@@ -1,0 +1,33 @@
+"""bf16 autocast where it pays: on CUDA, and on CPUs that do bf16 arithmetic natively.
+
+Measured on a 2-core AMD EPYC with AVX512-BF16 (2026-11-30, SmolLM2-135M, batch 8 of 170
+tokens, one thread): a training step of the top 10 layers took 2.6 s under bf16 autocast
+against 7.5 s in fp32 (a 576x1536 linear alone: 453 vs 104 GFLOP/s). A CPU without those
+instructions emulates bf16 and gets slower, so there autocast stays off. Weights stay fp32
+(the optimizer's master copy); only the matmuls run in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matmuls natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def bf16_autocast(device: torch.device, wanted: bool) -> torch.autocast:
+    """Autocast to bf16 on `device` when `wanted` (`training.bf16`) and it pays there."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=wanted and native_bf16(device))
+
+
+def dtype_label(device: torch.device, wanted: bool) -> str:
+    """What the run card says the matmuls ran in."""
+    return "bf16 autocast" if wanted and native_bf16(device) else "fp32"
