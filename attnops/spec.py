@@ -331,7 +331,7 @@ class TrainingSpec(_Section):
     bf16: bool = Field(
         True,
         description="bf16 autocast on CUDA; generation models also on CPUs with native bf16 "
-        "(AVX512-BF16 or AMX: 2.9x per SmolLM2 training step), fp32 elsewhere.",
+        "(AVX512-BF16 or AMX: 2.8x per SmolLM2 training step), fp32 elsewhere.",
     )
     compile: bool = False
     calibrate: bool = Field(

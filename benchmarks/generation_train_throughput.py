@@ -37,6 +37,7 @@ from attnops.models.generation.data import encode_examples, load_generation_data
 from attnops.models.generation.loss import validation_loss
 from attnops.models.generation.train import train_generator
 from attnops.models.modeling import seed_everything
+from attnops.models.precision import native_bf16
 from attnops.models.recipe import plan_training
 from attnops.spec import PipelineSpec
 from attnops.spec_generation import SMOLLM2_BASE
@@ -133,7 +134,8 @@ def main() -> None:
             max_steps=args.steps,
             max_grad_norm=cfg.max_grad_norm,
             seed=cfg.seed,
-            bf16=device.type == "cuda" and cfg.bf16,
+            # The same precision as ours: bf16 autocast where the device does it natively.
+            bf16=cfg.bf16 and native_bf16(device),
             use_cpu=device.type == "cpu",
             torch_compile=cfg.compile,
             eval_strategy="no",
