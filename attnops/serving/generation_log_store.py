@@ -91,6 +91,10 @@ class GenerationLog(BufferedLogWriter, GenerationLogReader):
         on_pii: Called with the entity of every PII hit in a message (a user's input).
         on_leak: Called with (version, entities) for every output that leaks PII.
         on_written: Called with the answered records (status 200) just committed.
+        max_cpu_share: At most this share of one core for the writer thread while serving
+            (None: no bound), as for the classification log: redaction must not take the
+            decode thread's core. It lags under load, never drops.
+        nice_increment: How much lower the writer thread's scheduling priority is (Linux).
     """
 
     def __init__(
@@ -103,6 +107,8 @@ class GenerationLog(BufferedLogWriter, GenerationLogReader):
         on_pii: Callable[[str], None] | None = None,
         on_leak: Callable[[str, list[str]], None] | None = None,
         on_written: Callable[[list[GenerationRecord]], None] | None = None,
+        max_cpu_share: float | None = 0.25,
+        nice_increment: int = 5,
     ) -> None:
         self._init_writer(
             flush_interval_s=flush_interval_s,
@@ -110,6 +116,8 @@ class GenerationLog(BufferedLogWriter, GenerationLogReader):
             redact=redact,
             on_pii=on_pii,
             name="generation log",
+            max_cpu_share=max_cpu_share,
+            nice_increment=nice_increment,
         )
         GenerationLogReader.__init__(self, url, redact=redact)
         self._on_leak, self._on_written = on_leak, on_written
