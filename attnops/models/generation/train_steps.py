@@ -1,20 +1,18 @@
-"""A generator fine-tuning run's steps: an epoch, a train step, a validation loss and checkpoint.
+"""A generator fine-tuning run's steps: a train step, a validation loss and checkpoint.
 
-`train.train_generator` sets the run up and calls `train_epoch` until the step budget is spent
-or early stopping ends it. One process: generation has no DDP yet.
+`train.train_generator` sets the run up and runs `loop.train_epoch` with them until the step
+budget is spent or early stopping ends it. One process: generation has no DDP yet.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from attnops.models import loop, recipe
 from attnops.models.checkpoints import cpu_copy, save_best, save_checkpoint
@@ -61,31 +59,6 @@ class Run:
     best_weights: dict[str, torch.Tensor] | None
     stopped_early: bool
     interval: loop.LossInterval = field(default_factory=loop.LossInterval)
-
-
-def train_epoch(
-    run: Run, train: list[dict], validation: list[dict], cfg: TrainingSpec, bar: tqdm
-) -> None:
-    """Train on the rest of the current epoch, evaluating when due; return when it ends, the
-    step budget is spent or early stopping ends the run."""
-    state = run.state
-    batches = loop.epoch_batches(run.train_lengths, cfg, state.epoch)
-    started = time.perf_counter()
-    for b in range(state.batches_done_in_epoch, len(batches)):
-        metrics = train_step(run, train, batches, b, cfg)
-        if metrics is None:  # still accumulating gradients
-            continue
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-        last_of_epoch = b + 1 == len(batches)
-        if loop.evaluation_due(state.step, run.plan, last_of_epoch):
-            if last_of_epoch:
-                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
-            state.train_seconds += time.perf_counter() - started
-            evaluate_and_checkpoint(run, validation, metrics, cfg)
-            started = time.perf_counter()
-        if run.stopped_early or state.step >= run.plan.total_steps:
-            return
 
 
 def train_step(
