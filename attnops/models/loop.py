@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnops.models.batching import length_grouped_batches
+from attnops.models.checkpoints import cpu_copy, save_best, save_checkpoint
 from attnops.models.recipe import Plan
 from attnops.spec import TrainingSpec
 
@@ -135,6 +136,28 @@ def optimizer_step(
 def evaluation_due(step: int, plan: Plan, last_of_epoch: bool) -> bool:
     """Every `plan.eval_every_steps` optimizer steps, at the last step and at each epoch's end."""
     return step % plan.eval_every_steps == 0 or step == plan.total_steps or last_of_epoch
+
+
+def keep_best_and_checkpoint(run, improved: bool, cfg: TrainingSpec) -> None:
+    """After an evaluation: keep the weights when the score `improved` (else count an
+    evaluation without improvement), write the checkpoint, and decide whether to stop early.
+
+    Args:
+        run: either trainer's `Run`, its best score already updated.
+        improved: whether the evaluation beat the best score so far.
+        cfg: the spec's `training` section.
+    """
+    state, model = run.state, run.model
+    if improved:
+        state.evals_without_improvement = 0
+        run.best_weights = cpu_copy(model)
+        if run.checkpoint_dir:
+            save_best(run.checkpoint_dir, model)
+    elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
+        state.evals_without_improvement += 1
+    if run.checkpoint_dir:
+        save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
+    run.stopped_early = patience_ran_out(cfg, state.evals_without_improvement)
 
 
 def patience_ran_out(cfg: TrainingSpec, evals_without_improvement: int) -> bool:

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from attnops.models import distributed, loop, recipe
 from attnops.models.batching import Encoded, iterate
-from attnops.models.checkpoints import TrainState, cpu_copy, save_best, save_checkpoint
+from attnops.models.checkpoints import TrainState
 from attnops.models.inference import predict
 from attnops.spec import TrainingSpec
 
@@ -111,16 +111,10 @@ def evaluate_and_checkpoint(
             {"step": state.step, "val_macro_f1": score, "train_loss_mean": run.interval.mean()}
             | metrics
         )
-        if score > state.best_macro_f1:
-            state.best_macro_f1, state.evals_without_improvement = score, 0
-            run.best_weights = cpu_copy(model)
-            if run.checkpoint_dir:
-                save_best(run.checkpoint_dir, model)
-        elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
-            state.evals_without_improvement += 1
-        if run.checkpoint_dir:
-            save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
-        run.stopped_early = loop.patience_ran_out(cfg, state.evals_without_improvement)
+        improved = score > state.best_macro_f1
+        if improved:
+            state.best_macro_f1 = score
+        loop.keep_best_and_checkpoint(run, improved, cfg)
         if on_evaluate:
             on_evaluate(state.step, score)
     # The other ranks wait here while rank 0 evaluates and writes (bounded by

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from attnops.models import loop, recipe
-from attnops.models.checkpoints import cpu_copy, save_best, save_checkpoint
 from attnops.models.generation.loss import collate, target_loss, validation_loss
 from attnops.spec import TrainingSpec
 
@@ -100,14 +99,8 @@ def evaluate_and_checkpoint(
     state.history.append(
         {"step": state.step, "val_loss": val_loss, "train_loss_mean": run.interval.mean()} | metrics
     )
-    if val_loss < state.best_val_loss:
-        state.best_val_loss, state.evals_without_improvement = val_loss, 0
-        run.best_weights = cpu_copy(model)
-        if run.checkpoint_dir:
-            save_best(run.checkpoint_dir, model)
-    elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
-        state.evals_without_improvement += 1
-    if run.checkpoint_dir:
-        save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
-    run.stopped_early = loop.patience_ran_out(cfg, state.evals_without_improvement)
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss = val_loss
+    loop.keep_best_and_checkpoint(run, improved, cfg)
     run.interval.reset()
