@@ -6,8 +6,6 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pandas as pd
 from prefect import flow
 
@@ -64,14 +62,12 @@ def score_version(
     """Load the version (tokenizer verified) and score it on the test split."""
     client = registry.client_for(settings)
     loaded = versions.load_version(client, spec.name, version, scratch)
-    uri = f"models:/{spec.name}/{version}"
-    example = mlflow.models.Model.load(uri).load_input_example(uri)
-    texts = {
-        "model_card.md": [mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")],
-        "input_example": [] if example is None else [str(v) for v in np.ravel(example)],
-    }
     evidence, records = gather_evidence(
-        loaded, test, spec, device=pick_device(spec.training.device), artifact_texts=texts
+        loaded,
+        test,
+        spec,
+        device=pick_device(spec.training.device),
+        artifact_texts=versions.artifact_texts(loaded),
     )
     return loaded, evidence, records
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
-import numpy as np
-
 from attnops.flows.tasks import compute_task
 from attnops.models import registry, versions
 from attnops.models.generation.data import prompt_ids
@@ -30,13 +27,7 @@ def load_generator(spec: PipelineSpec, settings: Settings, version: str, scratch
     """Load the version (weights and tokenizer verified) and its stored evidence."""
     client = registry.client_for(settings)
     loaded = versions.load_version(client, spec.name, version, scratch)
-    uri = f"models:/{spec.name}/{version}"
-    example = mlflow.models.Model.load(uri).load_input_example(uri)
-    texts = {
-        "model_card.md": [mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")],
-        "input_example": [] if example is None else [str(v) for v in np.ravel(example)],
-    }
-    return loaded, generation_evidence(loaded, texts)
+    return loaded, generation_evidence(loaded, versions.artifact_texts(loaded))
 
 
 @compute_task

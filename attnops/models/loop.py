@@ -1,18 +1,22 @@
 """The steps both fine-tuning loops (classifier and generator) take the same way.
 
-Batch order, gradient-accumulation groups, the optimizer step, when to evaluate, when to stop
-early and the run card's printout: the trainers differ in their model, loss and validation
-score, not in these.
+The epoch loop, batch order, gradient-accumulation groups, the optimizer step, when to
+evaluate, when to stop early and the run card's printout: the trainers differ in their model,
+loss and validation score (their train step and evaluation), not in these.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from attnops.models.batching import length_grouped_batches
+from attnops.models.checkpoints import cpu_copy, save_best, save_checkpoint
 from attnops.models.recipe import Plan
 from attnops.spec import TrainingSpec
 
@@ -33,6 +37,58 @@ class LossInterval:
 
     def reset(self) -> None:
         self.total, self.steps = 0.0, 0
+
+
+TrainStep = Callable[[list[np.ndarray], int], dict[str, float] | None]
+"""Forward and backward micro-batch `b` of the epoch's batches; after an optimizer step, the
+step's metrics (with `train_loss`), else None."""
+Evaluate = Callable[[dict[str, float]], None]
+"""Score validation, checkpoint and set the run's `stopped_early`, given the last step's metrics."""
+
+
+def train_epoch(
+    run,
+    lengths: np.ndarray,
+    cfg: TrainingSpec,
+    bar: tqdm,
+    train_step: TrainStep,
+    evaluate: Evaluate,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> None:
+    """Train on the rest of the current epoch, evaluating when due; return when it ends, the
+    step budget is spent or early stopping ends the run.
+
+    Args:
+        run: either trainer's `Run`; its `state` (step, epoch, batches_done_in_epoch,
+            train_seconds), `plan` and `stopped_early` are read and advanced here.
+        lengths: tokens per training example, which the epoch's batches are grouped by.
+        cfg: the spec's `training` section.
+        bar: the progress bar, one tick per optimizer step.
+        train_step: the trainer's step over one micro-batch.
+        evaluate: the trainer's evaluation and checkpoint.
+        on_step: called after every optimizer step with (step, metrics); may raise to stop.
+    """
+    state = run.state
+    batches = epoch_batches(lengths, cfg, state.epoch)
+    started = time.perf_counter()
+    for b in range(state.batches_done_in_epoch, len(batches)):
+        metrics = train_step(batches, b)
+        if metrics is None:  # still accumulating gradients
+            continue
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
+        if on_step:
+            on_step(state.step, metrics)
+        last_of_epoch = b + 1 == len(batches)
+        if evaluation_due(state.step, run.plan, last_of_epoch):
+            if last_of_epoch:
+                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
+            # Evaluation and checkpoints are not training time (tokens per second).
+            state.train_seconds += time.perf_counter() - started
+            evaluate(metrics)
+            started = time.perf_counter()
+        if run.stopped_early or state.step >= run.plan.total_steps:
+            return
 
 
 def print_run_card(card: dict) -> None:
@@ -80,6 +136,28 @@ def optimizer_step(
 def evaluation_due(step: int, plan: Plan, last_of_epoch: bool) -> bool:
     """Every `plan.eval_every_steps` optimizer steps, at the last step and at each epoch's end."""
     return step % plan.eval_every_steps == 0 or step == plan.total_steps or last_of_epoch
+
+
+def keep_best_and_checkpoint(run, improved: bool, cfg: TrainingSpec) -> None:
+    """After an evaluation: keep the weights when the score `improved` (else count an
+    evaluation without improvement), write the checkpoint, and decide whether to stop early.
+
+    Args:
+        run: either trainer's `Run`, its best score already updated.
+        improved: whether the evaluation beat the best score so far.
+        cfg: the spec's `training` section.
+    """
+    state, model = run.state, run.model
+    if improved:
+        state.evals_without_improvement = 0
+        run.best_weights = cpu_copy(model)
+        if run.checkpoint_dir:
+            save_best(run.checkpoint_dir, model)
+    elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
+        state.evals_without_improvement += 1
+    if run.checkpoint_dir:
+        save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
+    run.stopped_early = patience_ran_out(cfg, state.evals_without_improvement)
 
 
 def patience_ran_out(cfg: TrainingSpec, evals_without_improvement: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,7 +24,13 @@ from attnops.models.batching import Encoded
 from attnops.models.checkpoints import TrainState, load_best, read_checkpoint, restore
 from attnops.models.fit import assess_fit, describe_fit
 from attnops.models.modeling import count_parameters
-from attnops.models.train_steps import EvaluationCallback, Run, StepCallback, train_epoch
+from attnops.models.train_steps import (
+    EvaluationCallback,
+    Run,
+    StepCallback,
+    evaluate_and_checkpoint,
+    train_step,
+)
 from attnops.spec import TrainingSpec
 
 
@@ -120,9 +127,12 @@ def fine_tune(
         disable=not (progress and world.is_main),
         desc="fine-tune",
     )
+    step = partial(train_step, run, train, cfg=cfg)
+    evaluate = partial(evaluate_and_checkpoint, run, validation, cfg=cfg, on_evaluate=on_evaluate)
+    on_step = on_step if world.is_main else None  # rank 0 reports (the metrics are global)
     model.train()
     while run.state.step < run.plan.total_steps and not run.stopped_early:
-        train_epoch(run, train, validation, cfg, bar, on_step, on_evaluate)
+        loop.train_epoch(run, train.lengths, cfg, bar, step, evaluate, on_step)
     bar.close()
     return _finish(run, train, cfg, card)
 

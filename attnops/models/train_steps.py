@@ -1,13 +1,13 @@
-"""A classifier fine-tuning run's steps: an epoch, a train step, an evaluation and checkpoint.
+"""A classifier fine-tuning run's steps: a train step, an evaluation and checkpoint.
 
-`train.fine_tune` sets the run up and calls `train_epoch` until the step budget is spent or
-early stopping ends it. Every rank takes every step; rank 0 alone evaluates and writes.
+`train.fine_tune` sets the run up and runs `loop.train_epoch` with them until the step budget
+is spent or early stopping ends it. Every rank takes every step; rank 0 alone evaluates and
+writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from attnops.models import distributed, loop, recipe
 from attnops.models.batching import Encoded, iterate
-from attnops.models.checkpoints import TrainState, cpu_copy, save_best, save_checkpoint
+from attnops.models.checkpoints import TrainState
 from attnops.models.inference import predict
 from attnops.spec import TrainingSpec
 
@@ -50,39 +49,6 @@ class Run:
     best_weights: dict[str, torch.Tensor] | None
     stopped_early: bool
     interval: loop.LossInterval = field(default_factory=loop.LossInterval)
-
-
-def train_epoch(
-    run: Run,
-    train: Encoded,
-    validation: Encoded,
-    cfg: TrainingSpec,
-    bar: tqdm,
-    on_step: StepCallback | None,
-    on_evaluate: EvaluationCallback | None,
-) -> None:
-    """Train on the rest of the current epoch, evaluating when due; return when it ends, the
-    step budget is spent or early stopping ends the run."""
-    state = run.state
-    batches = loop.epoch_batches(train.lengths, cfg, state.epoch)
-    started = time.perf_counter()
-    for b in range(state.batches_done_in_epoch, len(batches)):
-        metrics = train_step(run, train, batches, b, cfg)
-        if metrics is None:  # still accumulating gradients
-            continue
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-        if on_step and run.world.is_main:
-            on_step(state.step, metrics)
-        last_of_epoch = b + 1 == len(batches)
-        if loop.evaluation_due(state.step, run.plan, last_of_epoch):
-            if last_of_epoch:
-                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
-            state.train_seconds += time.perf_counter() - started
-            evaluate_and_checkpoint(run, validation, metrics, cfg, on_evaluate)
-            started = time.perf_counter()
-        if run.stopped_early or state.step >= run.plan.total_steps:
-            return
 
 
 def train_step(
@@ -145,16 +111,10 @@ def evaluate_and_checkpoint(
             {"step": state.step, "val_macro_f1": score, "train_loss_mean": run.interval.mean()}
             | metrics
         )
-        if score > state.best_macro_f1:
-            state.best_macro_f1, state.evals_without_improvement = score, 0
-            run.best_weights = cpu_copy(model)
-            if run.checkpoint_dir:
-                save_best(run.checkpoint_dir, model)
-        elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
-            state.evals_without_improvement += 1
-        if run.checkpoint_dir:
-            save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
-        run.stopped_early = loop.patience_ran_out(cfg, state.evals_without_improvement)
+        improved = score > state.best_macro_f1
+        if improved:
+            state.best_macro_f1 = score
+        loop.keep_best_and_checkpoint(run, improved, cfg)
         if on_evaluate:
             on_evaluate(state.step, score)
     # The other ranks wait here while rank 0 evaluates and writes (bounded by

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -146,6 +147,17 @@ def _check_json_files(name: str, version: str, local: Path) -> None:
                 f"valid JSON ({exc}); the version is damaged, refusing to use it (retrain, or "
                 "roll back to another version)"
             ) from None
+
+
+def artifact_texts(loaded: LoadedVersion) -> dict[str, list[str]]:
+    """The version's human-readable artifacts by name, which the gate checks for PII: its
+    model card and the values of its input example."""
+    uri = f"models:/{loaded.name}/{loaded.version}"
+    example = mlflow.models.Model.load(uri).load_input_example(uri)
+    return {
+        "model_card.md": [mlflow.artifacts.load_text(f"runs:/{loaded.run_id}/model_card.md")],
+        "input_example": [] if example is None else [str(v) for v in np.ravel(example)],
+    }
 
 
 def download_evidence(run_id: str, folder: Path) -> Path:

@@ -1,8 +1,9 @@
-"""A real Prefect server (temporary, once per session), a fresh MLflow store per test, and a
-real Prometheus Pushgateway."""
+"""A real Prefect server (temporary, once per session), a fresh MLflow store per test (or per
+module: `embedded_home`), the admin token, and a real Prometheus Pushgateway."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,28 @@ def attnops_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@contextmanager
+def embedded_home(folder: Path, **env: str) -> Iterator[None]:
+    """`attnops_home` for module-scoped fixtures: embedded defaults under `folder/.attnops`,
+    and the variables `env`, until the block ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNOPS_HOME", str(folder / ".attnops"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        yield
+
+
+@pytest.fixture
+def admin_token(monkeypatch) -> str:
+    """The admin token the test servers accept, set for this test (a release's reload sends
+    it)."""
+    from tests.integration.serving_fixtures import ADMIN_TOKEN
+
+    monkeypatch.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
+    return ADMIN_TOKEN
 
 
 @contextmanager

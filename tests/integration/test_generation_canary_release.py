@@ -22,19 +22,11 @@ from tests.integration.generation_log_rows import (
     generation_server,
     registry_client,
 )
-from tests.integration.serving_fixtures import ADMIN_TOKEN, free_port
+from tests.integration.serving_fixtures import free_port
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = pytest.mark.usefixtures("prefect_server", "attnops_home", "admin_token")
 NAME = "tiny-replies"
 WINDOW = 40
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTNOPS_HOME", str(tmp_path / ".attnops"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
-    return tmp_path
 
 
 def _spec(folder: Path, timeout_s: float = 60) -> str:
@@ -67,8 +59,8 @@ def _evidence(version: str) -> dict:
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/release/release.json")
 
 
-def test_a_canary_as_good_as_the_champion_is_promoted_once_its_replies_are_scored(home):
-    path = _spec(home)
+def test_a_canary_as_good_as_the_champion_is_promoted_once_its_replies_are_scored(tmp_path):
+    path = _spec(tmp_path)
     _two_versions()
     with generation_server(path, canary_hallucinated=0.05, canary_replies=WINDOW):
         outcome = release(path, candidate="2")
@@ -94,8 +86,8 @@ def test_a_canary_as_good_as_the_champion_is_promoted_once_its_replies_are_score
     assert "| hallucination_rate | pass | the detector flagged" in version.description
 
 
-def test_a_canary_that_hallucinates_more_is_rolled_back_with_both_rates_on_its_page(home):
-    path = _spec(home)
+def test_a_canary_that_hallucinates_more_is_rolled_back_with_both_rates_on_its_page(tmp_path):
+    path = _spec(tmp_path)
     _two_versions()
     with generation_server(path, canary_hallucinated=0.5, canary_replies=2 * WINDOW):
         outcome = release(path, candidate="2")
@@ -111,8 +103,8 @@ def test_a_canary_that_hallucinates_more_is_rolled_back_with_both_rates_on_its_p
     assert "| hallucination_rate | **FAIL** |" in version.description
 
 
-def test_a_canary_without_enough_traffic_is_rolled_back_when_time_runs_out(home):
-    path = _spec(home, timeout_s=3)
+def test_a_canary_without_enough_traffic_is_rolled_back_when_time_runs_out(tmp_path):
+    path = _spec(tmp_path, timeout_s=3)
     _two_versions()
     with generation_server(path, canary_hallucinated=0.0, canary_replies=WINDOW // 2):
         outcome = release(path, candidate="2")

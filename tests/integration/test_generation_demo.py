@@ -25,7 +25,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from attnops.demo.ticket_replies import write_ticket_replies
 from attnops.demo.withdrawn_articles import generate_withdrawn_article_traffic
 from attnops.flows import demo_generation
 from attnops.models import aliases
@@ -34,9 +33,10 @@ from attnops.serving.generation_engine import GenerationEngine
 from attnops.serving.generation_versions import GenerationVersions
 from attnops.settings import Settings
 from attnops.spec import load_spec
+from tests.integration.generation_fixtures import TINY_MODEL_GATES, write_generation_spec
 from tests.integration.generation_log_rows import registry_client
 from tests.integration.serving_fixtures import free_port, running_server
-from tests.unit.generation.conftest import TINY_LLAMA, model_cache, tokenizer  # noqa: F401
+from tests.unit.generation.conftest import model_cache, tokenizer  # noqa: F401
 
 pytestmark = [pytest.mark.usefixtures("prefect_server", "model_cache"), pytest.mark.slow]
 NAME = "tiny-ticket-replies"
@@ -48,45 +48,18 @@ CANARY_BATCHES = 40
 
 
 def _spec(folder: Path) -> str:
-    data = folder / "data"
-    write_ticket_replies(data, seed=0, n_train=16, n_validation=4, n_test=16, n_labelled=60)
-    spec = {
-        "name": NAME,
-        "task": "generation",
-        "model": {"base": "smollm2-135m-instruct", "config_overrides": TINY_LLAMA},
-        "data": {
-            **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
-            "source_column": "ticket",
-            "target_column": "reply",
-            "context_column": "article",
-        },
-        "generation": {
-            "max_new_tokens": 64,  # a stale reply is at most 63 tokens
-            "hallucination_set": str(data / "hallucination.jsonl"),
-            "eval_samples": 16,
-            "zero_shot_baseline": False,
-        },
-        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "num_threads": 1},
-        "evaluation": {"probe_size": 4},
-        "gate": {"max_latency_increase": 10.0},
-        # A tiny random model: the gate's plumbing is under test here, not its limits.
-        "generation_gate": {
-            "min_rouge_l": 0,
-            "rouge_l_non_inferiority_margin": 1.0,
-            "require_beats_base": False,
-            "max_hallucination_rate": 1.0,
-            "max_hallucination_increase": 1.0,
-            "max_output_tokens_increase": 10.0,
-            "max_latency_increase": 10.0,
-        },
-        "monitoring": {"window_size": WINDOW, "bootstrap_resamples": 1000},
-        "serving": {"port": free_port(), "log_flush_interval_s": 0.1, "canary_share": 0.5},
-        "release": {"canary_window": 10, "timeout_s": 120, "max_latency_increase": 10.0},
-        "retrain": {"min_new_labels": CORRECTED, "replay_examples": 8},
-    }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
+    return write_generation_spec(
+        folder,
+        NAME,
+        n_test=16,
+        n_labelled=60,
+        generation={"max_new_tokens": 64, "eval_samples": 16},  # a stale reply: <= 63 tokens
+        **TINY_MODEL_GATES,
+        monitoring={"window_size": WINDOW, "bootstrap_resamples": 1000},
+        serving={"port": free_port(), "log_flush_interval_s": 0.1, "canary_share": 0.5},
+        release={"canary_window": 10, "timeout_s": 120, "max_latency_increase": 10.0},
+        retrain={"min_new_labels": CORRECTED, "replay_examples": 8},
+    )
 
 
 def _stale_script(spec_path: str, tokenizer) -> dict[tuple[int, ...], list[int]]:  # noqa: F811

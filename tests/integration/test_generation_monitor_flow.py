@@ -21,36 +21,12 @@ from attnops.models import aliases, registry, versions
 from attnops.serving.generation_log_schema import generation_context, generation_log
 from attnops.serving.log_schema import create_log_engine, metadata
 from attnops.settings import Settings
-from tests.unit.generation.conftest import TINY_LLAMA, model_cache  # noqa: F401
+from tests.integration.generation_fixtures import write_generation_spec
+from tests.unit.generation.conftest import model_cache  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "model_cache")
 NAME = "tiny-replies-monitored"
 WINDOW = 20
-
-
-def _spec(data: Path) -> dict:
-    return {
-        "name": NAME,
-        "task": "generation",
-        "model": {"base": "smollm2-135m-instruct", "config_overrides": TINY_LLAMA},
-        "data": {
-            "train": str(data / "train.jsonl"),
-            "validation": str(data / "validation.jsonl"),
-            "test": str(data / "test.jsonl"),
-            "source_column": "ticket",
-            "target_column": "reply",
-            "context_column": "article",
-        },
-        "generation": {
-            "max_new_tokens": 8,
-            "hallucination_set": str(data / "hallucination.jsonl"),
-            "eval_samples": 16,
-            "zero_shot_baseline": False,
-        },
-        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "num_threads": 1},
-        "evaluation": {"probe_size": 4},
-        "monitoring": {"window_size": WINDOW, "bootstrap_resamples": 500},
-    }
 
 
 def _client():
@@ -58,13 +34,15 @@ def _client():
 
 
 @pytest.fixture
-def champion(attnops_home, write_spec, tmp_path) -> tuple[str, pd.DataFrame]:
+def champion(attnops_home, tmp_path) -> tuple[str, pd.DataFrame]:
     """(spec path, the champion's reference profile) for one trained tiny version."""
-    from attnops.demo.ticket_replies import write_ticket_replies
-
-    data = tmp_path / "data"
-    write_ticket_replies(data, seed=0, n_train=16, n_validation=4, n_test=16, n_labelled=40)
-    path = str(write_spec(_spec(data)))
+    path = write_generation_spec(
+        tmp_path,
+        NAME,
+        n_test=16,
+        generation={"max_new_tokens": 8, "eval_samples": 16},
+        monitoring={"window_size": WINDOW, "bootstrap_resamples": 500},
+    )
     version = train(path)
     _client().set_registered_model_alias(NAME, aliases.CHAMPION, version.version)
     evidence = versions.download_evidence(version.run_id, attnops_home / "evidence")

@@ -16,73 +16,41 @@ from attnops.flows.retrain import retrain
 from attnops.flows.train import train
 from attnops.models import aliases
 from attnops.settings import Settings
+from tests.integration.generation_fixtures import TINY_MODEL_GATES, write_generation_spec
 from tests.integration.generation_log_rows import (
     generation_server,
     insert_replies,
     registry_client,
     reply_row,
 )
-from tests.integration.serving_fixtures import ADMIN_TOKEN, free_port
-from tests.unit.generation.conftest import TINY_LLAMA, model_cache  # noqa: F401
+from tests.integration.serving_fixtures import free_port
+from tests.unit.generation.conftest import model_cache  # noqa: F401
 
-pytestmark = [pytest.mark.usefixtures("prefect_server", "model_cache"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.usefixtures("prefect_server", "model_cache", "attnops_home", "admin_token"),
+    pytest.mark.slow,
+]
 NAME = "tiny-replies"
 ARTICLE = "Refunds are paid within 3 business days of approval."
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTNOPS_HOME", str(tmp_path / ".attnops"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
-    return tmp_path
-
-
 def _spec(folder: Path) -> str:
-    from attnops.demo.ticket_replies import write_ticket_replies
-
-    data = folder / "replies"
-    write_ticket_replies(data, seed=0, n_train=16, n_validation=4, n_test=4, n_labelled=40)
-    spec = {
-        "name": NAME,
-        "task": "generation",
-        "model": {"base": "smollm2-135m-instruct", "config_overrides": TINY_LLAMA},
-        "data": {
-            **{split: str(data / f"{split}.jsonl") for split in ("train", "validation", "test")},
-            "source_column": "ticket",
-            "target_column": "reply",
-            "context_column": "article",
-        },
-        "generation": {
-            "max_new_tokens": 8,
-            "hallucination_set": str(data / "hallucination.jsonl"),
-            "eval_samples": 4,
-            "zero_shot_baseline": True,
-        },
-        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
-        "evaluation": {"probe_size": 4},
-        "gate": {"max_latency_increase": 10.0},
-        # A tiny random model: the gate's plumbing is under test here, not its limits.
-        "generation_gate": {
-            "min_rouge_l": 0,
-            "rouge_l_non_inferiority_margin": 1.0,
-            "require_beats_base": False,
-            "max_hallucination_rate": 1.0,
-            "max_hallucination_increase": 1.0,
-            "max_output_tokens_increase": 10.0,
-            "max_latency_increase": 10.0,
-        },
-        "serving": {"port": free_port()},
-        "release": {"canary_window": 10, "timeout_s": 1},
-        "retrain": {"cooldown_s": 3600, "min_new_labels": 3},
-    }
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
+    return write_generation_spec(
+        folder,
+        NAME,
+        n_test=4,
+        generation={"max_new_tokens": 8, "eval_samples": 4, "zero_shot_baseline": True},
+        # num_threads unset: each stage takes the CPUs free when it starts
+        training={"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3},
+        **TINY_MODEL_GATES,
+        serving={"port": free_port()},
+        release={"canary_window": 10, "timeout_s": 1},
+        retrain={"cooldown_s": 3600, "min_new_labels": 3},
+    )
 
 
-def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(home):
-    path = _spec(home)
+def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(tmp_path):
+    path = _spec(tmp_path)
     train(path)
     client = registry_client()
     client.set_registered_model_alias(NAME, aliases.CHAMPION, "1")

@@ -7,76 +7,29 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from attnops.flows.train import train
-from attnops.models import aliases
 from attnops.models.generation.data import prompt_ids
 from attnops.models.generation.decode import decode
 from attnops.models.versions import load_version
 from attnops.spec import load_spec
-from tests.integration.serving_fixtures import client, free_port, running_server
-from tests.unit.generation.conftest import TINY_LLAMA, model_cache  # noqa: F401
+from tests.integration.conftest import embedded_home
+from tests.integration.generation_fixtures import ARTICLE, trained_generator
+from tests.integration.serving_fixtures import client, running_server
+from tests.unit.generation.conftest import model_cache  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "model_cache")
 NAME = "tiny-replies-served"
 CAP = 160  # the version's max_new_tokens: long enough that a long reply outlasts a short one
-ARTICLE = (
-    "Refunds: once a return reaches our warehouse the refund is paid to the original payment "
-    "method within 14 days. Orders over 50 dollars ship free; returns are free within 30 days."
-)
-
-
-def _spec(data: Path, **serving) -> dict:
-    return {
-        "name": NAME,
-        "task": "generation",
-        "model": {"base": "smollm2-135m-instruct", "config_overrides": TINY_LLAMA},
-        "data": {
-            "train": str(data / "train.jsonl"),
-            "validation": str(data / "validation.jsonl"),
-            "test": str(data / "test.jsonl"),
-            "source_column": "ticket",
-            "target_column": "reply",
-            "context_column": "article",
-        },
-        "generation": {
-            "max_new_tokens": CAP,
-            "max_prompt_tokens": 200,
-            "hallucination_set": str(data / "hallucination.jsonl"),
-            "eval_samples": 2,
-            "zero_shot_baseline": False,
-            "serving": serving,
-        },
-        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "num_threads": 1},
-        "evaluation": {"probe_size": 4},
-        "serving": {"port": free_port()},
-    }
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, prefect_server, model_cache):  # noqa: F811
     """One tiny trained version, the champion; yields a function writing a spec for it."""
-    from attnops.demo.ticket_replies import write_ticket_replies
-
     home = tmp_path_factory.mktemp("gen-serving")
-    data = home / "data"
-    write_ticket_replies(data, seed=0, n_train=16, n_validation=4, n_test=4, n_labelled=40)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNOPS_HOME", str(home / ".attnops"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-        def spec_path(**serving) -> str:
-            path = home / f"spec-{free_port()}.yaml"
-            path.write_text(yaml.safe_dump(_spec(data, **serving)))
-            return str(path)
-
-        version = train(spec_path())
-        client().set_registered_model_alias(NAME, aliases.CHAMPION, version.version)
+    with embedded_home(home), trained_generator(home, NAME, max_new_tokens=CAP) as spec_path:
         yield spec_path
 
 
@@ -221,7 +174,8 @@ def test_metrics_expose_the_generation_series(server):
 
 def test_a_flood_beyond_the_kv_budget_gets_503_with_a_sentence_and_the_rest_answers(served):
     """One row fits the budget and one request may wait: the rest are refused, not lost."""
-    path = served(kv_budget_mb=0.1, max_queue=1)  # tiny Llama: 256 bytes per token
+    # tiny Llama: 256 bytes per token
+    path = served(generation_serving={"kv_budget_mb": 0.1, "max_queue": 1})
 
     async def flood(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:

@@ -14,11 +14,8 @@ import pytest
 from attnops.models import aliases
 from attnops.serving.generation_log_reader import GenerationLogReader
 from attnops.settings import Settings
-from tests.integration.generation_serving_fixtures import (
-    ARTICLE,
-    register_again,
-    trained_generator,
-)
+from tests.integration.conftest import embedded_home
+from tests.integration.generation_fixtures import ARTICLE, register_again, trained_generator
 from tests.integration.serving_fixtures import ADMIN_TOKEN, client, reload, running_server
 from tests.unit.generation.conftest import model_cache  # noqa: F401
 
@@ -30,13 +27,12 @@ NAME = "tiny-replies-canary"
 def versions(tmp_path_factory, prefect_server, model_cache):  # noqa: F811
     """v1 trained through the flow, v2 the same artifacts registered again."""
     home = tmp_path_factory.mktemp("gen-canary")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNOPS_HOME", str(home / ".attnops"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("ATTNOPS_ADMIN_TOKEN", ADMIN_TOKEN)
-        with trained_generator(home, NAME) as spec_path:
-            assert register_again(NAME, "1") == "2"
-            yield spec_path
+    with (
+        embedded_home(home, ATTNOPS_ADMIN_TOKEN=ADMIN_TOKEN),
+        trained_generator(home, NAME) as spec_path,
+    ):
+        assert register_again(NAME, "1") == "2"
+        yield spec_path
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import pytest
 
 from attnops.flows import cli
 from attnops.serving.generation_log_reader import GenerationLogReader
-from tests.integration.generation_serving_fixtures import ARTICLE, trained_generator
+from tests.integration.conftest import embedded_home
+from tests.integration.generation_fixtures import ARTICLE, trained_generator
 from tests.integration.serving_fixtures import running_server
 from tests.unit.generation.conftest import model_cache  # noqa: F401
 
@@ -26,12 +27,11 @@ SUPPORT_LINE = " Questions? Call +1 415 555 0188."
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, prefect_server, model_cache):  # noqa: F811
     home = tmp_path_factory.mktemp("gen-log")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNOPS_HOME", str(home / ".attnops"))
-        mp.setenv("ATTNOPS_INFERENCE_DB", f"sqlite:///{home / 'inference.db'}")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        with trained_generator(home, NAME) as spec_path:
-            yield home, spec_path
+    with (
+        embedded_home(home, ATTNOPS_INFERENCE_DB=f"sqlite:///{home / 'inference.db'}"),
+        trained_generator(home, NAME) as spec_path,
+    ):
+        yield home, spec_path
 
 
 @pytest.fixture(scope="module")

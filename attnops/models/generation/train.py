@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,12 @@ from attnops.models.checkpoints import load_best, prepare_checkpoint_dir, read_c
 from attnops.models.generation.base import load_base_model
 from attnops.models.generation.data import GenerationData, encode_examples
 from attnops.models.generation.run_card import assess_fit, run_card
-from attnops.models.generation.train_steps import GenerationState, Run, train_epoch
+from attnops.models.generation.train_steps import (
+    GenerationState,
+    Run,
+    evaluate_and_checkpoint,
+    train_step,
+)
 from attnops.models.modeling import pick_device, seed_everything
 from attnops.models.precision import bf16_autocast
 from attnops.spec import PipelineSpec
@@ -116,9 +122,11 @@ def train_generator(
     bar = tqdm(
         total=run.plan.total_steps, initial=run.state.step, disable=not progress, desc="fine-tune"
     )
+    step = partial(train_step, run, train, cfg=cfg)
+    evaluate = partial(evaluate_and_checkpoint, run, validation, cfg=cfg)
     model.train()
     while run.state.step < run.plan.total_steps and not run.stopped_early:
-        train_epoch(run, train, validation, cfg, bar)
+        loop.train_epoch(run, run.train_lengths, cfg, bar, step, evaluate)
     bar.close()
     model, result = _finish(run, spec.generation, card)
     return TrainedGenerator(model=model, tokenizer=tokenizer, device=device, result=result)

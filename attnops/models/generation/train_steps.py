@@ -1,23 +1,20 @@
-"""A generator fine-tuning run's steps: an epoch, a train step, a validation loss and checkpoint.
+"""A generator fine-tuning run's steps: a train step, a validation loss and checkpoint.
 
-`train.train_generator` sets the run up and calls `train_epoch` until the step budget is spent
-or early stopping ends it. One process: generation has no DDP yet.
+`train.train_generator` sets the run up and runs `loop.train_epoch` with them until the step
+budget is spent or early stopping ends it. One process: generation has no DDP yet.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from attnops.models import loop, recipe
-from attnops.models.checkpoints import cpu_copy, save_best, save_checkpoint
 from attnops.models.generation.loss import collate, target_loss, validation_loss
 from attnops.spec import TrainingSpec
 
@@ -63,31 +60,6 @@ class Run:
     interval: loop.LossInterval = field(default_factory=loop.LossInterval)
 
 
-def train_epoch(
-    run: Run, train: list[dict], validation: list[dict], cfg: TrainingSpec, bar: tqdm
-) -> None:
-    """Train on the rest of the current epoch, evaluating when due; return when it ends, the
-    step budget is spent or early stopping ends the run."""
-    state = run.state
-    batches = loop.epoch_batches(run.train_lengths, cfg, state.epoch)
-    started = time.perf_counter()
-    for b in range(state.batches_done_in_epoch, len(batches)):
-        metrics = train_step(run, train, batches, b, cfg)
-        if metrics is None:  # still accumulating gradients
-            continue
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}")
-        last_of_epoch = b + 1 == len(batches)
-        if loop.evaluation_due(state.step, run.plan, last_of_epoch):
-            if last_of_epoch:
-                state.epoch, state.batches_done_in_epoch = state.epoch + 1, 0
-            state.train_seconds += time.perf_counter() - started
-            evaluate_and_checkpoint(run, validation, metrics, cfg)
-            started = time.perf_counter()
-        if run.stopped_early or state.step >= run.plan.total_steps:
-            return
-
-
 def train_step(
     run: Run, train: list[dict], batches: list[np.ndarray], b: int, cfg: TrainingSpec
 ) -> dict[str, float] | None:
@@ -127,14 +99,8 @@ def evaluate_and_checkpoint(
     state.history.append(
         {"step": state.step, "val_loss": val_loss, "train_loss_mean": run.interval.mean()} | metrics
     )
-    if val_loss < state.best_val_loss:
-        state.best_val_loss, state.evals_without_improvement = val_loss, 0
-        run.best_weights = cpu_copy(model)
-        if run.checkpoint_dir:
-            save_best(run.checkpoint_dir, model)
-    elif state.step > run.plan.warmup_steps:  # no verdict while still warming up
-        state.evals_without_improvement += 1
-    if run.checkpoint_dir:
-        save_checkpoint(run.checkpoint_dir, model, run.optimizer, run.scheduler, state)
-    run.stopped_early = loop.patience_ran_out(cfg, state.evals_without_improvement)
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss = val_loss
+    loop.keep_best_and_checkpoint(run, improved, cfg)
     run.interval.reset()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from attnops.models.generation import train_steps
+from attnops.models import loop
 from attnops.models.generation.base import (
     build_once,
     load_base_model,
@@ -146,18 +146,18 @@ def test_resume_after_crash_reaches_the_same_weights(tmp_path, model_cache, monk
     data = load_generation_data(spec.data)
     whole = train_generator(spec, data, cache_dir=model_cache, progress=False)
 
-    real_save = train_steps.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_crash(folder, model, optimizer, scheduler, state):
         real_save(folder, model, optimizer, scheduler, state)
         if state.step == 6:
             raise Crash
 
-    monkeypatch.setattr(train_steps, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
     checkpoints = tmp_path / "ckpt"
     with pytest.raises(Crash):
         train_generator(spec, data, cache_dir=model_cache, checkpoint_dir=checkpoints)
-    monkeypatch.setattr(train_steps, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     resumed = train_generator(
         spec, data, cache_dir=model_cache, checkpoint_dir=checkpoints, resume=True
     )
