@@ -9,7 +9,8 @@ evaluation's test inputs and outputs). Every check answers one question about th
   pieces), its share of non-letters, the share of prompts holding PII, and the words of the
   messages (`prompt_words`);
 - outputs: output tokens (length), the words of the outputs (`output_words`) and, on the
-  sampled requests that have one, the mean lookback ratio (attention on the input);
+  sampled requests that have one, the mean lookback ratio (attention on the input; judged
+  once the window holds `MIN_NUMERIC_VALUES` of them);
 - the live hallucination rate: the share of scored outputs the version's detector flags
   against the reference's, judged on the detector's scores; outputs not scored yet are
   left out and counted;
@@ -55,6 +56,10 @@ NUMERIC_CHECKS = (
 WORD_CHECKS = {"prompt_words": "source", "output_words": "output"}
 """Word check -> the text column whose words it compares."""
 ALL_CHECKS = (*NUMERIC_CHECKS, *WORD_CHECKS, *RATE_CHECKS)
+MIN_NUMERIC_VALUES = 20
+"""A numeric check runs when both sides hold at least this many values. The sampled ones
+(the lookback ratio: a share of requests) may hold a handful per window, and a KS test of
+3-5 values against the reference alarmed on same-distribution windows now and then."""
 SCORE_KIND = "mean score increase"
 _WORD = re.compile(r"\w+")
 
@@ -94,7 +99,11 @@ def assess_generation_window(
     )
     hallucinations = _flag_count(ref["hallucinated"]), _flag_count(cur["hallucinated"])
     leaks = _flag_count(ref["pii_leak"]), _flag_count(cur["pii_leak"])
-    numeric = [c for c in NUMERIC_CHECKS if ref[c].notna().any() and cur[c].notna().any()]
+    numeric = [
+        c
+        for c in NUMERIC_CHECKS
+        if min(ref[c].notna().sum(), cur[c].notna().sum()) >= MIN_NUMERIC_VALUES
+    ]
     rates = [name for name, counts in ((HALLUCINATION_CHECK, hallucinations),
              (PII_LEAK_CHECK, leaks)) if all(c.judged for c in counts)]  # fmt: skip
     # Bonferroni: the checks that run share the false-alarm budget evenly.
