@@ -56,7 +56,7 @@ NUMERIC_CHECKS = (
 WORD_CHECKS = {"prompt_words": "source", "output_words": "output"}
 """Word check -> the text column whose words it compares."""
 ALL_CHECKS = (*NUMERIC_CHECKS, *WORD_CHECKS, *RATE_CHECKS)
-MIN_NUMERIC_VALUES = 20
+MIN_NUMERIC_VALUES = 10
 """A numeric check runs when both sides hold at least this many values. The sampled ones
 (the lookback ratio: a share of requests) may hold a handful per window, and a KS test of
 3-5 values against the reference alarmed on same-distribution windows now and then."""
