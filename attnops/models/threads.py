@@ -11,6 +11,7 @@ proportion instead. `ATTNOPS_NUM_THREADS` (this machine) overrides `training.num
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -61,14 +62,19 @@ def busy_cpus(interval_s: float = 0.25) -> float | None:
     """CPUs' worth of work other processes did on this process's CPUs over `interval_s`.
 
     From the kernel's per-CPU counters (/proc/stat), less this process's own CPU time;
-    time stolen by a hypervisor counts as busy. None where /proc/stat does not exist.
+    time stolen by a hypervisor counts as busy. Work at a lower priority than this
+    process's (the kernel's "nice" time, when this process is not niced itself) yields the
+    CPU to it and does not count: a `nice -n 19` batch job beside a training run would
+    otherwise halve the training's threads. None where /proc/stat does not exist.
     """
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    before, own_before = _cpu_jiffies(allowed), time.process_time()
+    count_nice = hasattr(os, "getpriority") and os.getpriority(os.PRIO_PROCESS, 0) > 0
+    jiffies = functools.partial(_cpu_jiffies, allowed, count_nice=count_nice)
+    before, own_before = jiffies(), time.process_time()
     if before is None:
         return None
     time.sleep(interval_s)
-    after, own_after = _cpu_jiffies(allowed), time.process_time()
+    after, own_after = jiffies(), time.process_time()
     busy, total = (a - b for a, b in zip(after, before, strict=True))
     if total <= 0:
         return None
@@ -77,10 +83,13 @@ def busy_cpus(interval_s: float = 0.25) -> float | None:
     return max(0.0, others)
 
 
-def _cpu_jiffies(allowed: set[int] | None) -> tuple[int, int] | None:
-    """(busy, total) clock ticks summed over the allowed CPUs since boot."""
+def _cpu_jiffies(
+    allowed: set[int] | None, *, count_nice: bool, stat: Path = Path("/proc/stat")
+) -> tuple[int, int] | None:
+    """(busy, total) clock ticks summed over the allowed CPUs since boot; niced work is
+    busy only with `count_nice`."""
     try:
-        lines = Path("/proc/stat").read_text().splitlines()
+        lines = stat.read_text().splitlines()
     except OSError:
         return None
     busy = total = 0
@@ -93,7 +102,7 @@ def _cpu_jiffies(allowed: set[int] | None) -> tuple[int, int] | None:
         # user nice system idle iowait irq softirq steal (guest time is inside user)
         ticks = [int(v) for v in fields[:8]]
         total += sum(ticks)
-        busy += sum(ticks) - ticks[3] - ticks[4]
+        busy += sum(ticks) - ticks[3] - ticks[4] - (0 if count_nice else ticks[1])
     return busy, total
 
 
