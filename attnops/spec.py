@@ -607,6 +607,10 @@ class RetrainSpec(_Section):
     """Examples of the original training split mixed in with the new labels (a seeded
     sample; rehearsal against forgetting). Default: all of them."""
     epochs: int | None = Field(None, ge=1, description="Default: training.epochs.")
+    repeat_new_labels: int = Field(1, ge=1, le=100)
+    """Times each new label appears in the retrain's train split. A few dozen corrections
+    among hundreds of replayed examples barely move the weights; repeating them does
+    (measured on the demo's generative retrain, see configs/ticket-replies.yaml)."""
 
 
 class CiSpec(_Section):

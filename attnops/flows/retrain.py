@@ -204,10 +204,12 @@ def _classification_splits(
     replay = spec.retrain.replay_examples
     if replay is not None and replay < len(old):
         old = old.sample(n=replay, random_state=spec.training.seed)
-    splits = {"train": pd.concat([old, new], ignore_index=True)}
+    repeat = spec.retrain.repeat_new_labels
+    splits = {"train": pd.concat([old, *[new] * repeat], ignore_index=True)}
     splits |= {name: data.splits[name] for name in ("validation", "test")}
     names = {TEXT: spec.data.text_column, LABEL: spec.data.label_column}
-    print(f"retrain data: {len(old)} original + {len(new)} labelled requests")
+    times = f" x {repeat}" if repeat > 1 else ""
+    print(f"retrain data: {len(old)} original + {len(new)} labelled requests{times}")
     return {name: frame.rename(columns=names) for name, frame in splits.items()}
 
 

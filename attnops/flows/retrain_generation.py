@@ -45,7 +45,8 @@ def generation_splits(
 ) -> dict[str, pd.DataFrame]:
     """The retrain's splits in the spec's column names: train = the original rows (all, or
     `retrain.replay_examples` of them, seeded) + most of `corrections`; validation = the
-    original rows + the rest of them (`HELD_OUT_CORRECTIONS`); test as it is.
+    original rows + the rest of them (`HELD_OUT_CORRECTIONS`); test as it is. The training
+    corrections appear `retrain.repeat_new_labels` times each.
     """
     data = load_generation_data(spec.data, spec_path)
     names = {SOURCE: spec.data.source_column, TARGET: spec.data.target_column}
@@ -63,10 +64,14 @@ def generation_splits(
     n_held = math.ceil(HELD_OUT_CORRECTIONS * len(new)) if len(new) >= 2 else 0
     held = new.sample(n=n_held, random_state=spec.training.seed)
     new = new.drop(held.index)
+    repeat = spec.retrain.repeat_new_labels
     print(
-        f"retrain data: {len(old)} original rows + {len(new)} corrected replies; validation: "
-        f"{len(splits['validation'])} original rows + {len(held)} corrected replies"
+        f"retrain data: {len(old)} original rows + {len(new)} corrected replies"
+        + (f" x {repeat}" if repeat > 1 else "")
+        + f"; validation: {len(splits['validation'])} original rows + {len(held)} corrected "
+        "replies"
     )
+    new = pd.concat([new] * repeat, ignore_index=True)
     return splits | {
         "train": pd.concat([old, new], ignore_index=True),
         "validation": pd.concat([splits["validation"], held], ignore_index=True),

@@ -115,3 +115,6 @@ def test_the_retrain_validates_on_held_out_corrections_as_well_as_on_the_old_row
     assert held | (set(train["ticket"]) & corrected) == corrected
     again = generation_splits(spec, str(config), corrections)["validation"]
     assert again.equals(validation)
+    raw["retrain"]["repeat_new_labels"] = 3
+    repeated = generation_splits(PipelineSpec.model_validate(raw), str(config), corrections)
+    assert len(repeated["train"]) == 10 + 3 * 6 and repeated["validation"].equals(validation)
