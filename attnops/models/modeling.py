@@ -63,8 +63,9 @@ def build_classifier(spec: ModelSpec, label_names: tuple[str, ...]):
         return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
     # fp32 master weights whatever the checkpoint holds: transformers 5 would keep a bf16
     # checkpoint in bf16, and AdamW updates in bf16 lose most small steps. Autocast runs
-    # the matmuls in bf16 on CUDA anyway. A base that is already a classifier over other
-    # labels gets a new head (ignore_mismatched_sizes) instead of a load error.
+    # the matmuls in bf16 where that pays (`models.precision`). A base that is already a
+    # classifier over other labels gets a new head (ignore_mismatched_sizes) instead of a
+    # load error.
     return AutoModelForSequenceClassification.from_pretrained(
         base,
         config=config,

@@ -24,6 +24,7 @@ from attnops.models.batching import Encoded
 from attnops.models.checkpoints import TrainState, load_best, read_checkpoint, restore
 from attnops.models.fit import assess_fit, describe_fit
 from attnops.models.modeling import count_parameters
+from attnops.models.precision import bf16_autocast, dtype_label
 from attnops.models.train_steps import (
     EvaluationCallback,
     Run,
@@ -173,7 +174,8 @@ def _set_up(
         model=model,
         ddp=ddp,
         forward=torch.compile(forward) if cfg.compile else forward,
-        autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16),
+        # On a CPU with native bf16 too: 2.6x per MiniLM step at the same accuracy (spec.py).
+        autocast=bf16_autocast(device, cfg.bf16),
         trainable=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer,
         scheduler=scheduler,
@@ -230,7 +232,7 @@ def _run_card(
         "classes": model.config.num_labels,
         "parameters": count_parameters(model),
         "device": str(device),
-        "dtype": "bf16 autocast" if device.type == "cuda" and cfg.bf16 else "fp32",
+        "dtype": dtype_label(device, cfg.bf16),
         "processes": world.size,
         "batch_size": cfg.batch_size,
         "per_process_batch": math.ceil(cfg.batch_size / world.size),

@@ -6,6 +6,7 @@ import torch
 
 from attnops.models.batching import encode
 from attnops.models.modeling import build_classifier
+from attnops.models.precision import native_bf16
 from attnops.models.train import fine_tune
 from attnops.spec import ModelSpec, TrainingSpec
 from tests.conftest import TINY_BERT
@@ -35,7 +36,14 @@ def _data(tokenizer, n_repeat=1):
 
 
 def _cfg(**kw) -> TrainingSpec:
-    base = {"learning_rate": 3e-3, "warmup_ratio": 0.0, "early_stopping_patience": None}
+    # fp32: these tests compare weights across batch shapes, optimizers and resumes at fp32
+    # tolerances, which bf16 rounding (autocast on a CPU with native bf16) exceeds.
+    base = {
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.0,
+        "early_stopping_patience": None,
+        "bf16": False,
+    }
     return TrainingSpec(**(base | kw))
 
 
@@ -47,6 +55,19 @@ def test_overfits_one_batch(tokenizer):
     assert result.best_val_macro_f1 == 1.0
     assert result.history[-1]["train_loss"] < 0.05
     assert result.real_tokens == 60 * sum(len(ids) for ids in data.input_ids)
+
+
+@pytest.mark.skipif(not native_bf16(CPU), reason="this CPU has no native bf16")
+def test_a_cpu_with_native_bf16_trains_under_autocast_and_still_learns(tokenizer):
+    model, data = _model(NO_DROPOUT), _data(tokenizer)
+    cfg = _cfg(epochs=60, batch_size=8, learning_rate=1e-2, bf16=True)
+    result = fine_tune(model, data, data, cfg, pad_id=0, device=CPU, progress=False)
+    assert result.run_card["dtype"] == "bf16 autocast"
+    assert result.best_val_macro_f1 == 1.0
+    assert next(model.parameters()).dtype == torch.float32  # fp32 master weights
+    fp32 = fine_tune(_model(NO_DROPOUT), data, data, _cfg(epochs=1), pad_id=0, device=CPU,
+                     progress=False)  # fmt: skip
+    assert fp32.run_card["dtype"] == "fp32"
 
 
 def test_gradient_accumulation_matches_the_large_batch(tokenizer):
