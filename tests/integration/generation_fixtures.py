@@ -63,7 +63,7 @@ def generation_spec(data: Path, name: str, *, generation: dict, **sections) -> d
 
 
 def write_generation_spec(
-    folder: Path, name: str, *, n_test: int, n_labelled: int = 40, **sections
+    folder: Path, name: str, *, n_test: int, n_labelled: int = 40, seed: int = 0, **sections
 ) -> str:
     """Tiny ticket replies in `folder/data` (16 train, 4 validation, `n_test` test and
     `n_labelled` labelled rows) and a `generation_spec` with `sections` over them in
@@ -72,7 +72,7 @@ def write_generation_spec(
 
     data = folder / "data"
     write_ticket_replies(
-        data, seed=0, n_train=16, n_validation=4, n_test=n_test, n_labelled=n_labelled
+        data, seed=seed, n_train=16, n_validation=4, n_test=n_test, n_labelled=n_labelled
     )
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(generation_spec(data, name, **sections)))

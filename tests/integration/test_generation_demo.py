@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from attnops.demo.ticket_replies import ARTICLE_WITHDRAWN
 from attnops.demo.withdrawn_articles import generate_withdrawn_article_traffic
 from attnops.flows import demo_generation
 from attnops.models import aliases
@@ -48,11 +49,14 @@ CANARY_BATCHES = 40
 
 
 def _spec(folder: Path) -> str:
-    return write_generation_spec(
+    path = write_generation_spec(
         folder,
         NAME,
         n_test=16,
         n_labelled=60,
+        # The detector of a random model is arbitrary: on seed 0's labelled set it flags
+        # every one of its own (newline) replies, leaving stale replies nothing to raise.
+        seed=2,
         generation={"max_new_tokens": 64, "eval_samples": 16},  # a stale reply: <= 63 tokens
         **TINY_MODEL_GATES,
         monitoring={"window_size": WINDOW, "bootstrap_resamples": 1000},
@@ -60,33 +64,47 @@ def _spec(folder: Path) -> str:
         release={"canary_window": 10, "timeout_s": 120, "max_latency_increase": 10.0},
         retrain={"min_new_labels": CORRECTED, "replay_examples": 8},
     )
+    # The tiny random model's "replies" are 64 newlines. Fitted with the labelled set's
+    # article-less pairs (holding reply faithful, quoted terms not), its detector flags every
+    # one of them (reference rate 1.0), which leaves the stale replies nothing to raise.
+    labelled = folder / "data" / "hallucination.jsonl"
+    rows = pd.read_json(labelled, lines=True)
+    rows[rows["kind"] != ARTICLE_WITHDRAWN].to_json(labelled, orient="records", lines=True)
+    return path
 
 
-def _stale_script(spec_path: str, tokenizer) -> dict[tuple[int, ...], list[int]]:  # noqa: F811
-    """Prompt ids -> the reply tokens (then eos) of a model trained on the old articles,
-    for every ticket the demo sends after the knowledge base changed."""
+def _scripts(spec_path: str, tokenizer) -> tuple[dict, dict]:  # noqa: F811
+    """Prompt ids -> reply tokens (then eos) for every ticket the demo sends after the
+    knowledge base changed: the stale replies of a model trained on the old articles, and
+    the correct ones (holding replies where the article is withdrawn)."""
     spec = load_spec(spec_path)
     rows = generate_withdrawn_article_traffic(WINDOW, seed=demo_generation.CHANGED_SEED)
     for seed in range(1001, 1001 + CANARY_BATCHES):
         rows += generate_withdrawn_article_traffic(16, seed=seed)
-    return {
-        tuple(prompt_ids(tokenizer, spec.generation, row["ticket"], row["article"])): [
-            *tokenizer(row["stale_reply"], add_special_tokens=False)["input_ids"],
-            tokenizer.eos_token_id,
-        ]
-        for row in rows
-    }
+
+    def script(column: str) -> dict[tuple[int, ...], list[int]]:
+        return {
+            tuple(prompt_ids(tokenizer, spec.generation, row["ticket"], row["article"])): [
+                *tokenizer(row[column], add_special_tokens=False)["input_ids"],
+                tokenizer.eos_token_id,
+            ]
+            for row in rows
+        }
+
+    return script("stale_reply"), script("reply")
 
 
 @pytest.fixture
 def stale_v1(monkeypatch, spec_path, tokenizer):  # noqa: F811
-    """Served v1 writes the stale replies; every other version writes its own."""
-    script = _stale_script(spec_path, tokenizer)
+    """Served v1 writes the stale replies and v2 the correct ones: a tiny random model
+    learns neither (its own replies are newlines), and the test is about the loop."""
+    stale, correct = _scripts(spec_path, tokenizer)
+    scripts = {"1": stale, "2": correct}
     load, advance = GenerationVersions._load, GenerationEngine._advance
 
     def scripted_load(self, client, version):
         slot = load(self, client, version)
-        slot.engine.script = script if version == "1" else {}
+        slot.engine.script = scripts.get(version, {})
         return slot
 
     def scripted_advance(self, row, token):
@@ -150,11 +168,14 @@ def test_the_demo_alarms_on_stale_replies_retrains_on_corrections_and_promotes_v
     (retrain_spec,) = (Settings.from_env().home / "retrain").glob("*/spec.yaml")
     raw = yaml.safe_load(retrain_spec.read_text())
     trained_on = pd.read_json(raw["data"]["train"], lines=True)
+    validated_on = pd.read_json(raw["data"]["validation"], lines=True)
     window = generate_withdrawn_article_traffic(WINDOW, seed=demo_generation.CHANGED_SEED)
     holding = {row["reply"] for row in window if row["changed"]}
-    assert len(holding) == CORRECTED and len(trained_on) == 8 + CORRECTED
-    assert set(trained_on.tail(CORRECTED)["reply"]) == holding
-    assert set(trained_on.tail(CORRECTED)["article"].fillna("")) == {""}  # as logged
+    # A quarter of the corrections (2 of 6) validate, the rest train beside 8 replayed rows.
+    assert len(holding) == CORRECTED and len(trained_on) == 8 + CORRECTED - 2
+    live = pd.concat([trained_on.tail(CORRECTED - 2), validated_on.tail(2)])
+    assert set(live["reply"]) == holding
+    assert set(live["article"].fillna("")) == {""}  # as logged
     v1, v2 = (client.get_model_version(NAME, v) for v in ("1", "2"))
     assert v1.tags["attnops.retrain_trigger"].startswith(f"started: {CORRECTED} new corrected")
     assert v2.tags["attnops.gate"] == "passed" and v2.tags["attnops.gate_champion"] == "1"

@@ -85,8 +85,10 @@ def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(tmp_p
     # Its "zero-shot base" would be the champion: the gate compares the two directly instead.
     assert raw["generation"]["zero_shot_baseline"] is False
     trained_on = pd.read_json(raw["data"]["train"], lines=True)
-    assert len(trained_on) == 16 + 4  # the original rows, one row per corrected prompt
-    live = trained_on.tail(4)
+    validated_on = pd.read_json(raw["data"]["validation"], lines=True)
+    # One row per corrected prompt: 3 of the 4 train beside the original rows, one validates.
+    assert len(trained_on) == 16 + 3
+    live = pd.concat([trained_on.tail(3), validated_on.tail(1)])
     assert set(live["article"]) == {ARTICLE}
     assert live["reply"].tolist() == ["Within 3 business days."] * 4
 

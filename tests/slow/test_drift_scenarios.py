@@ -36,6 +36,10 @@ def world(tmp_path_factory):
     write_demo_dataset(folder, seed=0, n_train=1200, n_validation=300, n_test=600)
     raw = tiny_spec_dict(folder, epochs=4, batch_size=32)
     raw["model"]["max_length"] = 128
+    # The detection rates below were set on this model trained in fp32; bf16 autocast (the
+    # default on CPUs with native bf16) trains a slightly different one, and label shift,
+    # the subtlest scenario, then alarmed in 17 of 20 windows. The monitor is under test.
+    raw["training"]["bf16"] = False
     spec = PipelineSpec.model_validate(raw)
     data = load_labelled_data(spec.data)
     trained = train_classifier(spec, data, progress=False)

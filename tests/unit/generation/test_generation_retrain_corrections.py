@@ -97,7 +97,7 @@ def test_the_retrain_validates_on_held_out_corrections_as_well_as_on_the_old_row
     raw = yaml.safe_load(config.read_text())
     raw["data"] |= {split: str(paths[split]) for split in ("train", "validation", "test")}
     raw["generation"]["hallucination_set"] = str(paths["hallucination"])
-    raw["retrain"]["replay_examples"] = 10
+    raw["retrain"] |= {"replay_examples": 10, "repeat_new_labels": 1}
     spec = PipelineSpec.model_validate(raw)
     corrections = pd.DataFrame(
         {
