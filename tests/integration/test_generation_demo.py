@@ -25,7 +25,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from attnops.demo.ticket_replies import ARTICLE_WITHDRAWN
 from attnops.demo.withdrawn_articles import generate_withdrawn_article_traffic
 from attnops.flows import demo_generation
 from attnops.models import aliases
@@ -49,7 +48,7 @@ CANARY_BATCHES = 40
 
 
 def _spec(folder: Path) -> str:
-    path = write_generation_spec(
+    return write_generation_spec(
         folder,
         NAME,
         n_test=16,
@@ -64,13 +63,6 @@ def _spec(folder: Path) -> str:
         release={"canary_window": 10, "timeout_s": 120, "max_latency_increase": 10.0},
         retrain={"min_new_labels": CORRECTED, "replay_examples": 8},
     )
-    # The tiny random model's "replies" are 64 newlines. Fitted with the labelled set's
-    # article-less pairs (holding reply faithful, quoted terms not), its detector flags every
-    # one of them (reference rate 1.0), which leaves the stale replies nothing to raise.
-    labelled = folder / "data" / "hallucination.jsonl"
-    rows = pd.read_json(labelled, lines=True)
-    rows[rows["kind"] != ARTICLE_WITHDRAWN].to_json(labelled, orient="records", lines=True)
-    return path
 
 
 def _scripts(spec_path: str, tokenizer) -> tuple[dict, dict]:  # noqa: F811
