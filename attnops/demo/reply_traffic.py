@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from attnops.demo.ticket_reply_banks import POLICIES
-from attnops.demo.traffic import check_server
+from attnops.demo.traffic import canary_serving, check_server
 from attnops.demo.withdrawn_articles import unsupported_numbers
 
 REQUEST_TIMEOUT_S = 300.0
@@ -177,11 +177,7 @@ class CanaryTickets:
     def _run(self) -> None:
         seed = 1000
         while not self._stop.is_set():
-            try:
-                canary = httpx.get(f"{self.url}/ready", timeout=5).json().get("canary")
-            except (httpx.HTTPError, ValueError):
-                canary = None
-            if not canary:
+            if not canary_serving(self.url):
                 self._stop.wait(0.5)
                 continue
             if self.seen_at is None:

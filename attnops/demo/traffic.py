@@ -108,6 +108,15 @@ def simulate(url: str, **kwargs) -> TrafficResult:
     return asyncio.run(send_traffic(url, **kwargs))
 
 
+def canary_serving(url: str) -> bool:
+    """Whether the server at `url` routes part of its traffic to a canary now (`/ready`);
+    False while it cannot tell."""
+    try:
+        return bool(httpx.get(f"{url}/ready", timeout=5).json().get("canary"))
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
 def wait_for_log(url: str, timeout_s: float = 120.0) -> None:
     """Until the server at `url` has written every answered request to its inference log."""
     deadline = time.monotonic() + timeout_s
@@ -148,11 +157,7 @@ class CanaryTraffic:
     def _run(self) -> None:
         seed = 1000
         while not self._stop.is_set():
-            try:
-                canary = httpx.get(f"{self.url}/ready", timeout=5).json().get("canary")
-            except (httpx.HTTPError, ValueError):
-                canary = None
-            if not canary:
+            if not canary_serving(self.url):
                 self._stop.wait(0.2)
                 continue
             seed += 1
