@@ -42,9 +42,11 @@ import time
 from pathlib import Path
 from subprocess import PIPE
 
+import torch
 import yaml
 from serve_load_probes import BOUND_WORKER, Server, closed_loop, logged, percentiles
 
+from attnops.models.precision import dtype_label
 from attnops.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,8 @@ BASELINE_APP = textwrap.dedent(
     from transformers import pipeline
 
     torch.set_num_threads(int(sys.argv[3]))
-    classify = pipeline("text-classification", model=sys.argv[1], device=-1)
+    dtype = getattr(torch, sys.argv[4])
+    classify = pipeline("text-classification", model=sys.argv[1], device=-1, dtype=dtype)
     app = FastAPI()
 
     class Body(BaseModel):
@@ -85,6 +88,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, all")
     parser.add_argument("--home", help="an ATTNOPS_HOME whose registry has a champion")
     parser.add_argument("--spec", default="configs/support-tickets.yaml")
+    parser.add_argument(
+        "--baseline-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the pipeline's weights: its default, or bf16 (the fair match for our bf16 pass)",
+    )
     args = parser.parse_args()
     texts = _texts()
     with tempfile.TemporaryDirectory() as scratch:
@@ -102,10 +111,11 @@ def main() -> None:
         forward = spec.serving.forward_batch_size
         (scratch / "texts.json").write_text(json.dumps(texts))
         ours = [sys.executable, "-m", "attnops.flows.cli", "serve", "--spec", str(spec_path)]
-        base = [sys.executable, "-c", BASELINE_APP, str(model_dir), "{port}", str(args.threads)]
+        base = [sys.executable, "-c", BASELINE_APP, str(model_dir), "{port}", str(args.threads),
+                args.baseline_dtype]  # fmt: skip
         bound = [sys.executable, "-c", BOUND_WORKER, str(model_dir), str(args.threads),
                  str(scratch / "texts.json"), str(micro), str(forward),
-                 str(spec.model.max_length)]  # fmt: skip
+                 str(spec.model.max_length), str(int(spec.serving.bf16))]  # fmt: skip
         sides = {
             "ours": Server([*ours, "--port", "{port}"], env, threads_metric=True),
             "base": Server(base, env, threads_metric=False),
@@ -118,6 +128,7 @@ def main() -> None:
             for server in sides.values():
                 server.stop()
         results["ours"]["lost"] = sides["ours"].answered - logged(scratch / "inference.db")
+        results["precision"] = dtype_label(torch.device("cpu"), spec.serving.bf16)
         results["ours"]["stop_s"] = sides["ours"].stop_s
     _report(results, args, micro, forward)
 
@@ -256,7 +267,8 @@ def _report(results: dict, args, micro: int, forward: int) -> None:
     bound = max(results["bound"].values(), key=lambda layout: layout["throughput"])
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} torch threads; {args.concurrency} clients, {args.duration:g} s per side "
-          f"in {args.rounds} interleaved rounds")  # fmt: skip
+          f"in {args.rounds} interleaved rounds; ours {results['precision']}, pipeline "
+          f"{args.baseline_dtype}")  # fmt: skip
     print(f"{'':<36}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'lost':>6}")
     for name, r in (("attnops serve", ours), ("transformers pipeline", base)):
         print(f"{name:<36}{r['throughput']:>8.1f}{r['p50']:>9.1f}{r['p99']:>9.1f}"

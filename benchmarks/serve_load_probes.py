@@ -23,9 +23,10 @@ import numpy as np
 
 # The model's own best: the same texts in the server's micro-batches (what the clients have
 # in flight), each cut into length-sorted forward batches. No HTTP, no log, no features:
-# forward passes and the softmax only, in two layouts of the same `threads` CPUs: one stream
-# of batches on all of them ("1xN"), or N streams (Python threads) of one torch thread each,
-# each with its share of the texts in flight ("Nx1"). Runs a segment per line on stdin
+# forward passes and the softmax only, in the server's precision (`serving.bf16`), in two
+# layouts of the same `threads` CPUs: one stream of batches on all of them ("1xN"), or N
+# streams (Python threads) of one torch thread each, each with its share of the texts in
+# flight ("Nx1"). Runs a segment per line on stdin
 # ("SECONDS", half in each layout) and answers one JSON line.
 BOUND_WORKER = """
 import json, sys, threading, time
@@ -34,7 +35,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from attnops.models.batching import encode
 from attnops.models.inference import predict
 
-folder, threads, texts_file, micro, forward, max_length = sys.argv[1:7]
+folder, threads, texts_file, micro, forward, max_length, bf16 = sys.argv[1:8]
 threads, micro, forward = int(threads), int(micro), int(forward)
 model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
 tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -53,7 +54,8 @@ def stream(chunks, torch_threads, first, stop, done):
     i = first
     while time.perf_counter() < stop:
         chunk = chunks[i % len(chunks)]
-        predict(model, chunk, pad_id=tokenizer.pad_token_id, device=cpu, batch_size=forward)
+        predict(model, chunk, pad_id=tokenizer.pad_token_id, device=cpu, batch_size=forward,
+                bf16_on_cpu=bf16 == "1")
         done.append(len(chunk))
         i += 1
 

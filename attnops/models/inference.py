@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from attnops.models.batching import Encoded, iterate, sequential_batches
+from attnops.models.precision import bf16_autocast
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,16 @@ def predict(
     device: torch.device,
     batch_size: int = 64,
     with_embeddings: bool = False,
+    bf16_on_cpu: bool = False,
 ) -> Predictions:
     """Run the classifier over `data`; batches are length-sorted, results are not.
 
     Embeddings are the mask-weighted mean of the last hidden layer: the model's own view
     of the input, which later drift checks compare without a second model. With them come
     the output layer's inputs (`features`, captured by a hook).
+
+    The matmuls run in bf16 on CUDA, and on a CPU with native bf16 when `bf16_on_cpu` (the
+    server's `serving.bf16`); elsewhere in fp32.
     """
     was_training = model.training
     if was_training:  # eval() walks every module: not on each served batch
@@ -58,7 +63,7 @@ def predict(
         if with_embeddings
         else None
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = bf16_autocast(device, device.type == "cuda" or bf16_on_cpu)
     try:
         for indices, batch in iterate(
             data, sequential_batches(data.lengths, batch_size), pad_id, device

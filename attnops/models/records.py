@@ -63,6 +63,7 @@ def score_records(
     seed: int = 0,
     batch_size: int = 64,
     out_of_scope: OutOfScopeDetector | None = None,
+    bf16_on_cpu: bool = False,
 ) -> pd.DataFrame:
     """Run the model over `texts` and return one record per input.
 
@@ -73,13 +74,19 @@ def score_records(
     and the logits) and, when it holds several (at evaluation), `out_of_scope_score.<name>` for
     each. The text itself is not included: the caller decides whether and how (redacted)
     to keep it. Inputs run in length-sorted batches of `batch_size` (less padding; smaller
-    suits a CPU).
+    suits a CPU), in bf16 as `predict` decides (`bf16_on_cpu`: the server's choice).
     """
     texts = list(texts)
     encoded = encode(tokenizer, texts, max_length)
     pad_id = tokenizer.pad_token_id
     scored = predict(
-        model, encoded, pad_id=pad_id, device=device, batch_size=batch_size, with_embeddings=True
+        model,
+        encoded,
+        pad_id=pad_id,
+        device=device,
+        batch_size=batch_size,
+        with_embeddings=True,
+        bf16_on_cpu=bf16_on_cpu,
     )
     frame = pd.DataFrame(text_features(tokenizer, texts, encoded))
     frame["prediction"] = np.asarray(label_names, dtype=object)[scored.labels]

@@ -5,9 +5,11 @@ reference profile, so every logged record is comparable with that profile: the s
 tokenizer statistics, the same projected embedding, attention entropy on a sampled share.
 The entropy does not decide the answer and must not cost a second pass on the request path:
 on a CPU it is read off the served pass itself (`attention_capture`: the sampled inputs' query
-and key rows), and where that is not possible (a GPU's bf16 pass, a layout the capture does
-not know) the sampled records carry a deferred eager pass that the inference log's writer
-runs, off the request path and within its CPU cap (`log_writer`).
+and key rows; from a bf16 pass on BANKING77 within 0.005 of the fp32 eager pass's, a head's
+mean shifted by at most 0.06 of its spread across inputs), and where that is not possible (a
+GPU's pass, a layout the capture does not know) the sampled records carry a deferred eager
+pass that the inference log's writer runs, off the request path and within its CPU cap
+(`log_writer`).
 
 On a CPU the model runs in several single-threaded workers rather than one multi-threaded
 one: a forward pass over a few short texts splits poorly across threads, and when another
@@ -77,6 +79,7 @@ class ModelSlot:
         attention_share: share of inputs whose attention entropy is computed.
         unsupported_distance_quantile: the spec's monitoring setting, as in the monitors.
         forward_batch_size: inputs per forward pass (`serving.forward_batch_size`).
+        bf16: bf16 autocast on a CPU with native bf16 (`serving.bf16`; always on CUDA).
         workers: threads that may run batches at the same time.
     """
 
@@ -88,6 +91,7 @@ class ModelSlot:
         attention_share: float,
         unsupported_distance_quantile: float,
         forward_batch_size: int,
+        bf16: bool = False,
         workers: int = 1,
     ) -> None:
         summary, self.projection = loaded.profile_summary()
@@ -104,11 +108,12 @@ class ModelSlot:
         # ones keep SDPA) for the same reason.
         probe = encode(self.tokenizer, [_PROBE], self.max_length).input_ids[0]
         self._views: queue.SimpleQueue = queue.SimpleQueue()
+        self.bf16 = bf16
         for _ in range(workers):
             model = self._shared_copy()
             capture = (
                 AttentionCapture.attach(model, probe, self.tokenizer.pad_token_id)
-                if device.type == "cpu"  # a GPU's bf16 pass would not match the reference
+                if device.type == "cpu"  # a GPU's pass is not measured against the reference
                 else None
             )
             self._views.put((model, copy.deepcopy(self.tokenizer), capture))
@@ -161,6 +166,7 @@ class ModelSlot:
                 device=self.device,
                 batch_size=self.forward_batch_size,
                 out_of_scope=self.out_of_scope,
+                bf16_on_cpu=self.bf16,
             )
             read_off = capture.entropies() if capture is not None else {}
         finally:
@@ -326,5 +332,6 @@ class ServedVersions:
             attention_share=self.spec.serving.attention_sample_share,
             unsupported_distance_quantile=self.spec.monitoring.unsupported_distance_quantile,
             forward_batch_size=self.spec.serving.forward_batch_size,
+            bf16=self.spec.serving.bf16,
             workers=self.workers,
         )
