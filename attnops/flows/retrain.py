@@ -173,7 +173,7 @@ def write_training_spec(
         loaded.tokenizer.save_pretrained(weights)
         # A generator fine-tunes the champion's weights as it did the base's (new LoRA
         # adapters, merged again at registration).
-        raw["model"] |= {"base": str(weights), "config_overrides": {}}
+        raw["model"] |= {"warm_start": str(weights), "config_overrides": {}}
         if spec.task == "generation":
             # The "zero-shot base" would now be the champion, and the gate would ask the new
             # version to beat it by generation_gate.min_rouge_l_gain_over_base; the gate

@@ -13,11 +13,12 @@ def model_card(
     """Markdown: what the model is, how it scores against the baseline, where it is weak."""
     m = evaluation.metrics
     report = evaluation.report
+    warm = " (warm-started from earlier fine-tuned weights)" if spec.model.warm_start else ""
     lines = [
         f"# {spec.name}",
         "",
-        f"Fine-tuned `{spec.model.base}` for `{spec.task}` over {len(data.label_names)} classes "
-        f"(max {spec.model.max_length} tokens).",
+        f"Fine-tuned `{spec.model.base}`{warm} for `{spec.task}` over {len(data.label_names)} "
+        f"classes (max {spec.model.max_length} tokens).",
         "",
         "## Results (test split)",
         "",

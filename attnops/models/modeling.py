@@ -35,18 +35,24 @@ def resolve_base(base: str) -> str:
     return base
 
 
+def weights_source(spec: ModelSpec) -> str:
+    """Where fine-tuning starts: `warm_start` (a retrain's champion) or the base."""
+    return spec.warm_start or resolve_base(spec.base)
+
+
 def load_tokenizer(spec: ModelSpec):
-    """The base model's tokenizer (fast implementation)."""
-    return AutoTokenizer.from_pretrained(resolve_base(spec.base))
+    """The tokenizer of the weights fine-tuning starts from (fast implementation)."""
+    return AutoTokenizer.from_pretrained(weights_source(spec))
 
 
 def build_classifier(spec: ModelSpec, label_names: tuple[str, ...]):
     """A sequence classifier over `label_names`, with SDPA attention for training.
 
     With `config_overrides` the model is randomly initialised from the base config (tiny
-    test models); otherwise the pretrained encoder is loaded and a new head added.
+    test models); otherwise the pretrained encoder is loaded and a new head added (or, with
+    `warm_start`, the champion's encoder and head).
     """
-    base = resolve_base(spec.base)
+    base = weights_source(spec)
     labels = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),

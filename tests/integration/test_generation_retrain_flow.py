@@ -80,7 +80,8 @@ def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(tmp_p
 
     (retrain_spec,) = (Settings.from_env().home / "retrain").glob("*/spec.yaml")
     raw = yaml.safe_load(retrain_spec.read_text())
-    assert raw["model"]["base"] == str(retrain_spec.parent / "champion" / "model")
+    # The champion's weights are fine-tuned; the lineage still names the base model.
+    assert raw["model"]["warm_start"] == str(retrain_spec.parent / "champion" / "model")
     assert raw["model"]["config_overrides"] == {}
     # Its "zero-shot base" would be the champion: the gate compares the two directly instead.
     assert raw["generation"]["zero_shot_baseline"] is False
@@ -94,6 +95,7 @@ def test_retrain_fine_tunes_the_champion_on_corrected_replies_and_gates_it(tmp_p
 
     v1, v2 = (client.get_model_version(NAME, v) for v in ("1", "2"))
     assert v2.tags["attnops.tokenizer_sha256"] == v1.tags["attnops.tokenizer_sha256"]
+    assert v2.tags["attnops.base_model"] == v1.tags["attnops.base_model"] == raw["model"]["base"]
     assert v2.tags["attnops.gate"] == "passed"
     assert v2.tags["attnops.release"] == "rolled_back"
     assert v1.tags["attnops.retrain_trigger"].startswith("started: 4 new corrected replies")

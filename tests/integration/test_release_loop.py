@@ -165,6 +165,8 @@ def test_monitor_alarms_on_drift_and_retrain_runs_once_per_event_within_its_guar
         run = mlflow.get_run(client().get_model_version(NAME, "2").run_id)
         assert run.data.tags["attnops.trigger"] == "retrain"
         assert run.data.tags["attnops.event_id"] == alarm["event_id"]
+        # Warm-started from v1's weights, the lineage still names the base model.
+        assert _tags("2")["attnops.base_model"] == _tags("1")["attnops.base_model"]
         again = retrain(path, event_id=alarm["event_id"])
         assert again["status"] == "skipped" and "already started a retrain" in again["reason"]
         other = retrain(path, event_id="another-event")

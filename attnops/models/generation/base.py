@@ -115,6 +115,8 @@ def _write_smollm2_model(tmp: Path) -> None:
 
 def _source(spec: ModelSpec, cache_dir: Path, *, weights: bool) -> str:
     """A folder or id `from_pretrained` accepts; converts SmolLM2 only when `weights`."""
+    if spec.warm_start:
+        return spec.warm_start
     if spec.base != SMOLLM2_BASE:
         return spec.base
     full, light = smollm2_dirs(cache_dir)

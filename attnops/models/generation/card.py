@@ -29,6 +29,8 @@ def generation_card(
         if gen.lora
         else "full fine-tuning"
     )
+    if spec.model.warm_start:
+        how += ", warm-started from earlier fine-tuned weights"
     counts = ", ".join(f"{name} {len(frame)}" for name, frame in data.splits.items())
     lines = [
         f"# {spec.name}",
