@@ -40,6 +40,7 @@ from attnops.models.attention_capture import AttentionCapture
 from attnops.models.batching import Encoded, encode
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
+from attnops.models.precision import dtype_label
 from attnops.models.record_columns import TEXT_FEATURES
 from attnops.models.records import score_records
 from attnops.models.threads import choose_threads, pinned_threads
@@ -259,14 +260,16 @@ class ServedVersions:
         self._blas_limits = None
         self._blas_lock = threading.Lock()
         choice = choose_threads(spec.training.num_threads)
+        precision = dtype_label(self.device, self.device.type == "cuda" or spec.serving.bf16)
         if self.device.type == "cpu":
             self.workers, self._threads_per_worker = choice.threads, 1
             print(
-                f"serving: {self.workers} model worker(s) of 1 torch thread ({choice.describe()})"
+                f"serving: {self.workers} model worker(s) of 1 torch thread, {precision} "
+                f"({choice.describe()})"
             )
         else:
             self.workers, self._threads_per_worker = 1, choice.threads
-            print(f"serving: 1 model worker on {self.device} ({choice.describe()})")
+            print(f"serving: 1 model worker on {self.device}, {precision} ({choice.describe()})")
         self._worker = threading.local()
 
     def load(self) -> dict[str, str | None]:
