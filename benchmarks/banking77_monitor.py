@@ -171,6 +171,7 @@ def main() -> None:
             attention_share=spec.serving.attention_sample_share,
             unsupported_distance_quantile=spec.monitoring.unsupported_distance_quantile,
             forward_batch_size=spec.serving.forward_batch_size,
+            bf16=spec.serving.bf16,
         )
         texts = list(dict.fromkeys([*trained.iloc[:, 0], *unseen.iloc[:, 0]]))
         if args.answers and args.answers.is_file():
