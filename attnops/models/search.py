@@ -183,11 +183,12 @@ def run_trial(
         trial_spec = spec_for_trial(spec, trial)
         evaluations = 0
 
-        def report(step: int, val_macro_f1: float) -> None:
+        def report(step: int, val_macro_f1: float, last: bool) -> None:
             nonlocal evaluations
             evaluations += 1
             trial.report(val_macro_f1, evaluations)
-            if trial.should_prune():
+            # At the last evaluation pruning saves nothing and would lose a complete trial.
+            if not last and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"validation macro-F1 {val_macro_f1:.4f} at evaluation {evaluations} "
                     f"(step {step}) is below the median of earlier trials"

@@ -106,7 +106,8 @@ def fine_tune(
             Metrics are over all ranks.
         progress: show a progress bar.
         on_evaluate: called by rank 0 after every validation evaluation with (step,
-            validation macro-F1); may raise to stop (a search prunes a trial this way).
+            validation macro-F1, whether it is the plan's last); may raise to stop (a search
+            prunes a trial this way).
         card_notes: more choices made by the caller and why, for the run card.
     """
     world = distributed.world()

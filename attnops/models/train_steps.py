@@ -23,7 +23,8 @@ from attnops.models.inference import predict
 from attnops.spec import TrainingSpec
 
 StepCallback = Callable[[int, dict[str, float]], None]
-EvaluationCallback = Callable[[int, float], None]
+EvaluationCallback = Callable[[int, float, bool], None]
+"""(step, validation macro-F1, whether the plan has no steps left after it)."""
 
 
 @dataclass
@@ -116,7 +117,7 @@ def evaluate_and_checkpoint(
             state.best_macro_f1 = score
         loop.keep_best_and_checkpoint(run, improved, cfg)
         if on_evaluate:
-            on_evaluate(state.step, score)
+            on_evaluate(state.step, score, state.step >= run.plan.total_steps)
     # The other ranks wait here while rank 0 evaluates and writes (bounded by
     # distributed.timeout_s), then all stop or go on together.
     run.stopped_early = distributed.broadcast_from_main(run.stopped_early, run.world)

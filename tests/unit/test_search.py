@@ -110,6 +110,19 @@ def test_a_trial_behind_the_median_is_pruned_at_an_evaluation(tmp_path):
     assert search.kept_classifier(best, data, kept / "trial-1") is None
 
 
+def test_a_trial_behind_the_median_only_at_its_last_evaluation_completes(tmp_path):
+    # Pruning may start at evaluation 8, the last: stopping there would save nothing.
+    spec, data, url = _setup(tmp_path, pruner_startup_trials=1, pruner_warmup_evaluations=8)
+    study = search.open_study(spec, data.data_sha256, url)
+    study.enqueue_trial({"learning_rate": NEVER_LEARNS})
+    first = search.run_trial(study, spec, data)
+    second = search.run_trial(study, spec, data)
+
+    assert second.state == TrialState.COMPLETE and len(second.intermediate_values) == 8
+    assert second.value < first.value
+    assert search.best_spec(spec, study).training.learning_rate == LEARNS
+
+
 def test_a_restarted_search_resumes_its_study_and_budget(tmp_path):
     spec, data, url = _setup(tmp_path, n_trials=3, pruner="none")
     first = search.run_trial(search.open_study(spec, data.data_sha256, url), spec, data)
