@@ -91,7 +91,11 @@ def time_versions(spec: PipelineSpec, test: pd.DataFrame, loaded: list) -> list[
     """Latency of all versions at once, request by request in turn, on in-scope test inputs."""
     texts = test[test["label"].isin(loaded[0].label_names)]["text"].tolist()
     return measure_side_by_side(
-        loaded, texts, samples=spec.gate.latency_samples, device=pick_device(spec.training.device)
+        loaded,
+        texts,
+        samples=spec.gate.latency_samples,
+        device=pick_device(spec.training.device),
+        bf16_on_cpu=spec.serving.bf16,
     )
 
 

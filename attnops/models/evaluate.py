@@ -78,6 +78,7 @@ def evaluate_classifier(
         device=device,
         latency_samples=spec.evaluation.latency_samples,
         throughput_batch_size=spec.evaluation.throughput_batch_size,
+        bf16_on_cpu=spec.serving.bf16,
     )
     baseline = baseline_metrics(ctx, test) if spec.evaluation.baseline else {}
     attention, probe_size = attention_probe(ctx)

@@ -19,6 +19,7 @@ import torch
 
 from attnops.models.batching import Encoded, iterate, sequential_batches
 from attnops.models.metrics import percentiles
+from attnops.models.precision import bf16_autocast
 from attnops.models.threads import available_cpus, pinned_threads
 
 QUIET_CPU_SHARE = 0.9
@@ -34,11 +35,13 @@ def measure_performance(
     device: torch.device,
     latency_samples: int,
     throughput_batch_size: int,
+    bf16_on_cpu: bool = False,
 ) -> dict[str, float]:
     """Latency percentiles of single requests, examples/s at `throughput_batch_size`, memory.
 
     Uses real inputs of the test split with the serving kernel and dtype (SDPA, bf16
-    autocast on CUDA), each pass after a warm-up. Latency is timed as the gate times it
+    autocast on CUDA and, with `bf16_on_cpu` (`serving.bf16`), on a CPU with native bf16),
+    each pass after a warm-up. Latency is timed as the gate times it
     (`time_side_by_side`); throughput batches are length-sorted, as a batching server forms
     them, and run on the stage's threads.
     """
@@ -46,10 +49,12 @@ def measure_performance(
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    (single,) = time_side_by_side([(model, data, pad_id)], samples=latency_samples, device=device)
+    (single,) = time_side_by_side(
+        [(model, data, pad_id)], samples=latency_samples, device=device, bf16_on_cpu=bf16_on_cpu
+    )
     batches = sequential_batches(data.lengths, throughput_batch_size)
     timed = iterate(data, [batches[0], *batches], pad_id, device)  # [0]: warm-up
-    batched = [_timed_forward(model, batch, device)[0] for _, batch in timed][1:]
+    batched = [_timed_forward(model, batch, device, bf16_on_cpu)[0] for _, batch in timed][1:]
     metrics = {
         **percentiles(np.asarray(single["latency_ms"]), "latency_ms"),
         "latency_wall_ms_p95": float(np.percentile(single["wall_latency_ms"], 95)),
@@ -72,6 +77,7 @@ def time_side_by_side(
     device: torch.device,
     attempts: int = 3,
     pause_s: float = 2.0,
+    bf16_on_cpu: bool = False,
 ) -> list[dict[str, object]]:
     """Batch-1 latency of several models, request by request in turn, on one torch thread.
 
@@ -84,6 +90,7 @@ def time_side_by_side(
 
     Args:
         runs: (model, encoded inputs, pad id) per model, inputs in the same order.
+        bf16_on_cpu: time bf16 passes on a CPU with native bf16, as `serving.bf16` serves.
 
     Returns:
         Per run, in order: `latency_ms` (each request's own cost: this thread's CPU
@@ -96,7 +103,7 @@ def time_side_by_side(
     for attempt in range(attempts):
         if attempt:
             time.sleep(pause_s)  # a burst of other work may be over by then
-        wall_s, cpu_s, share = _interleaved(runs, samples, device)
+        wall_s, cpu_s, share = _interleaved(runs, samples, device, bf16_on_cpu)
         shares.append(share)
         if shares[-1] == max(shares):
             kept, loadavg_1m = (wall_s, cpu_s), os.getloadavg()[0]
@@ -126,7 +133,7 @@ def time_side_by_side(
 
 
 def _interleaved(
-    runs: list[tuple[object, Encoded, int]], samples: int, device: torch.device
+    runs: list[tuple[object, Encoded, int]], samples: int, device: torch.device, bf16_on_cpu: bool
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(wall seconds, CPU seconds), each [run, request], from one pass over the inputs, and
     the share of the whole pass's wall time this thread held a CPU.
@@ -142,12 +149,12 @@ def _interleaved(
     with pinned_threads(1):
         for model, data, pad_id in runs:  # warm every model up; neither kept nor in the share
             ((_, batch),) = iterate(data, [np.array([0])], pad_id, device)
-            _timed_forward(model, batch, device)
+            _timed_forward(model, batch, device, bf16_on_cpu)
         started, started_cpu = time.perf_counter(), time.thread_time()
         for i in range(n):
             for k, (model, data, pad_id) in enumerate(runs):
                 ((_, batch),) = iterate(data, [np.array([i])], pad_id, device)
-                wall_s[k, i], cpu_s[k, i] = _timed_forward(model, batch, device)
+                wall_s[k, i], cpu_s[k, i] = _timed_forward(model, batch, device, bf16_on_cpu)
         share = (time.thread_time() - started_cpu) / (time.perf_counter() - started)
     return wall_s, cpu_s, float(share)
 
@@ -163,13 +170,15 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def _timed_forward(model, batch: dict, device: torch.device) -> tuple[float, float]:
+def _timed_forward(
+    model, batch: dict, device: torch.device, bf16_on_cpu: bool
+) -> tuple[float, float]:
     """(wall, this thread's CPU) seconds of one forward pass with the serving dtype, waiting
     for the GPU to finish."""
     batch.pop("labels", None)
     cuda = device.type == "cuda"
     started, started_cpu = time.perf_counter(), time.thread_time()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    with bf16_autocast(device, cuda or bf16_on_cpu):
         model(**batch)
     if cuda:
         torch.cuda.synchronize(device)

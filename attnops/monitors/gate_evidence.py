@@ -123,16 +123,22 @@ def baseline_predictions(
 
 
 def measure_side_by_side(
-    versions: list[LoadedVersion], texts: list[str], *, samples: int, device: torch.device
+    versions: list[LoadedVersion],
+    texts: list[str],
+    *,
+    samples: int,
+    device: torch.device,
+    bf16_on_cpu: bool = False,
 ) -> list[dict[str, object]]:
     """Per-request latency (alternating request by request between the versions, see
-    `time_side_by_side`), the load it was measured under, and size."""
+    `time_side_by_side`; in bf16 on a CPU with `bf16_on_cpu`, as served), the load it was
+    measured under, and size."""
     runs = []
     for loaded in versions:
         summary, _ = loaded.profile_summary()
         encoded = encode(loaded.tokenizer, texts, int(summary["max_length"]))
         runs.append((loaded.model.to(device), encoded, loaded.tokenizer.pad_token_id))
-    timings = time_side_by_side(runs, samples=samples, device=device)
+    timings = time_side_by_side(runs, samples=samples, device=device, bf16_on_cpu=bf16_on_cpu)
     return [
         {**timing, "model_size_mb": model_size_mb(loaded.model)}
         for timing, loaded in zip(timings, versions, strict=True)

@@ -1,13 +1,18 @@
-"""Served forward passes run in bf16 where the CPU does bf16 natively, and only when asked."""
+"""Served forward passes run in bf16 where the CPU does bf16 natively, and only when asked;
+the latency the evaluation and the gate report is timed in the same precision."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pytest
 import torch
 
 from attnops.models.batching import encode
 from attnops.models.inference import predict
 from attnops.models.modeling import build_classifier
+from attnops.models.performance import time_side_by_side
 from attnops.models.precision import native_bf16
 from attnops.spec import ModelSpec
 from tests.conftest import TINY_BERT
@@ -16,27 +21,54 @@ CPU = torch.device("cpu")
 TEXTS = ["where is my order", "refund me now please, the parcel arrived broken", "hi"]
 
 
-def _run(model, tokenizer, bf16_on_cpu: bool):
-    dtypes: list[torch.dtype] = []
+def _model():
+    torch.manual_seed(0)
+    return build_classifier(ModelSpec(config_overrides=TINY_BERT), ("a", "b")).eval()
+
+
+def _matmul_dtypes(model, run: Callable[[], object]) -> tuple[object, set[torch.dtype]]:
+    """What `run()` returns, and the dtypes a linear layer of `model` produced meanwhile."""
+    dtypes: set[torch.dtype] = set()
     layer = model.bert.encoder.layer[0].intermediate.dense
-    hook = layer.register_forward_hook(lambda _, __, out: dtypes.append(out.dtype))
+    hook = layer.register_forward_hook(lambda _, __, out: dtypes.add(out.dtype))
     try:
-        encoded = encode(tokenizer, TEXTS, 32)
-        out = predict(
-            model, encoded, pad_id=tokenizer.pad_token_id, device=CPU, bf16_on_cpu=bf16_on_cpu
-        )
+        return run(), dtypes
     finally:
         hook.remove()
-    return out, set(dtypes)
+
+
+def _served(bf16_on_cpu: bool) -> set[torch.dtype]:
+    return {torch.bfloat16} if bf16_on_cpu and native_bf16(CPU) else {torch.float32}
 
 
 def test_bf16_only_when_asked_and_native_with_the_same_answers(tokenizer):
-    torch.manual_seed(0)
-    model = build_classifier(ModelSpec(config_overrides=TINY_BERT), ("a", "b")).eval()
-    fp32, fp32_dtypes = _run(model, tokenizer, bf16_on_cpu=False)
-    bf16, bf16_dtypes = _run(model, tokenizer, bf16_on_cpu=True)
-
-    assert fp32_dtypes == {torch.float32}
-    assert bf16_dtypes == ({torch.bfloat16} if native_bf16(CPU) else {torch.float32})
+    model, encoded = _model(), encode(tokenizer, TEXTS, 32)
+    answers = {}
+    for bf16_on_cpu in (False, True):
+        answers[bf16_on_cpu], dtypes = _matmul_dtypes(
+            model,
+            lambda bf16=bf16_on_cpu: predict(
+                model, encoded, pad_id=tokenizer.pad_token_id, device=CPU, bf16_on_cpu=bf16
+            ),
+        )
+        assert dtypes == _served(bf16_on_cpu)
+    fp32, bf16 = answers[False], answers[True]
     assert bf16.probs.dtype == np.float32 and bf16.probs.shape == fp32.probs.shape
     np.testing.assert_allclose(bf16.probs, fp32.probs, atol=0.02)
+
+
+@pytest.mark.parametrize("bf16_on_cpu", [False, True])
+def test_latency_is_timed_in_the_served_precision(tokenizer, bf16_on_cpu):
+    model, encoded = _model(), encode(tokenizer, TEXTS, 32)
+    (timing,), dtypes = _matmul_dtypes(
+        model,
+        lambda: time_side_by_side(
+            [(model, encoded, tokenizer.pad_token_id)],
+            samples=3,
+            device=CPU,
+            attempts=1,
+            bf16_on_cpu=bf16_on_cpu,
+        ),
+    )
+    assert len(timing["latency_ms"]) == 3
+    assert dtypes == _served(bf16_on_cpu)
