@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from attnops.models.batching import Encoded, iterate, sequential_batches
-from attnops.models.precision import bf16_autocast
+from attnops.models.precision import bf16_autocast, inference_bf16
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def predict(
         if with_embeddings
         else None
     )
-    autocast = bf16_autocast(device, device.type == "cuda" or bf16_on_cpu)
+    autocast = bf16_autocast(device, inference_bf16(device, bf16_on_cpu))
     try:
         for indices, batch in iterate(
             data, sequential_batches(data.lengths, batch_size), pad_id, device

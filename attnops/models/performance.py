@@ -19,7 +19,7 @@ import torch
 
 from attnops.models.batching import Encoded, iterate, sequential_batches
 from attnops.models.metrics import percentiles
-from attnops.models.precision import bf16_autocast
+from attnops.models.precision import bf16_autocast, inference_bf16
 from attnops.models.threads import available_cpus, pinned_threads
 
 QUIET_CPU_SHARE = 0.9
@@ -178,7 +178,7 @@ def _timed_forward(
     batch.pop("labels", None)
     cuda = device.type == "cuda"
     started, started_cpu = time.perf_counter(), time.thread_time()
-    with bf16_autocast(device, cuda or bf16_on_cpu):
+    with bf16_autocast(device, inference_bf16(device, bf16_on_cpu)):
         model(**batch)
     if cuda:
         torch.cuda.synchronize(device)

@@ -28,6 +28,12 @@ def bf16_autocast(device: torch.device, wanted: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=wanted and native_bf16(device))
 
 
+def inference_bf16(device: torch.device, bf16_on_cpu: bool) -> bool:
+    """Whether a forward pass outside training asks for bf16: always on CUDA, on a CPU when
+    `bf16_on_cpu` (`serving.bf16`); `bf16_autocast` then applies it where it pays."""
+    return device.type == "cuda" or bf16_on_cpu
+
+
 def dtype_label(device: torch.device, wanted: bool) -> str:
     """What the run card says the matmuls ran in."""
     return "bf16 autocast" if wanted and native_bf16(device) else "fp32"

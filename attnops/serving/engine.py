@@ -40,7 +40,7 @@ from attnops.models.attention_capture import AttentionCapture
 from attnops.models.batching import Encoded, encode
 from attnops.models.modeling import pick_device
 from attnops.models.ood import load_detector
-from attnops.models.precision import dtype_label
+from attnops.models.precision import dtype_label, inference_bf16
 from attnops.models.record_columns import TEXT_FEATURES
 from attnops.models.records import score_records
 from attnops.models.threads import choose_threads, pinned_threads
@@ -260,7 +260,7 @@ class ServedVersions:
         self._blas_limits = None
         self._blas_lock = threading.Lock()
         choice = choose_threads(spec.training.num_threads)
-        precision = dtype_label(self.device, self.device.type == "cuda" or spec.serving.bf16)
+        precision = dtype_label(self.device, inference_bf16(self.device, spec.serving.bf16))
         if self.device.type == "cpu":
             self.workers, self._threads_per_worker = choice.threads, 1
             print(
