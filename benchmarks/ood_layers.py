@@ -19,26 +19,21 @@ and tested on the other half, over `--repeats` seeded halvings. Nothing is writt
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from ood_scores import registered_version
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from attnops.models import registry
-from attnops.models.aliases import resolve
 from attnops.models.batching import encode, iterate, sequential_batches
-from attnops.models.data import LABEL, TEXT, load_labelled_data
+from attnops.models.data import LABEL, TEXT
 from attnops.models.inference import output_layer
-from attnops.models.modeling import pick_device
 from attnops.models.ood import separation, threshold_at
 from attnops.models.ood_scorers import Mahalanobis
-from attnops.models.versions import load_version
-from attnops.settings import Settings
 from attnops.spec import load_spec
 
 OUTPUT_INPUT = "output layer input"
@@ -119,15 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     spec = load_spec(args.spec)
     rate, seed = spec.evaluation.in_scope_rejection_rate, spec.training.seed
-    client = registry.client_for(Settings.from_env())
-    mv = resolve(client, spec.name, args.version)
-    if mv is None:
-        raise SystemExit(f"model '{spec.name}' has no alias '{args.version}'")
-    data = load_labelled_data(spec.data, args.spec)
-    device = pick_device(spec.training.device)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        loaded = load_version(client, spec.name, str(mv.version), Path(scratch))
+    loaded, data, device = registered_version(spec, args.spec, args.version)
     model = loaded.model.to(device).eval()
     frames = {s: data.splits[s] for s in ("train", "validation", "test")}
     views = {
@@ -142,7 +130,7 @@ def main() -> None:
         fitted = Mahalanobis.fit(views["train"][name], labels)
         scores[name] = tuple(fitted.score(None, views[s][name]) for s in ("validation", "test"))
     print(
-        f"{spec.name} v{mv.version}: validation {(~out_val).sum()} in-scope / {out_val.sum()} "
+        f"{spec.name} v{loaded.version}: validation {(~out_val).sum()} in-scope / {out_val.sum()} "
         f"out-of-scope, test {(~out_test).sum()} / {out_test.sum()}; "
         f"{time.perf_counter() - started:.0f} s"
     )

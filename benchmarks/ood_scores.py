@@ -17,17 +17,32 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attnops.models import registry
 from attnops.models.aliases import resolve
 from attnops.models.batching import encode
-from attnops.models.data import LABEL, TEXT, load_labelled_data
+from attnops.models.data import LABEL, TEXT, LabelledData, load_labelled_data
 from attnops.models.inference import predict
 from attnops.models.modeling import pick_device
 from attnops.models.ood import fit_detector, separation
-from attnops.models.versions import load_version
+from attnops.models.versions import LoadedVersion, load_version
 from attnops.settings import Settings
-from attnops.spec import load_spec
+from attnops.spec import PipelineSpec, load_spec
+
+
+def registered_version(
+    spec: PipelineSpec, spec_path: str, version: str
+) -> tuple[LoadedVersion, LabelledData, torch.device]:
+    """The spec's registered `version` (number or alias), its data and where to run it."""
+    client = registry.client_for(Settings.from_env())
+    mv = resolve(client, spec.name, version)
+    if mv is None:
+        raise SystemExit(f"model '{spec.name}' has no alias '{version}'")
+    data = load_labelled_data(spec.data, spec_path)
+    with tempfile.TemporaryDirectory() as scratch:
+        loaded = load_version(client, spec.name, str(mv.version), Path(scratch))
+    return loaded, data, pick_device(spec.training.device)
 
 
 def main() -> None:
@@ -40,19 +55,13 @@ def main() -> None:
     evaluation = spec.evaluation
     if args.knn_k:
         evaluation = evaluation.model_copy(update={"out_of_scope_knn_k": args.knn_k})
-    settings = Settings.from_env()
-    client = registry.client_for(settings)
-    mv = resolve(client, spec.name, args.version)
-    if mv is None:
-        raise SystemExit(f"model '{spec.name}' has no alias '{args.version}'")
-    data = load_labelled_data(spec.data, args.spec)
-    device = pick_device(spec.training.device)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        loaded = load_version(client, spec.name, str(mv.version), Path(scratch))
+    loaded, data, device = registered_version(spec, args.spec, args.version)
     model, tokenizer = loaded.model.to(device).eval(), loaded.tokenizer
     if loaded.label_names != data.label_names:
-        raise SystemExit(f"{spec.name} v{mv.version} was trained on other classes than {args.spec}")
+        raise SystemExit(
+            f"{spec.name} v{loaded.version} was trained on other classes than {args.spec}"
+        )
 
     def run(frame):
         encoded = encode(tokenizer, frame[TEXT].tolist(), spec.model.max_length)
@@ -79,7 +88,7 @@ def main() -> None:
     test_scores = detector.scores(test.logits, test.features)
     rate = evaluation.in_scope_rejection_rate
     print(
-        f"{spec.name} v{mv.version}: {len(train)} training inputs fitted; validation "
+        f"{spec.name} v{loaded.version}: {len(train)} training inputs fitted; validation "
         f"{val_in_scope.sum()} in-scope / {(~val_in_scope).sum()} out-of-scope; test "
         f"{test_in_scope.sum()} / {(~test_in_scope).sum()}; knn k={evaluation.out_of_scope_knn_k}; "
         f"{time.perf_counter() - started:.0f} s"

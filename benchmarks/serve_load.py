@@ -148,7 +148,7 @@ def _interleaved(sides: dict[str, Server], bound: subprocess.Popen, texts, args)
     out = {side: {"latency_ms": [], "errors": 0, "wall_s": 0.0, "cpu": {}, "client_cpu_s": 0.0}
            for side in sides}  # fmt: skip
     out["bound"] = {}
-    out["ours"] |= {"pending": 0.0, "catch_up_s": 0.0}
+    out["ours"] |= {"pending": 0.0, "catch_up_s": 0.0, "batches": 0.0, "batched_texts": 0.0}
     order = ["bound", *sides]
     for r in range(args.rounds):
         for side in order[r % 3 :] + order[: r % 3]:
@@ -162,6 +162,7 @@ def _interleaved(sides: dict[str, Server], bound: subprocess.Popen, texts, args)
                 continue
             server, got = sides[side], out[side]
             cpu_before, client_before = server.cpu_s(), time.process_time()
+            batches_before = server.batches() if side == "ours" else (0.0, 0.0)
             first = r * args.concurrency * 1000  # each round starts elsewhere in the texts
             segment = asyncio.run(
                 closed_loop(server.port, texts, seconds, args.concurrency, start=first)
@@ -174,6 +175,9 @@ def _interleaved(sides: dict[str, Server], bound: subprocess.Popen, texts, args)
             got["wall_s"] += segment["wall_s"]
             server.answered += len(segment["latency_ms"])
             if side == "ours":  # its log catches up before the next segment, not during it
+                batches, texts_in = server.batches()
+                got["batches"] += batches - batches_before[0]
+                got["batched_texts"] += texts_in - batches_before[1]
                 got["pending"] = max(got["pending"], server.log_pending())
                 got["catch_up_s"] = max(got["catch_up_s"], _caught_up(server))
     return out
@@ -285,7 +289,7 @@ def _report(results: dict, args, micro: int, forward: int) -> None:
     print(f"inference log: at most {ours.get('pending', 0):.0f} records behind at the end of a "
           f"segment, caught up within {ours.get('catch_up_s', 0):.1f} s; "
           f"clean stop {ours['stop_s']:.1f} s")  # fmt: skip
-    _breakdown(results)
+    _breakdown(results, args.threads, micro)
     met = (to_bound >= 0.9 and to_base >= 2.3 and p99 <= 1 and ours["errors"] == 0
            and ours["lost"] == 0)  # fmt: skip
     verdict = "met" if met else "NOT met"
@@ -295,7 +299,7 @@ def _report(results: dict, args, micro: int, forward: int) -> None:
     print("command: " + shlex.join([sys.executable, *sys.argv]))
 
 
-def _breakdown(results: dict) -> None:
+def _breakdown(results: dict, threads: int, micro: int) -> None:
     """CPU milliseconds per answered request, by where they were spent."""
     ours, base = results["ours"], results["base"]
     per = lambda seconds, r: 1000 * seconds / max(len(r["latency_ms"]), 1)  # noqa: E731
@@ -316,6 +320,24 @@ def _breakdown(results: dict) -> None:
     ours_ms, base_ms = per(total, ours), per(base["cpu"]["process"], base)
     print(f"  answers per CPU-second: ours / bound x{bound_ms / ours_ms:.2f}, "
           f"ours / pipeline x{base_ms / ours_ms:.2f}")  # fmt: skip
+    _model_workers(results, threads, micro)
+
+
+def _model_workers(results: dict, threads: int, micro: int) -> None:
+    """How ours' model workers differ from the bound's streams: the share of the wall time
+    they run (on a CPU, one torch thread each), the texts per batch, CPU per answer."""
+    ours = results["ours"]
+    model_s = ours["cpu"].get("model", 0.0)
+    if not model_s or not ours["batches"]:
+        return  # a GPU's workers, or no model thread reported
+    answered = max(len(ours["latency_ms"]), 1)
+    print(f"  model workers: busy {model_s / (ours['wall_s'] * threads):.0%} of the wall time, "
+          f"{ours['batched_texts'] / ours['batches']:.1f} texts per batch, "
+          f"{1000 * model_s / answered:.1f} ms per answer")  # fmt: skip
+    for name, layout in results["bound"].items():
+        print(f"  bound {name}: busy {layout['cpu_s'] / (layout['wall_s'] * threads):.0%}, "
+              f"{-(-micro // int(name.split('x')[0])):.0f} texts per batch, "
+              f"{1000 * layout['cpu_s'] / layout['texts']:.1f} ms per answer")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -206,6 +206,11 @@ class Server:
             return thread_cpu(httpx.get(f"{self.url}/metrics").text)
         return {"process": process_cpu_s(self.process.pid) or float("nan")}
 
+    def batches(self) -> tuple[float, float]:
+        """Batches ours has run so far and the texts in them (`attnops_batch_size`)."""
+        text = httpx.get(f"{self.url}/metrics").text
+        return scalar(text, "attnops_batch_size_count"), scalar(text, "attnops_batch_size_sum")
+
     def log_pending(self) -> float:
         """Answered requests our inference log has not written yet."""
         return scalar(httpx.get(f"{self.url}/metrics").text, "attnops_inference_log_pending")
