@@ -58,7 +58,8 @@ class GenerationServingSpec(_Section):
         64.0,
         ge=0,
         description="KV states of shared prompt prefixes (instruction + article) kept for "
-        "reuse, least recently used dropped first; 0 turns prefix caching off.",
+        "reuse, least recently used dropped first, over every served version together; 0 "
+        "turns prefix caching off.",
     )
     max_queue: int = Field(
         64, ge=1, description="Requests waiting for a batch row; more get 503 with a sentence."

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from attnops.models.generation.decode import eos_ids
 from attnops.models.generation.kv_cache import cache_of, with_cache
 from attnops.serving.generation_scheduler import KvBudget, Overloaded, Pending, Row, Scheduler
-from attnops.serving.prefix_cache import PrefixCache, kv_bytes
+from attnops.serving.prefix_cache import PrefixCache, PrefixCacheView, kv_bytes
 from attnops.spec_generation import GenerationServingSpec
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class GenerationEngine:
         on_step: called after each decode step with (rows, seconds), e.g. for metrics.
         budget: the KV budget shared with other engines (a canary's); None: this engine
             has `limits.kv_budget_mb` to itself.
+        prefix_cache: this engine's view of the prefix cache shared with other engines;
+            None: a cache of `limits.prefix_cache_mb` to itself.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class GenerationEngine:
         threads=None,
         on_step=None,
         budget: KvBudget | None = None,
+        prefix_cache: PrefixCacheView | None = None,
     ) -> None:
         self.model, self.device, self.threads, self.on_step = model, device, threads, on_step
         self.eos = eos_ids(model, tokenizer)
@@ -117,7 +120,7 @@ class GenerationEngine:
             shared=budget,
             bytes_per_token=self.bytes_per_token,
         )
-        self.prefix_cache = PrefixCache(limits.prefix_cache_mb)
+        self.prefix_cache = prefix_cache or PrefixCache(limits.prefix_cache_mb).view()
         self.max_rows = limits.max_batch_rows
         self._rows: list[_Running] = []
         self._cache: DynamicCache | None = None
@@ -135,6 +138,7 @@ class GenerationEngine:
         self._thread.join(timeout=timeout_s)
         if self.scheduler.shared is not None:
             self.scheduler.shared.release(self.scheduler)
+        self.prefix_cache.clear()
 
     def submit(self, pending: Pending) -> None:
         """Queue a request (its events go to `pending.sink`).

@@ -8,8 +8,9 @@ finishes on the version it started with. A version no longer served is retired: 
 stops once its last request is done, none is dropped. A version whose weights or tokenizer
 do not hash to their tags is never loaded (`load_version`), and nothing is swapped.
 
-The engines draw on one KV budget (`KvBudget`) and the scorer gets each version's eager
-twin and registered hallucination detector (`ScoringModel`).
+The engines draw on one KV budget (`KvBudget`) and one prefix cache (`PrefixCache`, a view
+per engine), and the scorer gets each version's eager twin and registered hallucination
+detector (`ScoringModel`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attnops.serving.generation_engine import GenerationEngine
 from attnops.serving.generation_scheduler import KvBudget
 from attnops.serving.generation_scoring import GenerationScorer, ScoringModel
 from attnops.serving.generation_stream import Reply, load_generator
+from attnops.serving.prefix_cache import PrefixCache
 from attnops.settings import Settings
 from attnops.spec import PipelineSpec
 
@@ -66,6 +68,7 @@ class GenerationVersions:
         self.spec, self.settings, self.scratch = spec, settings, scratch
         self.on_step, self.scorer = on_step, scorer
         self.budget = KvBudget()
+        self.prefix_cache = PrefixCache(spec.generation.serving.prefix_cache_mb)
         self.slots: dict[str, ServedGenerator] = {}
         self._retired: list[ServedGenerator] = []
 
@@ -173,6 +176,7 @@ class GenerationVersions:
             threads=reply.threads,
             on_step=self.on_step,
             budget=self.budget,
+            prefix_cache=self.prefix_cache.view(),
         )
         engine.start()
         return ServedGenerator(reply, engine, scoring)

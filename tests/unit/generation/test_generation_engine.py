@@ -113,7 +113,7 @@ def _kv(tokens: int) -> tuple:
 
 
 def test_prefix_cache_drops_the_least_recently_used_within_its_budget():
-    cache = PrefixCache(budget_mb=2048 * 512 / 2**20)  # room for 2048 tokens of _kv
+    cache = PrefixCache(budget_mb=2048 * 512 / 2**20).view()  # room for 2048 tokens of _kv
     cache.put([1], _kv(1024))
     cache.put([2], _kv(512))
     assert cache.get([1]) is not None  # [2] is now the least recently used
@@ -122,6 +122,23 @@ def test_prefix_cache_drops_the_least_recently_used_within_its_budget():
     assert cache.bytes == 2 * 1024 * 512
     assert not cache.put([4], _kv(4096))  # larger than the whole budget: not kept
     assert (cache.hits, cache.misses) == (3, 1) and cache.hit_rate == 0.75
+
+
+def test_champion_and_canary_share_one_prefix_budget_but_never_each_others_states():
+    """`prefix_cache_mb` bounds the server's prefix caches together; the same tokens under
+    another version's weights are another entry."""
+    shared = PrefixCache(budget_mb=2048 * 512 / 2**20)  # room for 2048 tokens of _kv
+    champion, canary = shared.view(), shared.view()
+    champion.put([1], _kv(1024))
+    champion.put([2], _kv(512))
+    assert canary.get([1]) is None  # the champion's states of the same prefix
+    canary.put([1], _kv(1024))  # drops the champion's least recently used entry
+    assert shared.bytes == champion.bytes + canary.bytes <= shared.budget_bytes
+    assert champion.get([1]) is None and champion.get([2]) is not None
+    assert canary.get([1]) is not None
+    canary.clear()  # the canary's engine stopped: its room goes back to the champion
+    assert (canary.bytes, shared.bytes) == (0, champion.bytes)
+    assert champion.put([3], _kv(1024)) and champion.get([2]) is not None
 
 
 def test_the_shared_prefix_is_the_same_for_every_message_on_one_article(tokenizer):
