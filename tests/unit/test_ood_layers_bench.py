@@ -4,6 +4,7 @@ validation-fitted combination and the intents it recovers for the held-out check
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("ood_layers", REPO / "benchmarks/ood_layers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # As when run as a script: its own folder first on the path (it imports ood_scores).
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "ood_layers", REPO / "benchmarks/ood_layers.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     return module
 
 
