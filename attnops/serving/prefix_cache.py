@@ -71,13 +71,10 @@ class PrefixCache:
         self.budget_bytes = int(budget_mb * 2**20)
         self._entries: OrderedDict[tuple[int, str], KV] = OrderedDict()
         self._owned: Counter[int] = Counter()  # bytes per view
+        self.bytes = 0
+        """What every view's entries take together."""
         self._views = itertools.count()
         self._lock = threading.Lock()
-
-    @property
-    def bytes(self) -> int:
-        """What every view's entries take together."""
-        return sum(self._owned.values())
 
     def bytes_of(self, owner: int) -> int:
         """What one view's entries take."""
@@ -106,6 +103,7 @@ class PrefixCache:
                 self._pop(next(iter(self._entries)))
             self._entries[key] = kv
             self._owned[owner] += size
+            self.bytes += size
         return True
 
     def _drop(self, owner: int) -> None:
@@ -117,7 +115,9 @@ class PrefixCache:
         """Forget one entry (with the lock held)."""
         kv = self._entries.pop(key, None)
         if kv is not None:
-            self._owned[key[0]] -= kv_bytes(kv)
+            size = kv_bytes(kv)
+            self._owned[key[0]] -= size
+            self.bytes -= size
 
 
 class PrefixCacheView:
