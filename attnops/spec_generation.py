@@ -67,6 +67,14 @@ class GenerationServingSpec(_Section):
     request_timeout_s: float = Field(
         60.0, gt=0, description="Arrival to last token; a request still running then gets 504."
     )
+    bf16: bool = Field(
+        False,
+        description="Decode with a bf16 copy of the weights on CUDA and on CPUs with native "
+        "bf16 (AVX512-BF16 or AMX); fp32 elsewhere. Faster, and half the KV cache per token, "
+        "but greedy outputs then drift from the fp32 outputs evaluation and the gate judged "
+        "(see the README's generation serving figures); hallucination scores stay fp32. "
+        "Off by default: the server answers what the gate passed.",
+    )
 
 
 class GenerationMonitoringSpec(_Section):

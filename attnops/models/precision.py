@@ -9,6 +9,8 @@ instructions emulates bf16 and gets slower, so there autocast stays off. Weights
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -37,3 +39,15 @@ def inference_bf16(device: torch.device, bf16_on_cpu: bool) -> bool:
 def dtype_label(device: torch.device, wanted: bool) -> str:
     """What the run card says the matmuls ran in."""
     return "bf16 autocast" if wanted and native_bf16(device) else "fp32"
+
+
+def decoding_weights(model, device: torch.device, wanted: bool):
+    """`model` itself, or a bf16 copy of it when `wanted` and `device` does bf16 natively.
+
+    Decoding runs one forward pass per token, so autocast would cast every weight again at
+    every step: a copy casts them once, and its KV cache takes half the bytes. `model`
+    stays as it was, for whatever must score as evaluation did (the hallucination scorer).
+    """
+    if not (wanted and native_bf16(device)):
+        return model
+    return copy.deepcopy(model).to(torch.bfloat16).eval()

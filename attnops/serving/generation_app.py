@@ -97,7 +97,12 @@ def _lifespan(
                 if serving.alias_refresh_s > 0
                 else None
             )
-            print(f"serving {spec.name} {served} (generation) on {serving.url}", flush=True)
+            decoding = sorted({slot.engine.precision for slot in versions.slots.values()})
+            print(
+                f"serving {spec.name} {served} (generation, decoding in {'/'.join(decoding)}) "
+                f"on {serving.url}",
+                flush=True,
+            )
             try:
                 yield
             finally:

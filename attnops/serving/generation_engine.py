@@ -128,6 +128,11 @@ class GenerationEngine:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
 
+    @property
+    def precision(self) -> str:
+        """What the decode passes run in (`generation.serving.bf16`)."""
+        return str(self.model.dtype).removeprefix("torch.")
+
     def start(self) -> None:
         self._thread.start()
 

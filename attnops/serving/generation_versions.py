@@ -21,6 +21,7 @@ from pathlib import Path
 
 from attnops.models import registry
 from attnops.models.aliases import CANARY, CHAMPION, resolve
+from attnops.models.precision import decoding_weights
 from attnops.serving.generation_engine import GenerationEngine
 from attnops.serving.generation_scheduler import KvBudget
 from attnops.serving.generation_scoring import GenerationScorer, ScoringModel
@@ -168,10 +169,12 @@ class GenerationVersions:
         scoring = ScoringModel.for_version(
             version, reply.model, reply.tokenizer, reply.device, evidence, name=self.spec.name
         )
+        limits = self.spec.generation.serving
+        # The engine may decode a bf16 copy; the scorer keeps the weights evaluation scored with.
         engine = GenerationEngine(
-            reply.model,
+            decoding_weights(reply.model, reply.device, limits.bf16),
             reply.tokenizer,
-            self.spec.generation.serving,
+            limits,
             device=reply.device,
             threads=reply.threads,
             on_step=self.on_step,

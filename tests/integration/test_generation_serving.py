@@ -10,9 +10,11 @@ import re
 
 import httpx
 import pytest
+import torch
 
 from attnops.models.generation.data import prompt_ids
 from attnops.models.generation.decode import decode
+from attnops.models.precision import decoding_weights, native_bf16
 from attnops.models.versions import load_version
 from attnops.spec import load_spec
 from tests.integration.conftest import embedded_home
@@ -64,6 +66,26 @@ def test_generate_answers_with_the_greedy_output_of_decode(served, server, tmp_p
     assert answer["output"] == expected.text
     assert answer["output_tokens"] == len(expected.token_ids)
     assert answer["prompt_tokens"] == len(ids) and answer["ttft_ms"] > 0
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_with_bf16_the_reply_is_decode_of_a_bf16_copy(served, tmp_path, capsys):
+    """`generation.serving.bf16`: the server says it decodes in bf16 and answers what
+    `decode()` writes with a bf16 copy of the registered weights."""
+    body = {"source": "Where is my refund for order 1234?", "context": ARTICLE}
+    path = served(generation_serving={"bf16": True})
+    with running_server(path) as url:
+        got = httpx.post(f"{url}/generate", json=body, timeout=60)
+    assert got.status_code == 200, got.text
+    assert "decoding in bfloat16" in capsys.readouterr().out
+    answer = got.json()
+    loaded = load_version(client(), NAME, answer["version"], tmp_path)
+    ids = prompt_ids(loaded.tokenizer, load_spec(path).generation, body["source"], ARTICLE)
+    copy16 = decoding_weights(loaded.model.eval(), torch.device("cpu"), True)
+    (expected,) = decode(
+        copy16, loaded.tokenizer, [ids], max_new_tokens=CAP, device="cpu", signals=False
+    )
+    assert answer["output"] == expected.text
 
 
 def test_stream_sends_tokens_whose_concatenation_is_the_reply(server):

@@ -10,6 +10,7 @@ import torch
 
 from attnops.models.generation.data import prompt_ids
 from attnops.models.generation.decode import decode
+from attnops.models.precision import decoding_weights, native_bf16
 from attnops.serving.generation_engine import GenerationEngine, RequestTimeout
 from attnops.serving.generation_scheduler import KvBudget, Overloaded, Pending, Row, Scheduler
 from attnops.serving.prefix_cache import PrefixCache, shared_prefix_len
@@ -218,3 +219,37 @@ def test_a_request_past_its_timeout_fails_and_frees_its_row(engine_for, tokenize
     _wait([slow.sink])
     assert isinstance(slow.sink.error, RequestTimeout)
     assert engine.running == 0
+
+
+def test_fp32_decoding_runs_the_served_weights_themselves(tiny_llama):
+    """No second copy of the weights unless bf16 is asked for."""
+    assert decoding_weights(tiny_llama, torch.device("cpu"), False) is tiny_llama
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_bf16_decoding_writes_what_decode_writes_with_the_copy_in_half_the_kv_bytes(
+    tiny_llama, tokenizer
+):
+    """`generation.serving.bf16`: the engine decodes a bf16 copy, counts its KV cache at 2
+    bytes per element, and leaves the fp32 weights (the scorer's) as they were."""
+    copy16 = decoding_weights(tiny_llama, torch.device("cpu"), True)
+    assert copy16.dtype == torch.bfloat16 and tiny_llama.dtype == torch.float32
+    fp32 = GenerationEngine(tiny_llama, tokenizer, GenerationServingSpec(), device="cpu")
+    engine = GenerationEngine(copy16, tokenizer, GenerationServingSpec(bf16=True), device="cpu")
+    engine.start()
+    try:
+        assert (engine.precision, fp32.precision) == ("bfloat16", "float32")
+        assert 2 * engine.bytes_per_token == fp32.bytes_per_token
+        (request,) = _requests(tokenizer, ["Where is my refund?"], [ARTICLE], [16])
+        engine.submit(request)
+        _wait([request.sink])
+        (expected,) = decode(
+            copy16, tokenizer, [request.prompt_ids], max_new_tokens=16, device="cpu",
+            signals=False, batch_size=1,
+        )  # fmt: skip
+        assert request.sink.error is None
+        assert request.sink.done.token_ids == expected.token_ids
+        # The cached prefix is held in bf16: its bytes are what the budget counts per token.
+        assert engine.prefix_cache.bytes == request.prefix_len * engine.bytes_per_token > 0
+    finally:
+        engine.stop()
