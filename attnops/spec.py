@@ -55,7 +55,19 @@ class ModelSpec(_Section):
 class DataSpec(_Section):
     format: Literal["auto", "csv", "jsonl", "parquet", "hf"] = "auto"
     train: str
-    validation: str
+    validation: str | None = Field(
+        None,
+        description="The validation split (early stopping, calibration, out-of-scope "
+        "thresholds). Omitted: data.validation_share of train is set aside instead, the same "
+        "rows on every run (stratified by label for classification), as many public datasets "
+        "ship only train and test.",
+    )
+    validation_share: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of train set aside as validation when data.validation is omitted.",
+    )
     test: str
     text_column: str = "text"
     label_column: str = "label"
@@ -90,6 +102,11 @@ class DataSpec(_Section):
         "(BANKING77: 0.7% of test; the demo tickets: 5-11%); a train split that contains the "
         "test split scores 1.0. Lower it for data that should not repeat at all.",
     )
+
+    @property
+    def split_files(self) -> list[str]:
+        """The files the section names: train, validation (when given), test."""
+        return [f for f in (self.train, self.validation, self.test) if f is not None]
 
     @model_validator(mode="after")
     def _columns_differ(self) -> DataSpec:

@@ -60,7 +60,7 @@ def run_demo(spec_path: str, *, regenerate: bool) -> None:
     settings = Settings.from_env()
     step = Steps()
 
-    paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
+    paths = [Path(f) for f in spec.data.split_files]
     if regenerate or not all(p.is_file() for p in paths):
         written = write_demo_dataset(
             paths[0].parent,

@@ -133,7 +133,7 @@ def wait_for_scores(
 
 
 def _write_data(spec: PipelineSpec, spec_path: str, regenerate: bool, step: Steps) -> None:
-    paths = [Path(spec.data.train), Path(spec.data.validation), Path(spec.data.test)]
+    paths = [Path(f) for f in spec.data.split_files]
     if spec.generation.hallucination_set:
         paths.append(Path(spec.generation.hallucination_set))
     if not regenerate and all(p.is_file() for p in paths):

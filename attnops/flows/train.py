@@ -32,7 +32,7 @@ def load_data(spec: PipelineSpec, spec_path: str):
     if spec.data.generator == "ticket-replies":
         from attnops.demo.ticket_replies import write_missing_ticket_replies
 
-        files = [spec.data.train, spec.data.validation, spec.data.test]
+        files = spec.data.split_files
         files += [spec.generation.hallucination_set] if spec.generation.hallucination_set else []
         if written := write_missing_ticket_replies([Path(f) for f in files], spec.training.seed):
             print(f"demo data written: {', '.join(map(str, written))}")

@@ -40,6 +40,8 @@ def encode(
 ) -> Encoded:
     """Tokenise `texts` without padding; keep the untruncated length of each."""
     texts = list(texts)
+    if not texts:  # e.g. no out-of-scope test rows; a fast tokenizer fails on an empty batch
+        return Encoded(input_ids=[], labels=[] if labels is not None else None, full_lengths=[])
     ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     full_lengths = [len(seq) for seq in ids]
     long = [i for i, n in enumerate(full_lengths) if n > max_length]

@@ -7,16 +7,25 @@ file, the column or the rows, and says what to change.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from attnops.models.text_checks import Leakage, describe_empty, is_empty_text, leakage_counts
+from attnops.models.text_checks import (
+    Leakage,
+    describe_empty,
+    is_empty_text,
+    leakage_counts,
+    near_duplicate_key,
+)
 from attnops.models.text_files import DataError, read_csv, read_jsonl
 from attnops.spec import DataSpec
 
 SPLITS = ("train", "validation", "test")
+_CARVE_SEED = 0  # a set-aside validation split is the same rows on every run and every trial
 TEXT = "text"
 LABEL = "label"
 
@@ -71,7 +80,13 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
             train, a class has too few examples, or more than `max_leakage_share` of a
             split's texts also appear in an earlier split.
     """
-    frames = {name: _read_split(spec, name, spec_path) for name in SPLITS}
+    frames = read_splits(
+        spec,
+        lambda split: _read_split(spec, split, spec_path),
+        text=TEXT,
+        stratify=LABEL,
+        keep=spec.min_examples_per_class,
+    )
     oos = spec.out_of_scope_label
     train = frames["train"]
     frames["train"] = train[train[LABEL] != oos].reset_index(drop=True)
@@ -99,7 +114,7 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
                 else "or relabel them"
             )
             raise DataError(
-                f"{getattr(spec, name)}: labels not present in train: {unseen[:10]}; add "
+                f"{split_source(spec, name)}: labels not present in train: {unseen[:10]}; add "
                 f"training examples for them {hint}"
             )
     return LabelledData(
@@ -124,15 +139,69 @@ def _check_leakage(
         for leak in found
     )
     raise DataError(
-        f"{getattr(spec, worst.later)}: {worst.near} of {worst.later_rows} {worst.later} rows "
-        f"({worst.near_share:.1%}) also appear in the {worst.earlier} split "
-        f"{getattr(spec, worst.earlier)}, above data.max_leakage_share "
+        f"{split_source(spec, worst.later)}: {worst.near} of {worst.later_rows} {worst.later} "
+        f"rows ({worst.near_share:.1%}) also appear in the {worst.earlier} split "
+        f"{split_source(spec, worst.earlier)}, above data.max_leakage_share "
         f"{spec.max_leakage_share:g} in {spec_path}: scores on {worst.later} would be inflated "
         f"(duplicates {counts}; near = equal after casefolding and collapsing whitespace and "
         f"punctuation; e.g. {[text[:80] for text in worst.examples]}); remove the shared rows "
         "from one side, "
         "or raise data.max_leakage_share if the repeats are expected"
     )
+
+
+def read_splits(
+    spec: DataSpec,
+    read: Callable[[str], pd.DataFrame],
+    *,
+    text: str,
+    stratify: str | None = None,
+    keep: int = 1,
+) -> dict[str, pd.DataFrame]:
+    """The three splits, each from `read(split)`; without `data.validation`, validation is
+    `data.validation_share` of train (see `carve_validation`)."""
+    if spec.validation is not None:
+        return {name: read(name) for name in SPLITS}
+    train, validation = carve_validation(
+        read("train"), spec.validation_share, text=text, stratify=stratify, keep=keep
+    )
+    if validation.empty:
+        raise DataError(
+            f"{spec.train}: {len(train)} rows leave no validation rows at "
+            f"data.validation_share {spec.validation_share:g}; set data.validation to a file "
+            "or raise the share"
+        )
+    return {"train": train, "validation": validation, "test": read("test")}
+
+
+def carve_validation(
+    train: pd.DataFrame, share: float, *, text: str, stratify: str | None = None, keep: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest of train, validation): `share` of the rows, of each class when `stratify` names
+    the label column (a class of n rows gives round(share * n), leaving at least `keep` of
+    them in train: `data.min_examples_per_class` is about the file), seeded.
+
+    A held-out row whose `text` also stays in train (a duplicate, up to case, spacing and
+    punctuation) goes back to train: validation scores would be inflated by it.
+    """
+    train = train.reset_index(drop=True)
+    rng = np.random.default_rng(_CARVE_SEED)
+    groups = train.groupby(stratify, sort=True).indices if stratify else {"": np.arange(len(train))}
+    held = np.zeros(len(train), dtype=bool)
+    for rows in groups.values():
+        take = min(int(share * len(rows) + 0.5), max(len(rows) - keep, 0))
+        held[rng.permutation(rows)[:take]] = True
+    keys = train[text].map(near_duplicate_key)
+    kept = set(keys[~held]) - {""}
+    held &= ~keys.isin(kept).to_numpy()
+    return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)
+
+
+def split_source(spec: DataSpec, split: str) -> str:
+    """Where a split comes from, for messages: its file, or the train file it was set aside from."""
+    if split == "validation" and spec.validation is None:
+        return f"{spec.train} (validation: {spec.validation_share:g} of it set aside)"
+    return getattr(spec, split)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -9,8 +9,10 @@ from mlflow import MlflowClient
 
 from attnops.flows.train import train
 from attnops.models import registry
+from attnops.models.data import load_labelled_data
 from attnops.models.modeling import tokenizer_sha256
 from attnops.settings import Settings
+from attnops.spec import load_spec
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -112,6 +114,32 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     assert run.data.metrics["train_accuracy_sample"] == pytest.approx(fit["train_accuracy"])
     model_card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert f"**{fit['diagnosis']}**: train accuracy {fit['train_accuracy']:.3f}" in model_card
+
+
+def test_data_as_published_trains_without_a_validation_file_or_out_of_scope_rows(
+    attnops_home, demo_dir, tmp_path, write_spec
+):
+    """Most public datasets ship train and test only, and no "no intent" label: validation
+    is set aside from train, and evaluation has no out-of-scope rows to score."""
+    for split in ("train", "test"):
+        frame = pd.read_csv(demo_dir / f"{split}.csv")
+        frame[frame["intent"] != "out_of_scope"].to_csv(tmp_path / f"{split}.csv", index=False)
+    spec = tiny_spec_dict(tmp_path, epochs=1)
+    for field in ("validation", "out_of_scope_label"):
+        del spec["data"][field]
+    spec_path = str(write_spec(spec))
+    version = train(spec_path)
+    data_checks = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/data_checks.json")
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/evaluation/evaluation.json")
+    assert version.version == "1"
+    carved = load_labelled_data(load_spec(spec_path).data).splits["validation"]
+    # round(10%) of each of the 20 classes (360 rows): 37, none of promo_code's 5 rows,
+    # which data.min_examples_per_class keeps in train.
+    assert len(carved) == 37 and "promo_code" not in set(carved["label"])
+    leak = {row["splits"]: row for row in data_checks["leakage"]}["validation in train"]
+    assert (leak["rows"], leak["near_duplicates"]) == (len(carved), 0)
+    assert evaluation["out_of_scope"]["test"] == {}
+    assert "validation has 0 out-of-scope inputs" in evaluation["out_of_scope"]["reason"]
 
 
 def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spec):

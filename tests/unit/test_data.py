@@ -189,3 +189,30 @@ def test_leakage_counts_exact_and_near_duplicates_per_pair():
         "near_share": 0.6,
     }  # fmt: skip
     assert validation_in_train.near == test_in_validation.near == 0
+
+
+def test_without_a_validation_file_a_share_of_train_is_set_aside_per_class(tmp_path):
+    """Public datasets often ship train and test only: validation is 10% of each class of
+    train, the same rows every time, never a text that stays in train, and out of training."""
+    labels = ["a"] * 40 + ["b"] * 20 + ["c"] * 10 + ["out"] * 10
+    texts = [f"query {i} about {label}" for i, label in enumerate(labels)]
+    # Class c is one text written ten ways: any row set aside has its twin left in train.
+    texts[60:70] = [f"{'Refund' if i % 2 else 'REFUND'} please{'!' * i}" for i in range(10)]
+    paths = _write(tmp_path, {"train": _frame(labels, texts), "test": _splits()["test"]})
+    spec = _spec(paths, out_of_scope_label="out")
+    assert spec.validation is None
+    data = load_labelled_data(spec)
+    validation, train = data.splits["validation"], data.splits["train"]
+    assert validation["label"].value_counts().to_dict() == {"a": 4, "b": 2, "out": 1}
+    assert train["label"].value_counts().to_dict() == {"a": 36, "b": 18, "c": 10}
+    assert not set(validation["text"].map(near_duplicate_key)) & set(
+        train["text"].map(near_duplicate_key)
+    )
+    again = load_labelled_data(spec)
+    assert again.splits["validation"].equals(validation) and again.data_sha256 == data.data_sha256
+
+
+def test_too_small_a_train_split_to_set_validation_aside_says_what_to_set(tmp_path):
+    paths = _write(tmp_path, {"train": _frame(["a", "a", "b", "b"]), "test": _splits()["test"]})
+    with pytest.raises(DataError, match=r"train\.csv.*data\.validation"):
+        load_labelled_data(_spec(paths, validation_share=0.1))

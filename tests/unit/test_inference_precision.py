@@ -72,3 +72,12 @@ def test_latency_is_timed_in_the_served_precision(tokenizer, bf16_on_cpu):
     )
     assert len(timing["latency_ms"]) == 3
     assert dtypes == _served(bf16_on_cpu)
+
+
+def test_an_empty_split_encodes_and_predicts_to_nothing(tokenizer):
+    """A test split without out-of-scope rows (most public data) is an empty batch: the fast
+    tokenizer would fail on it."""
+    empty = encode(tokenizer, [], 16, labels=[])
+    assert (empty.input_ids, empty.labels, empty.lengths.tolist()) == ([], [], [])
+    out = predict(_model(), empty, pad_id=tokenizer.pad_token_id, device=CPU, with_embeddings=True)
+    assert out.probs.shape == (0, 2) and out.labels.tolist() == []

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from attnops.models.data import SPLITS, fingerprint, read_table, row_numbers
+from attnops.models.data import (
+    SPLITS,
+    fingerprint,
+    read_splits,
+    read_table,
+    row_numbers,
+    split_source,
+)
 from attnops.models.text_checks import describe_empty, is_empty_text
 from attnops.models.text_files import DataError
 from attnops.spec import DataSpec
@@ -47,12 +54,12 @@ def load_generation_data(spec: DataSpec, spec_path: str = "the spec") -> Generat
         DataError: a file or column is missing, a file is malformed, a split is empty, or
             rows have an empty source or target (named by line or row number).
     """
-    splits = {name: _read_split(spec, name, spec_path) for name in SPLITS}
+    splits = read_splits(spec, lambda split: _read_split(spec, split, spec_path), text=SOURCE)
     joined = "".join(f"{name}:{fingerprint(splits[name])};" for name in SPLITS)
     return GenerationData(
         splits=splits,
         data_sha256=hashlib.sha256(joined.encode()).hexdigest(),
-        paths={name: getattr(spec, name) for name in SPLITS},
+        paths={name: split_source(spec, name) for name in SPLITS},
     )
 
 

@@ -266,3 +266,16 @@ def test_smollm2_converts_once_and_reloads_fast(tmp_path, tokenizer):
     ids = torch.tensor([tokenizer("Where is my order?")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits)
+
+
+def test_without_a_validation_file_a_share_of_train_is_set_aside(tmp_path):
+    """The same rows every time, said to come from train."""
+    rows = [{**ROWS[i % 8], "ticket": f"Where is order {i}? Still waiting."} for i in range(40)]
+    spec = _spec(tmp_path).data.model_copy(update={"validation": None, "validation_share": 0.2})
+    _write(tmp_path, rows)
+    data = load_generation_data(spec)
+    train, validation = data.splits["train"], data.splits["validation"]
+    assert (len(train), len(validation)) == (32, 8)
+    assert not set(train["source"]) & set(validation["source"])
+    assert data.paths["validation"].endswith("train.jsonl (validation: 0.2 of it set aside)")
+    assert load_generation_data(spec).data_sha256 == data.data_sha256
