@@ -130,7 +130,10 @@ class GenerationSpec(_Section):
         None,
         description="Labelled outputs (CSV/JSONL/Parquet with the data section's source, "
         "context and target columns plus `label` 1 = hallucinated / 0 = faithful and "
-        "optional `kind`) to learn the hallucination detector's weights and threshold from.",
+        "optional `kind`) to learn the hallucination detector's weights and threshold from. "
+        "Omitted: the detector learns from the validation targets and altered twins of them "
+        "(a number, a word or a sentence their input does not hold; "
+        "`models/generation/altered_twins.py`), a weaker stand-in for reviewed outputs.",
     )
     detector_fit_share: float = Field(
         0.5,

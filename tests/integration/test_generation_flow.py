@@ -13,6 +13,7 @@ import pytest
 from attnops.flows.gate import gate
 from attnops.flows.train import train
 from attnops.models import registry
+from attnops.models.generation.altered_twins import NAME as TWINS_NAME
 from attnops.models.generation.detector import HallucinationDetector
 from attnops.models.modeling import tokenizer_sha256
 from attnops.settings import Settings
@@ -105,6 +106,25 @@ def test_train_registers_a_generator_with_tokenizer_config_and_detector(
                 "cost_per_1k_requests_usd", "detector_auc_combined"):  # fmt: skip
         assert key in version.metrics, key
     assert version.metrics["determinism_rate"] == 1.0
+
+
+def test_without_a_labelled_set_or_validation_file_the_detector_learns_from_altered_twins(
+    attnops_home, reply_data, write_spec
+):
+    """Data as a user has it: train and test only, no labelled hallucinations."""
+    spec = _spec(reply_data)
+    del spec["data"]["validation"], spec["generation"]["hallucination_set"]
+    spec["data"]["validation_share"] = 0.4  # 13 of 32 rows: the twins need 10 inputs
+    version = train(str(write_spec(spec)))
+    evidence = Path(
+        mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="evaluation")
+    )
+    report = json.loads((evidence / "evaluation.json").read_text())
+    assert report["detector"]["labelled_set"] == TWINS_NAME
+    assert report["detector"]["n_fit"] + report["detector"]["n_held_out"] == 2 * 13
+    assert (evidence / "hallucination_detector.json").is_file()
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert f"`{TWINS_NAME}`" in card and "No labelled set was given" in card
 
 
 def test_gate_judges_a_generator_alone_and_against_its_champion(

@@ -28,19 +28,14 @@ LABEL, KIND = "label", "kind"
 
 
 def load_labelled_outputs(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
-    """The spec's `generation.hallucination_set`: source, context, target (the output),
-    `label` (1 = hallucinated, 0 = faithful) and `kind` ("" when the file has none).
+    """The spec's `generation.hallucination_set` (which must be set): source, context,
+    target (the output), `label` (1 = hallucinated, 0 = faithful) and `kind` ("" when the
+    file has none).
 
     Raises:
-        DataError: no set is configured, the file is missing, or a label is not 0/1.
+        DataError: the file is missing, or a label is not 0/1.
     """
-    path = spec.generation.hallucination_set
-    if path is None:
-        raise DataError(
-            f"{spec_path}: task generation needs generation.hallucination_set (labelled "
-            "outputs, label 1 = hallucinated / 0 = faithful) to learn its hallucination "
-            "detector; configs/ticket-replies.yaml shows one"
-        )
+    path = str(spec.generation.hallucination_set)
     if not Path(path).is_file():
         raise DataError(
             f"generation.hallucination_set {path} not found (cwd {Path.cwd()}); fix the path "
@@ -68,17 +63,13 @@ def fit_detector(
 
     Args:
         model: the version's causal LM (its signals are what the detector reads).
-        labelled: `load_labelled_outputs`.
+        labelled: `load_labelled_outputs`, or `altered_twins.altered_twins`.
         name: the labelled set, for messages and the report.
     """
     gen = spec.generation
-    sources, contexts = labelled[SOURCE].tolist(), labelled[CONTEXT].tolist()
-    outputs = labelled[TARGET].tolist()
-    prompts = [prompt_ids(tokenizer, gen, s, c) for s, c in zip(sources, contexts, strict=True)]
-    signals = teacher_forced_batch(model, tokenizer, prompts, outputs, device)
-    features = detector_features(sources, contexts, outputs, signals)
+    features = labelled_features(model, tokenizer, spec, labelled, device=device)
     labels = labelled[LABEL].to_numpy(int)
-    groups = np.asarray([f"{s}\n{c}" for s, c in zip(sources, contexts, strict=True)], object)
+    groups = _inputs(labelled)
     fit, held = split_fit_holdout(groups, gen.detector_fit_share, seed=spec.training.seed)
     detector = HallucinationDetector(gen.detector_max_false_positive_rate)
     detector.fit(features.subset(fit), labels[fit], groups=groups[fit], source=f"{name} (fit)")
@@ -87,3 +78,27 @@ def fit_detector(
         detector, features.subset(held), labels[held], kinds[held], source=f"{name} (held out)"
     )
     return detector, {**report, "labelled_set": name, "n_fit": len(fit), "n_held_out": len(held)}
+
+
+def labelled_features(model, tokenizer, spec: PipelineSpec, labelled: pd.DataFrame, *, device):
+    """The detector's features of each labelled output: `model`'s teacher-forced signals
+    after the output's chat prompt, and the text view against its input."""
+    sources, contexts = labelled[SOURCE].tolist(), labelled[CONTEXT].tolist()
+    outputs = labelled[TARGET].tolist()
+    prompts = [
+        prompt_ids(tokenizer, spec.generation, s, c) for s, c in zip(sources, contexts, strict=True)
+    ]
+    signals = teacher_forced_batch(model, tokenizer, prompts, outputs, device)
+    return detector_features(sources, contexts, outputs, signals)
+
+
+def _inputs(labelled: pd.DataFrame) -> np.ndarray:
+    """One group per input: an output and its twin stay on one side of a split."""
+    pairs = zip(labelled[SOURCE], labelled[CONTEXT], strict=True)
+    return np.asarray([f"{s}\n{c}" for s, c in pairs], object)
+
+
+def held_out_part(labelled: pd.DataFrame, spec: PipelineSpec) -> np.ndarray:
+    """The rows `fit_detector` measures on (not fitted on), for the same spec."""
+    fit_share, seed = spec.generation.detector_fit_share, spec.training.seed
+    return split_fit_holdout(_inputs(labelled), fit_share, seed=seed)[1]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnops.models.evaluate import Evaluation
+from attnops.models.generation.altered_twins import NAME as TWINS_NAME
+from attnops.models.generation.altered_twins import altered_twins
 from attnops.models.generation.base import load_base_model, model_cache_dir
 from attnops.models.generation.card import generation_card
 from attnops.models.generation.data import (
@@ -43,7 +45,11 @@ class GenerationFamily:
     def load_data(self, spec: PipelineSpec, spec_path: str) -> GenerationData:
         data = load_generation_data(spec.data, spec_path)
         # Read now, so a bad labelled set stops the run before training, not after it.
-        labelled = load_labelled_outputs(spec, spec_path)
+        labelled = (
+            load_labelled_outputs(spec, spec_path)
+            if spec.generation.hallucination_set is not None
+            else altered_twins(data.splits["validation"], seed=spec.training.seed)
+        )
         return dataclasses.replace(data, splits={**data.splits, "labelled": labelled})
 
     def describe_data(self, data: GenerationData) -> str:
@@ -68,7 +74,7 @@ class GenerationFamily:
         out_dir.mkdir(parents=True, exist_ok=True)
         # Before the detector's forward passes: the training left its own thread count.
         use_threads(spec.training.num_threads, stage="evaluation")
-        labelled_name = str(spec.generation.hallucination_set)
+        labelled_name = spec.generation.hallucination_set or TWINS_NAME
         detector, detector_report = fit_detector(
             trained.model,
             trained.tokenizer,
