@@ -53,7 +53,7 @@ class ModelSpec(_Section):
 
 
 class DataSpec(_Section):
-    format: Literal["auto", "csv", "jsonl", "parquet", "hf"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf"] = "auto"
     train: str
     validation: str | None = Field(
         None,

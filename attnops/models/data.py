@@ -25,6 +25,13 @@ from attnops.models.text_files import DataError, read_csv, read_jsonl
 from attnops.spec import DataSpec
 
 SPLITS = ("train", "validation", "test")
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",  # JSON lines, or one array of objects
+    ".parquet": "parquet",
+}
 _CARVE_SEED = 0  # a set-aside validation split is the same rows on every run and every trial
 TEXT = "text"
 LABEL = "label"
@@ -279,16 +286,14 @@ def read_table(
             f"{spec_path}, or run `attnops demo` to generate the demo data"
         )
     if fmt == "auto":
-        fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(
-            path.suffix.lower(), ""
-        )
+        fmt = _FORMATS.get(path.suffix.lower(), "")
         if not fmt:
             raise DataError(
-                f"cannot tell the format of {source} from its extension; use .csv, .jsonl or "
-                f".parquet, or set data.format in {spec_path}"
+                f"cannot tell the format of {source} from its extension; use .csv, .tsv, "
+                f".jsonl, .json or .parquet, or set data.format in {spec_path}"
             )
-    if fmt == "csv":
-        return read_csv(path)
+    if fmt in ("csv", "tsv"):
+        return read_csv(path, delimiter="\t" if fmt == "tsv" else ",")
     if fmt == "jsonl":
         return read_jsonl(path)
     try:

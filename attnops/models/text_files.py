@@ -39,13 +39,14 @@ def read_utf8(path: Path) -> str:
     return text
 
 
-def read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """Every cell as text ("007" stays a label, a ticket "12345" stays a string).
+def read_csv(path: Path, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]:
+    """Every cell as text ("007" stays a label, a ticket "12345" stays a string); TSV with a
+    tab `delimiter`.
 
     Read with the csv module rather than pandas to know the file line of every row (a quoted
     text may span lines) and to stop at a ragged row instead of shifting or padding it.
     """
-    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
     try:
         header = next(reader, [])
         rows, lines = [], []
@@ -53,7 +54,7 @@ def read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
         for record in reader:
             if record:  # blank lines are skipped, as pandas does
                 if len(record) != len(header):
-                    raise DataError(_ragged(path, start, record, header))
+                    raise DataError(_ragged(path, start, record, header, delimiter))
                 rows.append(record)
                 lines.append(start)
             start = reader.line_num + 1
@@ -62,11 +63,12 @@ def read_csv(path: Path) -> tuple[pd.DataFrame, list[int]]:
     return pd.DataFrame(rows, columns=header, dtype=object), lines
 
 
-def _ragged(path: Path, line: int, record: list[str], header: list[str]) -> str:
+def _ragged(path: Path, line: int, record: list[str], header: list[str], delimiter: str) -> str:
+    separator = "tabs" if delimiter == "\t" else "commas"
     hint = (
         'a quote (") opened on this line is not closed, so the lines after it became one text'
         if any("\n" in field for field in record)
-        else 'put texts that contain commas in double quotes ("...")'
+        else f'put texts that contain {separator} in double quotes ("...")'
     )
     return (
         f"{path} line {line}: {len(record)} field(s) where the header has {len(header)} "
@@ -74,11 +76,18 @@ def _ragged(path: Path, line: int, record: list[str], header: list[str]) -> str:
     )
 
 
-def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """One JSON object per line; blank lines skipped. A bad line is named by its number."""
+def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int] | None]:
+    """One JSON object per line; blank lines skipped. A bad line is named by its number.
+
+    A file that is one JSON array of objects (a `.json` export) is read too; its rows are then
+    named by their position, not a line.
+    """
+    text = read_utf8(path)
+    if text.lstrip().startswith("["):
+        return _read_json_array(path, text), None
     records, lines = [], []
     # split("\n"), not splitlines(): U+2028 may stand unescaped inside a JSON string.
-    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -96,3 +105,19 @@ def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
         records.append(record)
         lines.append(number)
     return pd.DataFrame.from_records(records), lines
+
+
+def _read_json_array(path: Path, text: str) -> pd.DataFrame:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path} line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
+        ) from None
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(
+            f"{path} item {bad + 1}: a JSON {type(records[bad]).__name__}, not an object; the "
+            'array must hold objects such as {"text": "...", "label": "..."}'
+        )
+    return pd.DataFrame.from_records(records)

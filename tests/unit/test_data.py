@@ -14,6 +14,10 @@ def _write(tmp_path, frames: dict[str, pd.DataFrame], fmt: str = "csv") -> dict[
         path = tmp_path / f"{split}.{fmt}"
         if fmt == "csv":
             frame.to_csv(path, index=False)
+        elif fmt == "tsv":
+            frame.to_csv(path, index=False, sep="\t")
+        elif fmt == "json":  # one array of objects, as many exports write it
+            frame.to_json(path, orient="records", indent=1)
         elif fmt == "jsonl":
             frame.to_json(path, orient="records", lines=True)
         else:
@@ -42,7 +46,7 @@ def _splits(train=None, validation=None, test=None):
     }
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "json", "parquet"])
 def test_formats_load_to_same_content_and_fingerprint(tmp_path, fmt):
     folder = tmp_path / fmt
     folder.mkdir()
@@ -216,3 +220,14 @@ def test_too_small_a_train_split_to_set_validation_aside_says_what_to_set(tmp_pa
     paths = _write(tmp_path, {"train": _frame(["a", "a", "b", "b"]), "test": _splits()["test"]})
     with pytest.raises(DataError, match=r"train\.csv.*data\.validation"):
         load_labelled_data(_spec(paths, validation_share=0.1))
+
+
+def test_bad_rows_of_tsv_and_json_arrays_are_named(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("body\tintent\nhello there\ta\nrefund please\tb\textra\n")
+    with pytest.raises(DataError, match=r"train\.tsv line 3: 3 field\(s\).*contain tabs"):
+        load_labelled_data(_spec({"train": str(tsv), "validation": str(tsv), "test": str(tsv)}))
+    array = tmp_path / "train.json"
+    array.write_text('[{"body": "hi", "intent": "a"}, ["not", "an", "object"]]')
+    with pytest.raises(DataError, match=r"train\.json item 2: a JSON list, not an object"):
+        load_labelled_data(_spec({"train": str(array), "validation": str(tsv), "test": str(tsv)}))
