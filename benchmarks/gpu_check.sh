@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check on a bare CUDA box (torch + transformers + accelerate + pytest, no network): the
-# generation server and trainer, the classifier trainer (each against the usual alternative,
-# side by side in one run), the GPU tests and an NCCL probe. Prepare here first:
+# generation server and trainer, classification's batching (the server's micro-batcher and
+# forward pass without HTTP) and the classifier trainer, each against the usual alternative
+# side by side in one run; the GPU tests and an NCCL probe. Prepare here first:
 #     python benchmarks/pack_for_device.py
 # then run this script there with '.device' carried. Each leg has its own time limit and a
 # failing leg does not stop the others; logs go to $OUT (or /tmp/gpu-check).
@@ -33,6 +34,8 @@ leg() {  # leg NAME SECONDS COMMAND...
 
 leg generation_serve 170 python3 benchmarks/generation_serve_load.py --device cuda --bf16 \
     --base .device/smollm2 --random-init --clients 32 --requests 2 --max-new-tokens 64 --threads 4
+leg classify_serve 80 python3 benchmarks/classify_engine_load.py --device cuda \
+    --forward-batch-size 32 --seconds 12 --threads 4
 leg generation_train 120 python3 benchmarks/generation_train_throughput.py --device cuda \
     --base .device/smollm2 --config-overrides '{"use_cache": false}' --steps 30 --batch-size 16
 leg classifier_train 120 python3 benchmarks/train_throughput.py --epochs 3 --n-train 4800
