@@ -294,9 +294,9 @@ def main() -> None:
 
 def _drift_from_fp32(fp32, tokenizer, prompts, max_new, device, served) -> None:
     """How many served (bf16) outputs are the fp32 outputs evaluation judged, token for token."""
-    judged = decode(
+    judged = decode(  # in batches, as evaluation decodes
         fp32, tokenizer, [ids for ids, _ in prompts], max_new_tokens=max_new, device=device,
-        signals=False, batch_size=1,
+        signals=False,
     )  # fmt: skip
     same = [d.token_ids == served[i] for i, d in enumerate(judged)]
 

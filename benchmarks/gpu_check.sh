@@ -32,12 +32,14 @@ leg() {  # leg NAME SECONDS COMMAND...
     echo "=== $name: exit $rc after $((SECONDS - started))s"
 }
 
+# The device's time is short: the legs run most wanted first, and what a
+# timeout cuts off is the end (each leg's log is written as it goes).
 leg generation_serve 170 python3 benchmarks/generation_serve_load.py --device cuda --bf16 \
     --base .device/smollm2 --random-init --clients 32 --requests 2 --max-new-tokens 64 --threads 4
-leg classify_serve 80 python3 benchmarks/classify_engine_load.py --device cuda \
-    --forward-batch-size 32 --seconds 12 --threads 4
-leg generation_train 120 python3 benchmarks/generation_train_throughput.py --device cuda \
-    --base .device/smollm2 --config-overrides '{"use_cache": false}' --steps 30 --batch-size 16
+leg classify_serve 60 python3 benchmarks/classify_engine_load.py --device cuda \
+    --forward-batch-size 32 --seconds 10 --threads 4
 leg classifier_train 120 python3 benchmarks/train_throughput.py --epochs 3 --n-train 4800
 leg gpu_tests 90 python3 -m pytest -q tests/unit/test_train_gpu.py -p no:cacheprovider
+leg generation_train 120 python3 benchmarks/generation_train_throughput.py --device cuda \
+    --base .device/smollm2 --config-overrides '{"use_cache": false}' --steps 30 --batch-size 16
 leg nccl_probe 45 python3 benchmarks/nccl_probe.py
