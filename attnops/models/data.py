@@ -153,7 +153,12 @@ def _check_leakage(
         f"(duplicates {counts}; near = equal after casefolding and collapsing whitespace and "
         f"punctuation; e.g. {[text[:80] for text in worst.examples]}); remove the shared rows "
         "from one side, "
-        "or raise data.max_leakage_share if the repeats are expected"
+        + (
+            "or leave data.validation out to have a share of train set aside as validation, "
+            if worst.later == "validation" and spec.validation is not None
+            else ""
+        )
+        + "or raise data.max_leakage_share if the repeats are expected"
     )
 
 
