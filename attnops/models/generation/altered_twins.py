@@ -56,12 +56,11 @@ def altered_twins(validation: pd.DataFrame, *, seed: int) -> pd.DataFrame:
         )
     rng = np.random.default_rng(seed)
     rows = rows.iloc[np.sort(rng.permutation(len(rows))[:MAX_INPUTS])].reset_index(drop=True)
-    targets = rows[TARGET].tolist()
+    targets = _Targets(rows[TARGET].tolist())
     out = []
     for i, row in enumerate(rows.itertuples(index=False)):
         source, context, target = getattr(row, SOURCE), getattr(row, CONTEXT), getattr(row, TARGET)
-        others = targets[:i] + targets[i + 1 :]
-        kind, twin = _twin(rng, _KINDS[i % len(_KINDS)], target, f"{source}\n{context}", others)
+        kind, twin = _twin(rng, _KINDS[i % len(_KINDS)], i, f"{source}\n{context}", targets)
         out += [
             {SOURCE: source, CONTEXT: context, TARGET: target, LABEL: 0, KIND: ""},
             {SOURCE: source, CONTEXT: context, TARGET: twin, LABEL: 1, KIND: kind},
@@ -69,10 +68,26 @@ def altered_twins(validation: pd.DataFrame, *, seed: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+class _Targets:
+    """The sampled targets with their words and sentences, split once for every twin."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.words = [_WORD.findall(t) for t in texts]
+        self.sentences = [[s for s in _SENTENCE.split(t.strip()) if s] for t in texts]
+        # In how many targets each word (any case) occurs.
+        self.frequency = Counter(w.lower() for words in self.words for w in set(words))
+
+    def others(self, i: int) -> list[str]:
+        return self.texts[:i] + self.texts[i + 1 :]
+
+
 def _twin(
-    rng: np.random.Generator, kind: str, target: str, given: str, others: list[str]
+    rng: np.random.Generator, kind: str, i: int, given: str, targets: _Targets
 ) -> tuple[str, str]:
-    """(kind, twin): `kind`'s alteration of `target`, or an added sentence when it does not fit."""
+    """(kind, twin): `kind`'s alteration of target `i`, or an added sentence when it does not
+    fit. What is added or swapped in comes from the other targets."""
+    target = targets.texts[i]
     if kind == "number_swap" and (numbers := list(_NUMBER.finditer(target))):
         match = numbers[rng.integers(len(numbers))]
         new = int(match.group()) + int(rng.integers(1, 10))
@@ -80,12 +95,12 @@ def _twin(
             new += 10
         return kind, target[: match.start()] + str(new) + target[match.end() :]
     if kind == "word_swap":
-        # The rarest words across targets: a product or a place, not "within".
-        frequency = Counter(w.lower() for t in others for w in set(_WORD.findall(t)))
+        # The rarest words across the other targets: a product or a place, not "within".
+        frequency = targets.frequency - Counter(w.lower() for w in set(targets.words[i]))
         known = {w.lower() for w in _WORD.findall(given)}
         shared = [m for m in _WORD.finditer(target) if m.group().lower() in known]
-        known |= {w.lower() for w in _WORD.findall(target)}
-        foreign = sorted({w for t in others for w in _WORD.findall(t) if w.lower() not in known})
+        known |= {w.lower() for w in targets.words[i]}
+        foreign = sorted({w for words in targets.words for w in words if w.lower() not in known})
         if shared and foreign:
             rarity = min(frequency[m.group().lower()] for m in shared)
             rarest = [m for m in shared if frequency[m.group().lower()] == rarity]
@@ -93,8 +108,9 @@ def _twin(
             foreign.sort(key=lambda w: frequency[w.lower()])
             new = foreign[rng.integers(min(10, len(foreign)))]
             return kind, target[: match.start()] + new + target[match.end() :]
-    sentences = [s for t in others for s in _SENTENCE.split(t.strip()) if s and s not in target]
-    added = _pick(rng, sentences) if sentences else _pick(rng, others)
+    # A target's own sentences are in it, so they drop out here.
+    sentences = [s for ss in targets.sentences for s in ss if s not in target]
+    added = _pick(rng, sentences) if sentences else _pick(rng, targets.others(i))
     return "added_sentence", f"{target.rstrip()} {added}"
 
 
