@@ -37,6 +37,7 @@ from attnops.serving.batching import MicroBatcher
 from attnops.spec import ModelSpec, ServingSpec
 
 LABELS = tuple(f"intent_{i}" for i in range(77))
+MAX_LENGTH = ModelSpec().max_length  # the server truncates at the spec's model.max_length
 
 
 def _texts(n: int) -> list[str]:
@@ -53,7 +54,7 @@ def _pipeline_side(classify, texts, clients: int, seconds: float) -> dict:
         i = k
         while time.perf_counter() < stop:
             sent = time.perf_counter()
-            classify(texts[i % len(texts)], truncation=True, max_length=128)
+            classify(texts[i % len(texts)], truncation=True, max_length=MAX_LENGTH)
             with lock:
                 latencies.append((time.perf_counter() - sent) * 1000)
             i += clients
@@ -66,7 +67,7 @@ def _pipeline_side(classify, texts, clients: int, seconds: float) -> dict:
 
 def _ours_side(model, tokenizer, texts, clients, seconds, serving: ServingSpec, device) -> dict:
     def run(_route: str, batch: list[str]) -> list[int]:
-        encoded = encode(tokenizer, batch, 128)
+        encoded = encode(tokenizer, batch, MAX_LENGTH)
         return predict(
             model, encoded, pad_id=tokenizer.pad_token_id, device=device,
             batch_size=serving.forward_batch_size, bf16_on_cpu=serving.bf16,
@@ -99,7 +100,8 @@ def _ours_side(model, tokenizer, texts, clients, seconds, serving: ServingSpec, 
 
 def _bound_side(model, tokenizer, texts, seconds, serving: ServingSpec, device) -> dict:
     size = serving.max_batch_size
-    chunks = [encode(tokenizer, texts[i : i + size], 128) for i in range(0, len(texts), size)]
+    starts = range(0, len(texts), size)
+    chunks = [encode(tokenizer, texts[i : i + size], MAX_LENGTH) for i in starts]
     done, stop, i = 0, time.perf_counter() + seconds, 0
     started = time.perf_counter()
     while time.perf_counter() < stop:
