@@ -23,7 +23,6 @@ alone `low`; the event, the MLflow run and the gauges are the same.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from prefect import flow
 from prefect.events import emit_event
 
 from attnops.flows.tasks import compute_task, io_task
-from attnops.models import aliases, registry, versions
+from attnops.models import aliases, registry, report_json, versions
 from attnops.models.versions import REFERENCE_FOLDER
 from attnops.monitors.generation_monitor import (
     GENERATION_PROFILE_TABLE,
@@ -143,7 +142,7 @@ def log_monitoring_run(
         metrics=[Metric(k, float(v), now_ms, 0) for k, v in assessment.metrics().items()],
         params=[Param("window_size", str(len(window))), Param("champion_version", version)],
     )
-    (folder / "assessment.json").write_text(json.dumps(assessment.to_dict(), indent=2, default=str))
+    (folder / "assessment.json").write_text(report_json.dumps(assessment.to_dict()))
     client.log_artifacts(run_id, str(folder), "monitor")
     client.set_terminated(run_id)
     return run_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attnops.models import plots
+from attnops.models import plots, report_json
 from attnops.models.attention import AttentionReport
 from attnops.models.data import LABEL, TEXT, LabelledData
 from attnops.models.evaluate_steps import (
@@ -91,7 +90,7 @@ def evaluate_classifier(
         metrics["train_accuracy_sample"] = float(fit["train_accuracy"])
         metrics["underfit"] = float(fit["diagnosis"] == "underfit")
     files.append(out_dir / EVALUATION_JSON)
-    files[-1].write_text(json.dumps(report, indent=2))
+    files[-1].write_text(report_json.dumps(report))
     files.append(_write_test_predictions(out_dir, test, data.label_names))
     _add_inputs(reference, data.splits["test"], spec.data.slice_columns)
     files.append(_write_profile(out_dir, projection, detector, attention, data, spec))

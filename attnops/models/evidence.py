@@ -10,12 +10,12 @@ next to new evidence.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from attnops.models import report_json
 from attnops.models.registry import TAG, tag_value
 
 
@@ -46,7 +46,7 @@ def record_decision(
     """
     client.set_model_version_tag(name, version, f"{TAG}{stage}", "pending")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stage}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (folder / f"{stage}.json").write_text(report_json.dumps(payload))
     (folder / f"{stage}.md").write_text(f"# {heading}\n\n{table}\n")
     client.log_artifacts(run_id, str(folder), stage)
     section = f"## {heading}\n\n{table}\n\nEvidence: run artifacts `{stage}/`.\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnops.models import report_json
 from attnops.models.evaluate import EVALUATION_JSON
 from attnops.models.generation.evaluate import PER_INPUT
 from attnops.monitors import pii
@@ -57,7 +58,7 @@ def _report_leaks(evaluation_json: Path, table: pd.DataFrame) -> None:
         "entities": sorted({e for v in leaking[PII_LEAK_COLUMN] for e in v.split(",")}),
         "examples": leaking["output"].head(5).tolist(),
     }
-    evaluation_json.write_text(json.dumps(report, indent=2))
+    evaluation_json.write_text(report_json.dumps(report))
 
 
 def redact_texts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -8,13 +8,13 @@ scores of both side by side for the gate's paired tests.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from attnops.models import report_json
 from attnops.models.evaluate import EVALUATION_JSON, Evaluation
 from attnops.models.generation.cost import THROUGHPUT_BATCH_SIZE, DecodeRun, decode_timed
 from attnops.models.generation.data import CONTEXT, SOURCE, GenerationData, prompt_ids
@@ -116,7 +116,7 @@ def evaluate_generator(
         metrics["underfit"] = float(bool(fit.get("still_learning")))
     files = heads.write_pngs(out_dir)
     files.append(out_dir / EVALUATION_JSON)
-    files[-1].write_text(json.dumps(report, indent=2, default=_json_default))
+    files[-1].write_text(report_json.dumps(report))
     files.append(out_dir / PER_INPUT)
     table.to_parquet(files[-1], index=False)
     reference, summary = _reference(
@@ -222,9 +222,3 @@ def _reference(
     )
     reference["prompt_embedding"] = list(projected)
     return reference, summary
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
