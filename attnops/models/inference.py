@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,12 +92,22 @@ def predict(
 
 
 def output_layer(model) -> torch.nn.Linear:
-    """The last Linear producing `num_labels` outputs: the classifier's output layer."""
-    heads = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m.out_features == model.config.num_labels
-    ]
-    if not heads:
-        raise ValueError(f"{type(model).__name__}: no output layer with num_labels outputs found")
-    return heads[-1]
+    """The last Linear producing `num_labels` outputs: the classifier's output layer.
+
+    Found once per model: the search walks every module, too slow for each served batch.
+    """
+    if model not in _OUTPUT_LAYERS:
+        heads = [
+            m
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == model.config.num_labels
+        ]
+        if not heads:
+            raise ValueError(
+                f"{type(model).__name__}: no output layer with num_labels outputs found"
+            )
+        _OUTPUT_LAYERS[model] = heads[-1]
+    return _OUTPUT_LAYERS[model]
+
+
+_OUTPUT_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
