@@ -34,8 +34,11 @@ from pathlib import Path
 
 import torch
 
-from attnops.models.generation.detector import HallucinationDetector, detector_features
-from attnops.models.generation.detector_fit import DETECTOR_JSON
+from attnops.models.generation.detector import (
+    DETECTOR_JSON,
+    HallucinationDetector,
+    detector_features,
+)
 from attnops.models.generation.teacher_forcing import teacher_forced_batch
 from attnops.serving.generation_log_store import GenerationRecord
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import tiny_spec_dict
@@ -53,6 +54,16 @@ def test_the_monitor_flow_imports_no_model_stack_and_no_evidently_until_it_judge
     """The monitor reads logged records: no model, no PII scan; Evidently only for a report."""
     heavy = _loaded_after("import attnops.flows.monitor")["heavy"]
     assert not set(heavy) & {*MODEL_STACK, "evidently"}, heavy
+
+
+@pytest.mark.parametrize("server", ["attnops.serving.app", "attnops.serving.generation_app"])
+def test_the_servers_load_no_fitting_monitoring_or_orchestration_library(server):
+    """A server scores with saved arrays (out-of-scope scorer, hallucination detector): the
+    scikit-learn that fitted them, Evidently and Prefect would only slow its start."""
+    probe = f"import {server}, sys\nresult = {{'sklearn': 'sklearn' in sys.modules}}"
+    loaded = _loaded_after(probe)
+    assert not loaded["sklearn"]
+    assert not set(loaded["heavy"]) & {"evidently", "prefect"}, loaded["heavy"]
 
 
 def test_rollback_moves_the_champion_without_prefect_or_the_model_stack(tmp_path, demo_dir):

@@ -17,7 +17,8 @@ log-probabilities. On the fitting set the attention logit is taken out-of-fold: 
 logit from hundreds of weights would look more reliable than it is, and the combiner would
 lean on it. The flag threshold lets at most `max_false_positive_rate` of the fitting set's
 faithful outputs through as flagged. Every part is plain arrays (scaler means and scales,
-coefficients), saved as JSON.
+coefficients), saved as JSON; scikit-learn, which fits them, is imported only to fit, so
+that a server loading a detector does not pay for it at start.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from attnops.models.generation.decode import Signals
 from attnops.models.groundedness import GroundednessResult, score_groundedness
@@ -41,6 +40,8 @@ TEXT_FEATURES = (
 )  # fmt: skip
 LOGPROB_FEATURES = ("logprob_mean", "logprob_min", "fact_logprob_mean", "fact_logprob_min")
 DETECTORS = ("text", "attention", "logprob", "combined")
+DETECTOR_JSON = "hallucination_detector.json"
+"""The fitted detector in a version's evaluation artifacts (`to_json`)."""
 MIN_PER_CLASS = 5
 """Fewest faithful and hallucinated outputs to fit: the out-of-fold attention logit needs
 both classes in every one of 5 folds."""
@@ -132,6 +133,8 @@ class _Linear:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, c: float) -> _Linear:
+        from sklearn.linear_model import LogisticRegression  # fitting only: see the docstring
+
         mean, scale = x.mean(0), x.std(0)
         scale = np.where(scale > 1e-12, scale, 1.0)  # constant features: left at 0
         model = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
@@ -204,6 +207,8 @@ class HallucinationDetector:
         if len(y) != len(features):
             raise ValueError(f"{source}: {len(features)} feature rows but {len(y)} labels")
         check_labels(y, source)
+        from sklearn.model_selection import GroupKFold, StratifiedKFold  # see the docstring
+
         attention_oof = np.zeros(len(y))
         if groups is None:
             folds = StratifiedKFold(self.n_folds, shuffle=True, random_state=0).split(y, y)

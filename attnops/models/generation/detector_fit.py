@@ -23,7 +23,6 @@ from attnops.models.generation.teacher_forcing import teacher_forced_batch
 from attnops.models.text_files import DataError
 from attnops.spec import PipelineSpec
 
-DETECTOR_JSON = "hallucination_detector.json"
 LABEL, KIND = "label", "kind"
 
 

@@ -24,11 +24,8 @@ from attnops.models.generation.data import (
     GenerationData,
     load_generation_data,
 )
-from attnops.models.generation.detector_fit import (
-    DETECTOR_JSON,
-    fit_detector,
-    load_labelled_outputs,
-)
+from attnops.models.generation.detector import DETECTOR_JSON
+from attnops.models.generation.detector_fit import fit_detector, load_labelled_outputs
 from attnops.models.generation.evaluate import evaluate_generator
 from attnops.models.generation.train import TrainedGenerator, train_generator
 from attnops.models.task_family import Registration, TrainingEvidence

@@ -12,12 +12,12 @@ import pytest
 
 from attnops.models.generation.data import prompt_ids
 from attnops.models.generation.detector import (
+    DETECTOR_JSON,
     LOGPROB_FEATURES,
     TEXT_FEATURES,
     HallucinationDetector,
     detector_features,
 )
-from attnops.models.generation.detector_fit import DETECTOR_JSON
 from attnops.models.generation.teacher_forcing import teacher_forced_batch
 from attnops.serving.generation_log_store import GenerationLog, GenerationRecord
 from attnops.serving.generation_scoring import GenerationScorer, ScoringModel, eager_twin
