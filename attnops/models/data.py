@@ -90,9 +90,10 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
     frames = read_splits(
         spec,
         lambda split: _read_split(spec, split, spec_path),
-        text=TEXT,
+        key=(TEXT,),
         stratify=LABEL,
         keep=spec.min_examples_per_class,
+        all_held=spec.out_of_scope_label,
     )
     oos = spec.out_of_scope_label
     train = frames["train"]
@@ -166,45 +167,69 @@ def read_splits(
     spec: DataSpec,
     read: Callable[[str], pd.DataFrame],
     *,
-    text: str,
+    key: tuple[str, ...],
     stratify: str | None = None,
     keep: int = 1,
+    all_held: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The three splits, each from `read(split)`; without `data.validation`, validation is
-    `data.validation_share` of train (see `carve_validation`)."""
+    `data.validation_share` of train (see `carve_validation` for the other arguments)."""
     if spec.validation is not None:
         return {name: read(name) for name in SPLITS}
     train, validation = carve_validation(
-        read("train"), spec.validation_share, text=text, stratify=stratify, keep=keep
+        read("train"),
+        spec.validation_share,
+        key=key,
+        stratify=stratify,
+        keep=keep,
+        all_held=all_held,
     )
-    if validation.empty:
+    # Out-of-scope rows alone are no validation: early stopping and calibration need classes.
+    if validation.empty or (stratify and (validation[stratify] == all_held).all()):
+        per_class = (
+            " (a class of n rows gives round(share * n) and keeps data.min_examples_per_class "
+            "in train)"
+            if stratify
+            else ""
+        )
         raise DataError(
             f"{spec.train}: {len(train)} rows leave no validation rows at "
-            f"data.validation_share {spec.validation_share:g}; set data.validation to a file "
-            "or raise the share"
+            f"data.validation_share {spec.validation_share:g}{per_class}; a row whose input "
+            "stays in train is not set aside either; set data.validation to a file or raise "
+            "the share" + (", or lower data.min_examples_per_class" if stratify else "")
         )
     return {"train": train, "validation": validation, "test": read("test")}
 
 
 def carve_validation(
-    train: pd.DataFrame, share: float, *, text: str, stratify: str | None = None, keep: int = 1
+    train: pd.DataFrame,
+    share: float,
+    *,
+    key: tuple[str, ...],
+    stratify: str | None = None,
+    keep: int = 1,
+    all_held: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rest of train, validation): `share` of the rows, of each class when `stratify` names
     the label column (a class of n rows gives round(share * n), leaving at least `keep` of
-    them in train: `data.min_examples_per_class` is about the file), seeded.
+    them in train: `data.min_examples_per_class` is about the file), seeded. Every row of
+    class `all_held` (the out-of-scope label: never trained on) goes to validation.
 
-    A held-out row whose `text` also stays in train (a duplicate, up to case, spacing and
-    punctuation) goes back to train: validation scores would be inflated by it.
+    A held-out row whose `key` columns (the model's input) also stay in train (a duplicate, up
+    to case, spacing and punctuation) goes back to train: validation scores would be inflated
+    by it.
     """
     train = train.reset_index(drop=True)
     rng = np.random.default_rng(_CARVE_SEED)
     groups = train.groupby(stratify, sort=True).indices if stratify else {"": np.arange(len(train))}
     held = np.zeros(len(train), dtype=bool)
-    for rows in groups.values():
+    for label, rows in groups.items():
         take = min(int(share * len(rows) + 0.5), max(len(rows) - keep, 0))
-        held[rng.permutation(rows)[:take]] = True
-    keys = train[text].map(near_duplicate_key)
-    kept = set(keys[~held]) - {""}
+        held[rng.permutation(rows)[: len(rows) if label == all_held else take]] = True
+    keys = pd.Series(
+        ["\x1f".join(map(near_duplicate_key, row)) for row in train[list(key)].itertuples(False)]
+    )
+    kept = set(keys[~held])
     held &= ~keys.isin(kept).to_numpy()
     return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)
 

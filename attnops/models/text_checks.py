@@ -59,9 +59,10 @@ def describe_empty(value: object) -> str:
 def near_duplicate_key(text: str) -> str:
     """The form two texts share when they differ only in case, width forms, whitespace,
     punctuation or invisible characters (NFKC, casefold, runs of non-word characters
-    collapsed to one space)."""
+    collapsed to one space). A text of punctuation or emoji only is its own key, stripped:
+    "😂😂" repeats "😂😂 ", while "?" and "!!" are different texts."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    return _NOT_WORD.sub(" ", folded).strip()
+    return _NOT_WORD.sub(" ", folded).strip() or text.strip()
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,7 @@ def leakage_counts(
     """
     exact_sets = {name: set(values) for name, values in texts.items()}
     keys = {name: [near_duplicate_key(t) for t in values] for name, values in texts.items()}
-    # "" is the key of punctuation- or emoji-only texts: "?" and "!!" are not duplicates.
-    key_sets = {name: set(values) - {""} for name, values in keys.items()}
+    key_sets = {name: set(values) for name, values in keys.items()}
     out = []
     for earlier, later in pairs:
         leaking = [

@@ -179,25 +179,27 @@ def test_empty_text_definition(text, empty):
 
 
 def test_leakage_counts_exact_and_near_duplicates_per_pair():
-    """Case, width, spacing and punctuation fold away; punctuation-only texts never match."""
+    """Case, width, spacing and punctuation fold away; a text of punctuation or emoji only
+    matches itself (a repeated reaction in a review dataset), not another such text."""
     assert near_duplicate_key("  Where's  MY\u00a0card?! ") == near_duplicate_key("where s my card")
-    train = ["Where is my card?", "refund please", "?", "ｆｕｌｌｗｉｄｔｈ text"]
-    test = ["where is my card", "refund please", "!!", "fullwidth TEXT", "new one"]
+    train = ["Where is my card?", "refund please", "?", "ｆｕｌｌｗｉｄｔｈ text", "😂😂"]
+    test = ["where is my card", "refund please", "!!", "fullwidth TEXT", "new one", "😂😂 "]
     (validation_in_train, test_in_train, test_in_validation) = leakage_counts(
         {"train": train, "validation": ["nothing shared"], "test": test}
     )
-    assert (test_in_train.exact, test_in_train.near, test_in_train.later_rows) == (1, 3, 5)
+    assert (test_in_train.exact, test_in_train.near, test_in_train.later_rows) == (1, 4, 6)
     assert test_in_train.examples == ("where is my card", "refund please", "fullwidth TEXT")
     assert test_in_train.as_dict() == {
-        "splits": "test in train", "rows": 5, "exact_duplicates": 1, "near_duplicates": 3,
-        "near_share": 0.6,
+        "splits": "test in train", "rows": 6, "exact_duplicates": 1, "near_duplicates": 4,
+        "near_share": 0.666667,
     }  # fmt: skip
     assert validation_in_train.near == test_in_validation.near == 0
 
 
 def test_without_a_validation_file_a_share_of_train_is_set_aside_per_class(tmp_path):
     """Public datasets often ship train and test only: validation is 10% of each class of
-    train, the same rows every time, never a text that stays in train, and out of training."""
+    train, the same rows every time, never a text that stays in train, and out of training.
+    Out-of-scope rows are never trained on: all of them go to validation."""
     labels = ["a"] * 40 + ["b"] * 20 + ["c"] * 10 + ["out"] * 10
     texts = [f"query {i} about {label}" for i, label in enumerate(labels)]
     # Class c is one text written ten ways: any row set aside has its twin left in train.
@@ -207,7 +209,7 @@ def test_without_a_validation_file_a_share_of_train_is_set_aside_per_class(tmp_p
     assert spec.validation is None
     data = load_labelled_data(spec)
     validation, train = data.splits["validation"], data.splits["train"]
-    assert validation["label"].value_counts().to_dict() == {"a": 4, "b": 2, "out": 1}
+    assert validation["label"].value_counts().to_dict() == {"a": 4, "b": 2, "out": 10}
     assert train["label"].value_counts().to_dict() == {"a": 36, "b": 18, "c": 10}
     assert not set(validation["text"].map(near_duplicate_key)) & set(
         train["text"].map(near_duplicate_key)

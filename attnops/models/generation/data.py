@@ -54,7 +54,11 @@ def load_generation_data(spec: DataSpec, spec_path: str = "the spec") -> Generat
         DataError: a file or column is missing, a file is malformed, a split is empty, or
             rows have an empty source or target (named by line or row number).
     """
-    splits = read_splits(spec, lambda split: _read_split(spec, split, spec_path), text=SOURCE)
+    # The prompt holds context and source: grounded data often repeats one instruction as
+    # the source over many articles.
+    splits = read_splits(
+        spec, lambda split: _read_split(spec, split, spec_path), key=(CONTEXT, SOURCE)
+    )
     joined = "".join(f"{name}:{fingerprint(splits[name])};" for name in SPLITS)
     return GenerationData(
         splits=splits,

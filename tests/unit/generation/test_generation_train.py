@@ -279,3 +279,16 @@ def test_without_a_validation_file_a_share_of_train_is_set_aside(tmp_path):
     assert not set(train["source"]) & set(validation["source"])
     assert data.paths["validation"].endswith("train.jsonl (validation: 0.2 of it set aside)")
     assert load_generation_data(spec).data_sha256 == data.data_sha256
+
+
+def test_one_instruction_over_many_articles_still_sets_validation_aside(tmp_path):
+    """Summarisation and grounded QA repeat the source; the prompt differs by its article."""
+    rows = [
+        {"ticket": "Summarise the policy.", "article": f"Orders ship in {i} days.", "reply": f"{i}"}
+        for i in range(40)
+    ]
+    spec = _spec(tmp_path).data.model_copy(update={"validation": None, "validation_share": 0.2})
+    _write(tmp_path, rows)
+    train, validation = (load_generation_data(spec).splits[s] for s in ("train", "validation"))
+    assert (len(train), len(validation)) == (32, 8)
+    assert not set(train["context"]) & set(validation["context"])
