@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -45,8 +46,31 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]
 
     Read with the csv module rather than pandas to know the file line of every row (a quoted
     text may span lines) and to stop at a ragged row instead of shifting or padding it.
+
+    Most TSV files (GLUE, Kaggle, IANA's definition) have no quoting: a `"` is a character
+    of the text, and reading it as a quote would join the lines after an unclosed one into
+    one text. A TSV is read so unless that leaves ragged rows or a cell wholly in quotes
+    with its inner quotes doubled, the marks of a writer that quotes (pandas, Excel).
     """
-    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
+    text = read_utf8(path)
+    if delimiter == "\t":
+        try:
+            frame, lines = _read_delimited(path, text, delimiter, csv.QUOTE_NONE)
+        except DataError:
+            pass  # ragged: a quoting writer's tab or line break inside a quoted cell
+        else:
+            if not frame.map(lambda cell: bool(_QUOTED_CELL.fullmatch(cell))).any().any():
+                return frame, lines
+    return _read_delimited(path, text, delimiter, csv.QUOTE_MINIMAL)
+
+
+_QUOTED_CELL = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)
+
+
+def _read_delimited(
+    path: Path, text: str, delimiter: str, quoting: int
+) -> tuple[pd.DataFrame, list[int]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     try:
         header = next(reader, [])
         rows, lines = [], []
@@ -85,6 +109,7 @@ def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int] | None]:
     text = read_utf8(path)
     if text.lstrip().startswith("["):
         return _read_json_array(path, text), None
+    _refuse_one_object(path, text)
     records, lines = [], []
     # split("\n"), not splitlines(): U+2028 may stand unescaped inside a JSON string.
     for number, line in enumerate(text.split("\n"), start=1):
@@ -99,12 +124,38 @@ def read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int] | None]:
             ) from None
         if not isinstance(record, dict):
             raise DataError(
-                f"{path} line {number}: a JSON {type(record).__name__}, not an object; each "
+                f"{path} line {number}: {_kind(record)}, not an object; each "
                 'line must be one object such as {"text": "...", "label": "..."}'
             )
         records.append(record)
         lines.append(number)
     return pd.DataFrame.from_records(records), lines
+
+
+def _kind(value: object) -> str:
+    """What a parsed JSON value was, in JSON's words: 'a JSON array', 'a JSON null'."""
+    kinds = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+    return "a JSON " + ("null" if value is None else kinds.get(type(value), "value"))
+
+
+def _refuse_one_object(path: Path, text: str) -> None:
+    """A `.json` file, or a pretty-printed one, holding one object: columns of pandas'
+    default `to_json()`, or the rows under a key; say how to write it rather than fail on
+    its first line."""
+    if not text.lstrip().startswith("{") or (
+        path.suffix.lower() != ".json" and len(text.strip().split("\n")) == 1
+    ):
+        return
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    keys = ", ".join(list(whole)[:5])
+    raise DataError(
+        f"{path} is one JSON object (keys: {keys}), not rows: write one object per row, as a "
+        "JSON array or one per line (pandas: to_json(orient='records') or "
+        "to_json(orient='records', lines=True)), or save the array that holds the rows"
+    )
 
 
 def _read_json_array(path: Path, text: str) -> pd.DataFrame:
@@ -117,7 +168,7 @@ def _read_json_array(path: Path, text: str) -> pd.DataFrame:
     bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
     if bad is not None:
         raise DataError(
-            f"{path} item {bad + 1}: a JSON {type(records[bad]).__name__}, not an object; the "
+            f"{path} item {bad + 1}: {_kind(records[bad])}, not an object; the "
             'array must hold objects such as {"text": "...", "label": "..."}'
         )
     return pd.DataFrame.from_records(records)

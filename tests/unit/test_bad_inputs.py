@@ -229,7 +229,7 @@ def test_bad_data_file_is_named_with_line_and_fix(tmp_path, case):
         ),
         (
             _jsonl(GOOD["test"][:1]) + '\n["a list", "a"]\n',
-            "test.jsonl line 3: a JSON list, not an object",
+            "test.jsonl line 3: a JSON array, not an object",
         ),
     ],
     ids=["broken_line", "array_line"],

@@ -5,6 +5,7 @@ import pytest
 
 from attnops.models.data import DataError, load_labelled_data
 from attnops.models.text_checks import is_empty_text, leakage_counts, near_duplicate_key
+from attnops.models.text_files import read_csv
 from attnops.spec import DataSpec
 
 
@@ -224,6 +225,21 @@ def test_too_small_a_train_split_to_set_validation_aside_says_what_to_set(tmp_pa
         load_labelled_data(_spec(paths, validation_share=0.1))
 
 
+def test_tsv_quotes_are_text_unless_the_file_was_written_quoted(tmp_path):
+    """GLUE- and Kaggle-style TSV: a lone `"` is a character, not the start of a quoted text
+    that swallows the lines after it; a TSV that pandas wrote (quoting) reads back as written."""
+    literal = tmp_path / "glue.tsv"
+    texts = ['"Bad Boys" is loud', '" the film is a mess', "a quiet triumph", 'the 12" vinyl']
+    literal.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in texts))
+    frame, lines = read_csv(literal, delimiter="\t")
+    assert frame["sentence"].tolist() == texts and lines == [2, 3, 4, 5]
+    written = pd.DataFrame({"text": ['he said "wow"', "tab\there", "two\nlines", '"quoted"']})
+    written["label"] = list("abcd")
+    written.to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    frame, _ = read_csv(tmp_path / "pandas.tsv", delimiter="\t")
+    assert frame["text"].tolist() == written["text"].tolist()
+
+
 def test_bad_rows_of_tsv_and_json_arrays_are_named(tmp_path):
     tsv = tmp_path / "train.tsv"
     tsv.write_text("body\tintent\nhello there\ta\nrefund please\tb\textra\n")
@@ -231,5 +247,9 @@ def test_bad_rows_of_tsv_and_json_arrays_are_named(tmp_path):
         load_labelled_data(_spec({"train": str(tsv), "validation": str(tsv), "test": str(tsv)}))
     array = tmp_path / "train.json"
     array.write_text('[{"body": "hi", "intent": "a"}, ["not", "an", "object"]]')
-    with pytest.raises(DataError, match=r"train\.json item 2: a JSON list, not an object"):
+    with pytest.raises(DataError, match=r"train\.json item 2: a JSON array, not an object"):
+        load_labelled_data(_spec({"train": str(array), "validation": str(tsv), "test": str(tsv)}))
+    # pandas' default to_json() writes columns, not rows: say how to write rows.
+    pd.DataFrame({"body": ["hi", "yo"], "intent": ["a", "b"]}).to_json(array)
+    with pytest.raises(DataError, match=r"train\.json is one JSON object.*orient='records'"):
         load_labelled_data(_spec({"train": str(array), "validation": str(tsv), "test": str(tsv)}))
