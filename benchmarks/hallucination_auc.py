@@ -123,7 +123,9 @@ def _fitted_on_twins(model, tokenizer, spec, labelled, device, spec_path: str) -
     """The detector a spec without a labelled set gets, on the labelled set's held-out part."""
     start = time.perf_counter()
     validation = load_generation_data(spec.data, spec_path).splits["validation"]
-    twins = altered_twins(validation, seed=spec.training.seed)
+    twins = altered_twins(
+        validation, seed=spec.training.seed, fit_share=spec.generation.detector_fit_share
+    )
     detector, report = fit_detector(model, tokenizer, spec, twins, device=device, name=TWINS_NAME)
     held = labelled.iloc[held_out_part(labelled, spec)].reset_index(drop=True)
     features = labelled_features(model, tokenizer, spec, held, device=device)

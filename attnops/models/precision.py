@@ -47,7 +47,13 @@ def decoding_weights(model, device: torch.device, wanted: bool):
     Decoding runs one forward pass per token, so autocast would cast every weight again at
     every step: a copy casts them once, and its KV cache takes half the bytes. `model`
     stays as it was, for whatever must score as evaluation did (the hallucination scorer).
+    The parameters are cast as they are copied (tied ones stay tied): a copy in fp32 first
+    would need the model's memory twice over while a server loads a canary.
     """
     if not (wanted and native_bf16(device)):
         return model
-    return copy.deepcopy(model).to(torch.bfloat16).eval()
+    cast = {
+        id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, cast).to(torch.bfloat16).eval()

@@ -11,60 +11,70 @@ Each sampled validation row gives two outputs for its input: its gold target (fa
   back.
 
 Rows take the kinds in turn; a row the kind does not fit (no number, no word shared with its
-input) gets an added sentence. These are generic stand-ins, found by overlap with the input
-more easily than real hallucinations are: reviewed outputs of your own model, in
-`generation.hallucination_set`, teach the detector better, and the evidence names which set
-it learnt from.
+input) gets an added sentence, one holding a word or number its input does not (a sentence
+that restates the input is no hallucination); a row no sentence fits is left out. These are
+generic stand-ins, found by overlap with the input more easily than real hallucinations are:
+reviewed outputs of your own model, in `generation.hallucination_set`, teach the detector
+better, and the evidence names which set it learnt from.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from attnops.models.generation.data import CONTEXT, SOURCE, TARGET
+from attnops.models.generation.detector import MIN_PER_CLASS
 from attnops.models.generation.detector_fit import KIND, LABEL
+from attnops.models.generation.detector_report import split_fit_holdout
 from attnops.models.text_files import DataError
 
 NAME = "altered twins of validation targets (no generation.hallucination_set)"
 MAX_INPUTS = 200
-"""Validation rows sampled: every output is one teacher-forced pass at evaluation."""
-MIN_INPUTS = 10
+"""Validation inputs sampled: every output is one teacher-forced pass at evaluation."""
 _KINDS = ("number_swap", "word_swap", "added_sentence")
 _NUMBER = re.compile(r"\d+")
+_MAX_DIGITS = 18
+"""Longer digit runs (IDs, hashes) are not swapped or compared as numbers."""
 _WORD = re.compile(r"[^\W\d_]{4,}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def altered_twins(validation: pd.DataFrame, *, seed: int) -> pd.DataFrame:
-    """Source, context, target (the output), `label` and `kind` for up to `MAX_INPUTS` rows of
-    `validation`: each row's target and its altered twin.
+def altered_twins(validation: pd.DataFrame, *, seed: int, fit_share: float) -> pd.DataFrame:
+    """Source, context, target (the output), `label` and `kind` for up to `MAX_INPUTS` inputs
+    of `validation`: one target of each input and its altered twin.
 
     Raises:
-        DataError: fewer than `MIN_INPUTS` validation rows with distinct targets.
+        DataError: too few distinct inputs for the detector's fitting part and its held-out
+            part (`fit_share` of the inputs and the rest, split as the detector's fit does)
+            to hold `MIN_PER_CLASS` of each label.
     """
-    rows = validation.drop_duplicates(TARGET).reset_index(drop=True)
-    if len(rows) < MIN_INPUTS:
-        raise DataError(
-            f"validation has {len(rows)} distinct targets; the hallucination detector needs "
-            f"at least {MIN_INPUTS} to learn from when generation.hallucination_set is not "
-            "set: give a larger validation split, or a labelled set in "
-            "generation.hallucination_set"
-        )
+    rows = validation.drop_duplicates([SOURCE, CONTEXT]).reset_index(drop=True)
     rng = np.random.default_rng(seed)
     rows = rows.iloc[np.sort(rng.permutation(len(rows))[:MAX_INPUTS])].reset_index(drop=True)
     targets = _Targets(rows[TARGET].tolist())
     out = []
     for i, row in enumerate(rows.itertuples(index=False)):
         source, context, target = getattr(row, SOURCE), getattr(row, CONTEXT), getattr(row, TARGET)
-        kind, twin = _twin(rng, _KINDS[i % len(_KINDS)], i, f"{source}\n{context}", targets)
-        out += [
-            {SOURCE: source, CONTEXT: context, TARGET: target, LABEL: 0, KIND: ""},
-            {SOURCE: source, CONTEXT: context, TARGET: twin, LABEL: 1, KIND: kind},
-        ]
+        altered = _twin(rng, _KINDS[i % len(_KINDS)], i, f"{source}\n{context}", targets)
+        if altered is not None:
+            out += [
+                {SOURCE: source, CONTEXT: context, TARGET: target, LABEL: 0, KIND: ""},
+                {SOURCE: source, CONTEXT: context, TARGET: altered[1], LABEL: 1, KIND: altered[0]},
+            ]
+    n_inputs = len(out) // 2
+    if n_inputs < 2 or min(map(len, split_fit_holdout(range(n_inputs), fit_share))) < MIN_PER_CLASS:
+        raise DataError(
+            f"validation has {n_inputs} distinct inputs with a twin (of {len(validation)} rows); "
+            f"split by generation.detector_fit_share {fit_share:g}, the hallucination detector "
+            f"needs at least {MIN_PER_CLASS} on each side to learn from when "
+            "generation.hallucination_set is not set: give a larger validation split, or a "
+            "labelled set in generation.hallucination_set"
+        )
     return pd.DataFrame(out)
 
 
@@ -78,22 +88,22 @@ class _Targets:
         # In how many targets each word (any case) occurs.
         self.frequency = Counter(w.lower() for words in self.words for w in set(words))
 
-    def others(self, i: int) -> list[str]:
-        return self.texts[:i] + self.texts[i + 1 :]
-
 
 def _twin(
     rng: np.random.Generator, kind: str, i: int, given: str, targets: _Targets
-) -> tuple[str, str]:
+) -> tuple[str, str] | None:
     """(kind, twin): `kind`'s alteration of target `i`, or an added sentence when it does not
-    fit. What is added or swapped in comes from the other targets."""
+    fit; None when no other target has a sentence `given` does not back."""
     target = targets.texts[i]
-    if kind == "number_swap" and (numbers := list(_NUMBER.finditer(target))):
+    numbers = [m for m in _NUMBER.finditer(target) if len(m.group()) <= _MAX_DIGITS]
+    if kind == "number_swap" and numbers:
         match = numbers[rng.integers(len(numbers))]
         new = int(match.group()) + int(rng.integers(1, 10))
-        while str(new) in given:
+        known = _numbers(given)  # as values: a "５" in the input backs a "5"
+        while new in known:
             new += 10
-        return kind, target[: match.start()] + str(new) + target[match.end() :]
+        written = _digits_like(new, match.group())
+        return kind, target[: match.start()] + written + target[match.end() :]
     if kind == "word_swap":
         # The rarest words across the other targets: a product or a place, not "within".
         frequency = targets.frequency - Counter(w.lower() for w in set(targets.words[i]))
@@ -108,11 +118,28 @@ def _twin(
             foreign.sort(key=lambda w: frequency[w.lower()])
             new = foreign[rng.integers(min(10, len(foreign)))]
             return kind, target[: match.start()] + new + target[match.end() :]
+    words, values = {w.lower() for w in _WORD.findall(given)}, _numbers(given)
     # A target's own sentences are in it, so they drop out here.
-    sentences = [s for ss in targets.sentences for s in ss if s not in target]
-    added = _pick(rng, sentences) if sentences else _pick(rng, targets.others(i))
-    return "added_sentence", f"{target.rstrip()} {added}"
+    sentences = [
+        s
+        for ss in targets.sentences
+        for s in ss
+        if s not in target
+        and (
+            any(w.lower() not in words for w in _WORD.findall(s))
+            or any(n not in values for n in _numbers(s))
+        )
+    ]
+    if not sentences:
+        return None
+    return "added_sentence", f"{target.rstrip()} {sentences[rng.integers(len(sentences))]}"
 
 
-def _pick(rng: np.random.Generator, options: list[str]) -> str:
-    return options[rng.integers(len(options))]
+def _numbers(text: str) -> set[int]:
+    return {int(n) for n in _NUMBER.findall(text) if len(n) <= _MAX_DIGITS}
+
+
+def _digits_like(value: int, original: str) -> str:
+    """`value` written in the digits of `original` (ASCII, full-width, Arabic-Indic, ...)."""
+    zero = ord(original[0]) - unicodedata.digit(original[0])
+    return "".join(chr(zero + int(d)) for d in str(value))

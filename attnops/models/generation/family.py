@@ -45,7 +45,11 @@ class GenerationFamily:
         labelled = (
             load_labelled_outputs(spec, spec_path)
             if spec.generation.hallucination_set is not None
-            else altered_twins(data.splits["validation"], seed=spec.training.seed)
+            else altered_twins(
+                data.splits["validation"],
+                seed=spec.training.seed,
+                fit_share=spec.generation.detector_fit_share,
+            )
         )
         return dataclasses.replace(data, splits={**data.splits, "labelled": labelled})
 
