@@ -21,7 +21,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 import numpy as np
 import pandas as pd
 import scipy.stats
-from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+from evidently import (
+    BinaryClassification,
+    DataDefinition,
+    Dataset,
+    MulticlassClassification,
+    Report,
+)
 from evidently.core.report import Snapshot
 from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
 from evidently.legacy.core import ColumnType
@@ -180,13 +186,9 @@ def classification_report(
         for column in ("label", "prediction"):
             if unknown := sorted(set(frame[column].astype(str)) - set(labels)):
                 raise ValueError(f"{side} column '{column}' has values not in labels: {unknown}")
+    task, title = _classification_task(frames, title)
     numeric = ["confidence"] if all("confidence" in f for f in frames.values()) else []
-    definition = _definition(
-        numeric,
-        ["label", "prediction"],
-        [],
-        classification=[MulticlassClassification(target="label", prediction_labels="prediction")],
-    )
+    definition = _definition(numeric, ["label", "prediction"], [], classification=[task])
     data = {
         side: Dataset.from_pandas(
             f[["label", "prediction", *numeric]].astype({"label": str, "prediction": str}),
@@ -194,10 +196,21 @@ def classification_report(
         )
         for side, f in frames.items()
     }
-    tests = None if reference is None else [gte(Reference(absolute=non_inferiority_margin))]
+    higher = lower = None  # without a champion: Evidently's constant-prediction baseline
+    if "reference" in frames:
+        higher = [gte(Reference(absolute=non_inferiority_margin))]
+        lower = [lte(Reference(absolute=non_inferiority_margin))]
     metrics: list = [
         ClassificationPreset(
-            accuracy_tests=tests, precision_tests=tests, recall_tests=tests, f1score_tests=tests
+            accuracy_tests=higher,
+            precision_tests=higher,
+            recall_tests=higher,
+            f1score_tests=higher,
+            # A binary task's rates: the positive class found, the negative kept; error rates.
+            tpr_tests=higher,
+            tnr_tests=higher,
+            fpr_tests=lower,
+            fnr_tests=lower,
         ),
         *(ValueStats(column=c, **_NO_VALUE_STATS_TESTS) for c in numeric),
     ]
@@ -212,6 +225,35 @@ def classification_report(
     _write_html(snapshot, out_html, title)
     seconds = round(time.perf_counter() - start, 3)
     return summary | _tests_summary(snapshot) | {"rows_current": len(current), "seconds": seconds}
+
+
+def _classification_task(
+    frames: dict[str, pd.DataFrame], title: str
+) -> tuple[BinaryClassification | MulticlassClassification, str]:
+    """Evidently's task for these frames, and the title; drops a champion it cannot compare.
+
+    Evidently reads a side whose answers and labels hold two values as a binary task (and
+    fails unless told which is positive: here the later one, "1" or "pos"), and cannot set
+    such a side beside one with fewer or more values. The report is evidence for a reviewer,
+    not the verdict: the candidate's side is kept and the title says why the champion's is not.
+    """
+    present = {
+        side: set(frame["label"].astype(str)) | set(frame["prediction"].astype(str))
+        for side, frame in frames.items()
+    }
+    current = len(present["current"])
+    if "reference" in frames and len(present["reference"]) < (2 if current == 2 else 3):
+        title += (
+            f" (champion left out: its answers and labels hold {len(present['reference'])} "
+            f"classes here, the candidate's {current})"
+        )
+        del frames["reference"]
+    if current == 2:
+        positive = sorted(present["current"])[-1]
+        return BinaryClassification(
+            target="label", prediction_labels="prediction", pos_label=positive
+        ), title
+    return MulticlassClassification(target="label", prediction_labels="prediction"), title
 
 
 def domain_classifier_threshold(n_reference: int, n_current: int) -> float:

@@ -64,6 +64,27 @@ def test_first_version_is_gated_on_absolute_limits_and_the_evidence_lands_on_it(
     assert 0 < baseline["values"]["baseline_macro_f1"] <= 1 and baseline["values"]["n"] > 0
 
 
+def test_a_two_class_version_gets_a_verdict(attnops_home, demo_dir, tmp_path, write_spec):
+    """Sentiment, spam, churn: Evidently reads two classes as a binary task, which once made
+    every two-class gate stop without a verdict (KeyError: 1)."""
+    for split in ("train", "validation", "test"):
+        frame = pd.read_csv(demo_dir / f"{split}.csv")
+        two = frame[frame["intent"].isin(["refund_request", "account_locked"])]
+        two.assign(intent=(two["intent"] == "refund_request").astype(int)).to_csv(
+            tmp_path / f"{split}.csv", index=False
+        )
+    spec = tiny_spec_dict(tmp_path, epochs=2)
+    spec["gate"] = LENIENT
+    path = str(write_spec(spec))
+    train(path)
+    assert main(["gate", "--spec", path]) == 0
+    version = _client().get_model_version("tiny-tickets", "1")
+    assert version.tags["attnops.gate"] == "passed"
+    assert "gate/classification.html" in {
+        a.path for a in _client().list_artifacts(version.run_id, "gate")
+    }
+
+
 def test_same_recipe_retrained_is_no_different_from_the_champion(
     attnops_home, demo_dir, write_spec
 ):

@@ -190,3 +190,41 @@ def test_classification_report_with_a_champion_answering_a_class_the_candidate_l
         float((candidate["label"] == candidate["prediction"]).mean())
     )
     assert "meal_suggestion" in (tmp_path / "cls.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("names", [("0", "1"), ("neg", "pos")])
+def test_classification_report_on_a_two_class_task(tmp_path, names):
+    """Sentiment, spam, churn: Evidently reads two classes as a binary task; the report
+    names the later label the positive one and compares the versions as for more classes."""
+    rng = np.random.default_rng(5)
+    label = rng.choice(names, 300)
+    flip = {names[0]: names[1], names[1]: names[0]}
+
+    def answers(accuracy):
+        wrong = rng.random(300) > accuracy
+        return pd.DataFrame(
+            {"label": label, "prediction": np.where(wrong, [flip[v] for v in label], label)}
+        )
+
+    champion, candidate = answers(0.7), answers(0.9)
+    out = tmp_path / "binary.html"
+    summary = classification_report(champion, candidate, out, labels=names, title="t", **MARGIN)
+    expected = float((candidate["label"] == candidate["prediction"]).mean())
+    assert summary["accuracy_current"] == pytest.approx(expected)
+    assert summary["accuracy_reference"] < summary["accuracy_current"]
+    assert summary["tests_failed"] == 0 and summary["tests_total"] >= 4
+
+
+def test_a_champion_evidently_cannot_set_beside_the_candidate_is_left_out_and_said(tmp_path):
+    """A champion answering two classes on a test split of three: the candidate's side is
+    reported, and the title says why the champion's is not."""
+    candidate = classified(6, 0.8)
+    champion = candidate.assign(label=INTENTS[0], prediction=INTENTS[1])
+    out = tmp_path / "cls.html"
+    summary = classification_report(
+        champion, candidate, out, labels=INTENTS, title="narrow", **MARGIN
+    )
+    assert summary["accuracy_reference"] is None and summary["accuracy_current"] > 0.7
+    assert "champion left out: its answers and labels hold 2 classes" in out.read_text(
+        encoding="utf-8"
+    )
