@@ -50,7 +50,7 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]
     Most TSV files (GLUE, Kaggle, IANA's definition) have no quoting: a `"` is a character
     of the text, and reading it as a quote would join the lines after an unclosed one into
     one text. A TSV is read so unless that leaves ragged rows or a cell wholly in quotes
-    with its inner quotes doubled, the marks of a writer that quotes (pandas, Excel).
+    with doubled quotes inside, the marks of a writer that quotes (pandas, Excel).
     """
     text = read_utf8(path)
     if delimiter == "\t":
@@ -64,7 +64,9 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]
     return _read_delimited(path, text, delimiter, csv.QUOTE_MINIMAL)
 
 
-_QUOTED_CELL = re.compile(r'"(?:[^"]|"")*"', re.DOTALL)
+# How a quoting writer writes a cell holding a quote: `he said "hi"` becomes
+# `"he said ""hi"""`. A cell merely wrapped in quotes (`" the pianist "`) is the text itself.
+_QUOTED_CELL = re.compile(r'"(?:[^"]|"")*""(?:[^"]|"")*"')
 
 
 def _read_delimited(

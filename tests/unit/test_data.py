@@ -229,7 +229,7 @@ def test_tsv_quotes_are_text_unless_the_file_was_written_quoted(tmp_path):
     """GLUE- and Kaggle-style TSV: a lone `"` is a character, not the start of a quoted text
     that swallows the lines after it; a TSV that pandas wrote (quoting) reads back as written."""
     literal = tmp_path / "glue.tsv"
-    texts = ['"Bad Boys" is loud', '" the film is a mess', "a quiet triumph", 'the 12" vinyl']
+    texts = ['"Bad Boys" is loud', '" the film is a mess', '" a charming film "', 'the 12" vinyl']
     literal.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in texts))
     frame, lines = read_csv(literal, delimiter="\t")
     assert frame["sentence"].tolist() == texts and lines == [2, 3, 4, 5]
