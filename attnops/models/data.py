@@ -104,6 +104,15 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
             f"{spec.train} has {len(counts)} class(es) after removing out-of-scope rows; "
             "classification needs at least 2"
         )
+    spellings: dict[str, list[str]] = {}
+    for name in sorted(counts.index):
+        spellings.setdefault(name.casefold(), []).append(name)
+    if clashes := [names for names in spellings.values() if len(names) > 1]:
+        listed = "; ".join(" / ".join(f"'{n}' ({counts[n]})" for n in names) for names in clashes)
+        raise DataError(
+            f"{spec.train}: labels that differ only in case would train as separate classes: "
+            f"{listed}; write each class one way in every split"
+        )
     too_few = counts[counts < spec.min_examples_per_class]
     if len(too_few):
         listed = ", ".join(f"'{k}' ({v})" for k, v in too_few.sort_index().items())
@@ -256,13 +265,7 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
         raise DataError(f"{source} ({split} split) has no rows")
     wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
     wanted |= {f"data.slice_columns ({col})": col for col in spec.slice_columns}
-    present = ", ".join(map(str, raw.columns))
-    for field, column in wanted.items():
-        if column not in raw.columns:
-            raise DataError(
-                f"column '{column}' not found in {source} (columns: {present}); "
-                f"set {field} in {spec_path}"
-            )
+    require_columns(raw, wanted, source, spec_path)
     text = raw[spec.text_column]
     # The same definition the server uses to answer 422: nothing visible left.
     bad_text = text.map(is_empty_text)
@@ -283,6 +286,30 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
     for column in spec.slice_columns:
         frame[column] = raw[column].fillna("").astype(str).to_numpy()
     return frame
+
+
+def require_columns(raw: pd.DataFrame, wanted: dict[str, str], source: str, spec_path: str) -> None:
+    """Each of `wanted` (spec field -> column name) is a column of `raw`, or a DataError that
+    names the field to set; a header name with spaces around it is pointed out."""
+    for field, column in wanted.items():
+        if column in raw.columns:
+            continue
+        spaced = [name for name in map(str, raw.columns) if name.strip() == column]
+        hint = (
+            f"the header has {spaced[0]!r}, with spaces around it: rename it in the file or "
+            f"set {field} to {spaced[0]!r}"
+            if spaced
+            else f"set {field}"
+        )
+        raise DataError(
+            f"column '{column}' not found in {source} (columns: {describe_columns(raw)}); "
+            f"{hint} in {spec_path}"
+        )
+
+
+def describe_columns(raw: pd.DataFrame) -> str:
+    """The header for messages: names with spaces around them quoted, so the spaces show."""
+    return ", ".join(repr(c) if c != c.strip() else c for c in map(str, raw.columns))
 
 
 def _label_str(value: object) -> str:

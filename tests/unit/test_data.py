@@ -85,6 +85,27 @@ def test_missing_column_lists_columns_and_field(tmp_path):
     assert "set data.text_column in configs/x.yaml" in str(err.value)
 
 
+def test_a_header_name_with_spaces_around_it_is_pointed_out(tmp_path):
+    """`label ` from a hand-edited CSV: the spaces show, and the message says what to set."""
+    paths = _write(
+        tmp_path, {k: v.rename(columns={"intent": "intent "}) for k, v in _splits().items()}
+    )
+    with pytest.raises(DataError) as err:
+        load_labelled_data(_spec(paths), "configs/x.yaml")
+    assert "(columns: body, 'intent ')" in str(err.value)
+    assert "the header has 'intent ', with spaces around it" in str(err.value)
+
+
+def test_labels_that_differ_only_in_case_are_refused(tmp_path):
+    """Billing, billing and BILLING from three annotators are one class, not three."""
+    train = _frame(["Billing", "Billing", "billing", "billing", "BILLING", "BILLING", "b", "b"])
+    paths = _write(tmp_path, _splits(train=train))
+    with pytest.raises(
+        DataError, match=r"differ only in case.*'BILLING' \(2\) / 'Billing' \(2\) / 'billing' \(2\)"
+    ):
+        load_labelled_data(_spec(paths))
+
+
 def test_missing_slice_column_is_named(tmp_path):
     paths = _write(tmp_path, _splits())
     with pytest.raises(DataError, match=r"column 'channel'.*data\.slice_columns"):

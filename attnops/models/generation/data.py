@@ -16,9 +16,11 @@ import pandas as pd
 
 from attnops.models.data import (
     SPLITS,
+    describe_columns,
     fingerprint,
     read_splits,
     read_table,
+    require_columns,
     row_numbers,
     split_source,
 )
@@ -96,13 +98,7 @@ def read_pairs(
     if spec.context_column:
         wanted["data.context_column"] = spec.context_column
     wanted |= {f"data.slice_columns ({col})": col for col in spec.slice_columns}
-    present = ", ".join(map(str, raw.columns))
-    for field, column in wanted.items():
-        if column not in raw.columns:
-            raise DataError(
-                f"column '{column}' not found in {source} (columns: {present}); "
-                f"set {field} in {spec_path}"
-            )
+    require_columns(raw, wanted, source, spec_path)
     required = {"data.source_column": spec.source_column, "data.target_column": spec.target_column}
     for field, column in required.items():
         empty = raw[column].map(is_empty_text)
@@ -125,7 +121,9 @@ def read_pairs(
         frame[column] = raw[column].fillna("").astype(str).to_numpy()
     for column in extra:
         if column not in raw.columns:
-            raise DataError(f"column '{column}' not found in {source} (columns: {present})")
+            raise DataError(
+                f"column '{column}' not found in {source} (columns: {describe_columns(raw)})"
+            )
         frame[column] = raw[column].to_numpy()
     for column in optional:
         frame[column] = raw[column].fillna("").astype(str).to_numpy() if column in raw else ""
