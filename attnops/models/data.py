@@ -7,12 +7,14 @@ file, the column or the rows, and says what to change.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from attnops.models.text_checks import (
     Leakage,
@@ -354,12 +356,31 @@ def read_table(
     if fmt == "jsonl":
         return read_jsonl(path)
     try:
-        return pd.read_parquet(path), None
+        return _with_class_names(pd.read_parquet(path), path), None
     except (ValueError, OSError) as exc:
         raise DataError(
             f"cannot read {source} as parquet: {exc}; set data.format in {spec_path} if it is "
             "CSV or JSONL"
         ) from exc
+
+
+def _with_class_names(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A Hugging Face export (`Dataset.to_parquet`, the Hub's parquet files) keeps a
+    ClassLabel column as integer codes and its names in the file's metadata: the names are
+    the classes, as `format: hf` reads them (a code outside the names stays as it is)."""
+    metadata = pq.read_schema(path).metadata or {}
+    if b"huggingface" not in metadata:
+        return frame
+    features = json.loads(metadata[b"huggingface"]).get("info", {}).get("features", {})
+    for column, feature in features.items():
+        if not isinstance(feature, dict) or feature.get("_type") != "ClassLabel":
+            continue
+        if (names := feature.get("names")) and column in frame.columns:
+            frame[column] = [
+                names[code] if isinstance(code, int) and 0 <= code < len(names) else code
+                for code in frame[column].tolist()
+            ]
+    return frame
 
 
 def _read_hf(source: str, split: str, spec_path: str) -> pd.DataFrame:

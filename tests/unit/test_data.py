@@ -1,6 +1,10 @@
 """Data loading: the formats users have, and errors that say what to fix."""
 
+import json
+
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from attnops.models.data import DataError, load_labelled_data
@@ -104,6 +108,20 @@ def test_labels_that_differ_only_in_case_are_refused(tmp_path):
         DataError, match=r"differ only in case.*'BILLING' \(2\) / 'Billing' \(2\) / 'billing' \(2\)"
     ):
         load_labelled_data(_spec(paths))
+
+
+def test_a_hugging_face_parquet_export_keeps_its_class_names(tmp_path):
+    """`Dataset.to_parquet` writes ClassLabel codes and keeps the names in the metadata."""
+    features = {"body": {"dtype": "string", "_type": "Value"}}
+    features["intent"] = {"names": ["sadness", "joy", "anger"], "_type": "ClassLabel"}
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    for split in ("train", "validation", "test"):
+        table = pa.table({"body": [f"{split} text {i}" for i in range(6)], "intent": [0, 1, 2] * 2})
+        pq.write_table(table.replace_schema_metadata(meta), tmp_path / f"{split}.parquet")
+    paths = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "validation", "test")}
+    data = load_labelled_data(_spec(paths))
+    assert data.label_names == ("anger", "joy", "sadness")
+    assert data.splits["test"]["label"].tolist()[:3] == ["sadness", "joy", "anger"]
 
 
 def test_missing_slice_column_is_named(tmp_path):
