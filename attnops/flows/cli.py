@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         reason = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        if isinstance(exc, _BUGS):  # no message meant for a user: "failed: 1" says nothing
+            reason = f"unexpected {type(exc).__name__}: {reason} (a bug: rerun with --debug for "
+            reason += "the traceback and report it)"
         print(f"attnops {args.command} failed: {reason}", file=sys.stderr)
         return 1
     finally:
@@ -126,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0 if ok is not False else 1
+
+
+_BUGS = (KeyError, IndexError, AttributeError, TypeError, NameError, AssertionError)
+"""Exceptions that no attnops check raises on purpose."""
 
 
 def _spec(args: argparse.Namespace) -> int:

@@ -46,6 +46,22 @@ def _one_failure_line(err: str, command: str) -> str:
     return lines[0]
 
 
+def test_an_unexpected_error_says_it_is_a_bug_and_how_to_see_it(attnops_cli, monkeypatch, tmp_path):
+    """A KeyError(1) from a library once printed "attnops gate failed: 1"."""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+
+    def broken(args):
+        raise KeyError(1)
+
+    monkeypatch.setattr("attnops.flows.cli._run", broken)
+    code, err = attnops_cli("gate", "--spec", "spec.yaml")
+    assert code == 1
+    assert _one_failure_line(err, "gate") == (
+        "attnops gate failed: unexpected KeyError: 1 (a bug: rerun with --debug for the "
+        "traceback and report it)"
+    )
+
+
 # --- specs ------------------------------------------------------------------------------------
 
 SPEC_CASES = {
