@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from functools import cache
 
@@ -87,7 +89,39 @@ def quality_scores(outputs: Sequence[str], references: Sequence[str]) -> dict[st
 def _rouge_scorer():
     from rouge_score.rouge_scorer import RougeScorer
 
-    return RougeScorer(["rougeL"], use_stemmer=True)
+    return RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
+
+
+_WORD_RUN = re.compile(r"[^\W_]+")
+# Scripts written without spaces between words (kana, CJK, Thai, Lao, Myanmar, Khmer): a
+# character is the unit, as Chinese and Japanese ROUGE is usually scored.
+_UNSPACED = (
+    "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, CJK
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+)
+_PIECE = re.compile(f"[{_UNSPACED}]|[^{_UNSPACED}]+")
+
+
+class _WordTokenizer:
+    """rouge_score's tokens for English text (lower case, letters and digits, Porter stems of
+    words over 3 letters), and words of every other script too: its default drops everything
+    outside a-z and 0-9, so two unrelated Russian sentences sharing a "5" matched fully and an
+    identical Japanese answer scored 0. Text is NFKC-normalised first (full-width digits are
+    digits)."""
+
+    def __init__(self) -> None:
+        from nltk.stem.porter import PorterStemmer
+
+        self._stem = PorterStemmer().stem
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = []
+        for run in _WORD_RUN.findall(unicodedata.normalize("NFKC", text).lower()):
+            if run.isascii():
+                tokens.append(self._stem(run) if len(run) > 3 else run)
+            else:
+                tokens.extend(_PIECE.findall(run))
+        return tokens
 
 
 def _check_lengths(outputs: Sequence[str], references: Sequence[str]) -> None:

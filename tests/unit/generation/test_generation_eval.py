@@ -38,6 +38,17 @@ def test_rouge_l_is_lcs_f1_over_stemmed_words():
     np.testing.assert_allclose(scores, [1.0, 10 / 11, 1.0, 0.0, 0.0])
 
 
+def test_rouge_l_reads_words_of_every_script():
+    """Cyrillic words count (two unrelated sentences sharing a "5" are not a match), a
+    Japanese or Chinese answer is scored per character, full-width digits are digits."""
+    scores = rouge_l(
+        ["ももは１３９円です。", "Доставка займёт 5 дней.", "退款将在5个工作日内到账"],
+        ["ももは139円です。", "Возврат денег 5 раз в месяц.", "退款在7个工作日内到账"],
+    )
+    # 1 of 4 and 1 of 6 Cyrillic tokens shared; 10 of 11 and 10 of 12 Chinese characters.
+    np.testing.assert_allclose(scores, [1.0, 2 * (1 / 4) * (1 / 6) / (1 / 4 + 1 / 6), 20 / 23])
+
+
 def test_chrf_averages_char_ngram_precision_and_recall_then_f2():
     scores = chrf(["the cat sat", "abc", "abcdef"], ["the cat sat", "xyz", "abcdefgh"])
     # "abcdef" vs "abcdefgh": every n-gram (n = 1..6) of the output is in the reference
