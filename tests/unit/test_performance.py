@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from attnops.models import threads
 from attnops.models.batching import encode
 from attnops.models.modeling import build_classifier
 from attnops.models.performance import QUIET_CPU_SHARE, time_side_by_side
+from attnops.models.precision import native_bf16
 from attnops.monitors.gate_operational import performance_checks
 from attnops.spec import GateSpec, ModelSpec
 from tests.conftest import TINY_BERT
@@ -188,3 +191,36 @@ def test_use_threads_sets_the_calling_thread_and_pinning_restores_it(monkeypatch
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not native_bf16(CPU), reason="this CPU has no native bf16")
+def test_the_model_timed_first_does_not_pay_for_building_bf16_kernels():
+    """oneDNN builds bf16 kernels per input shape, shared by same-shaped models: once made
+    the gate fail an identical candidate (timed first) at x2.4 its champion. A fresh process,
+    as `attnops gate` is, with inputs of many lengths; the same model on both sides."""
+    probe = """
+import json, numpy as np, torch
+from attnops.models.batching import encode
+from attnops.models.modeling import build_classifier, load_tokenizer
+from attnops.models.performance import time_side_by_side
+from attnops.spec import ModelSpec
+from tests.conftest import TINY_BERT
+torch.manual_seed(0)
+tokenizer = load_tokenizer(ModelSpec())
+model = build_classifier(ModelSpec(config_overrides=TINY_BERT), ["a", "b"])
+texts = [" ".join(["refund"] * (1 + i % 40)) for i in range(80)]
+run = (model, encode(tokenizer, texts, 48), tokenizer.pad_token_id)
+timed = time_side_by_side([run, run], samples=80, device=torch.device("cpu"), bf16_on_cpu=True)
+print(json.dumps([float(np.percentile(t["latency_ms"], 95)) for t in timed]))
+"""
+    child = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    first, second = json.loads(child.stdout.strip().splitlines()[-1])
+    assert first < 1.5 * second, (first, second)
