@@ -86,7 +86,14 @@ def train_classifier(
     )
     temperature = 1.0
     if spec.training.calibrate and world.is_main:
-        probs = predict(model, validation, pad_id=tokenizer.pad_token_id, device=device).probs
+        # In the precision served: the temperature corrects the logits the server computes.
+        probs = predict(
+            model,
+            validation,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            bf16_on_cpu=spec.serving.bf16,
+        ).probs
         temperature = fit_temperature(probs, np.asarray(validation.labels))
         fold_temperature(model, temperature)
         print(f"calibration: temperature {temperature:.3f} folded into the output layer")

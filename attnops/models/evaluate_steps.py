@@ -50,7 +50,12 @@ class EvalContext:
 
     def predict(self, inputs: Encoded) -> Predictions:
         return predict(
-            self.model, inputs, pad_id=self.pad_id, device=self.device, with_embeddings=True
+            self.model,
+            inputs,
+            pad_id=self.pad_id,
+            device=self.device,
+            with_embeddings=True,
+            bf16_on_cpu=self.spec.serving.bf16,  # the reference is what the server computes
         )
 
 
@@ -120,6 +125,7 @@ def score_test_split(
         attention_share=min(1.0, cfg.probe_size / max(len(full_test), 1)),
         seed=ctx.spec.training.seed,
         out_of_scope=detector,
+        bf16_on_cpu=ctx.spec.serving.bf16,
     )
 
 

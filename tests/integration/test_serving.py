@@ -7,11 +7,18 @@ import re
 import sqlite3
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from attnops.flows.train import train
 from attnops.models import aliases
+from attnops.models.precision import native_bf16
+from attnops.models.versions import load_version
+from attnops.serving.engine import ModelSlot
 from attnops.settings import Settings
+from attnops.spec import load_spec
 from tests.integration.serving_fixtures import (
     ADMIN_TOKEN,
     client,
@@ -209,3 +216,28 @@ def test_two_model_workers_give_every_text_the_answer_it_gets_alone(spec_for, mo
     db = sqlite3.connect(Settings.from_env().inference_db.removeprefix("sqlite:///"))
     flags = db.execute("select text, count(distinct unsupported) from inference_log group by text")
     assert all(n == 1 for _, n in flags.fetchall())
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_in_bf16_the_server_flags_out_of_scope_inputs_as_its_evaluation_did(
+    trained, demo_dir, tmp_path
+):
+    """`serving.bf16` (the default) serves in bf16: the version's reference profile and
+    out-of-scope threshold were made in bf16 too. Made in fp32, they once flagged every
+    served answer of a small model as out of scope and alarmed the monitor."""
+    loaded = load_version(client(), NAME, "1", tmp_path)
+    spec = load_spec(serving_spec(demo_dir, tmp_path))
+    slot = ModelSlot(
+        loaded,
+        device=torch.device("cpu"),
+        attention_share=0.0,
+        unsupported_distance_quantile=spec.monitoring.unsupported_distance_quantile,
+        forward_batch_size=spec.serving.forward_batch_size,
+        bf16=True,
+    )
+    test = pd.read_csv(demo_dir / "test.csv")
+    in_scope = test["intent"] != "out_of_scope"
+    served = np.mean([a.unsupported for a in slot.answer(test["text"][in_scope].tolist())])
+    reference = loaded.reference_records()
+    evaluated = slot.unsupported.flags(reference[in_scope.to_numpy()]).mean()
+    assert abs(served - evaluated) <= 0.05, (served, evaluated)
