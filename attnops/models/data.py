@@ -141,15 +141,18 @@ def load_labelled_data(spec: DataSpec, spec_path: str = "the spec") -> LabelledD
         label_names=label_names,
         out_of_scope_label=oos,
         sha256={name: fingerprint(frame) for name, frame in frames.items()},
-        leakage=_check_leakage(spec, frames, spec_path),
+        leakage=check_leakage(
+            spec, {name: frame[TEXT].tolist() for name, frame in frames.items()}, spec_path
+        ),
     )
 
 
-def _check_leakage(
-    spec: DataSpec, frames: dict[str, pd.DataFrame], spec_path: str
+def check_leakage(
+    spec: DataSpec, inputs: dict[str, list[str]], spec_path: str
 ) -> tuple[Leakage, ...]:
-    """Count texts shared across splits; stop when a share exceeds data.max_leakage_share."""
-    found = tuple(leakage_counts({name: frame[TEXT].tolist() for name, frame in frames.items()}))
+    """Count inputs shared across splits (split name -> the model's input per row); stop when
+    a share exceeds data.max_leakage_share."""
+    found = tuple(leakage_counts(inputs))
     worst = max(found, key=lambda leak: leak.near_share)
     if worst.near_share <= spec.max_leakage_share:
         return found

@@ -16,6 +16,7 @@ import pandas as pd
 
 from attnops.models.data import (
     SPLITS,
+    check_leakage,
     describe_columns,
     fingerprint,
     read_splits,
@@ -24,7 +25,7 @@ from attnops.models.data import (
     row_numbers,
     split_source,
 )
-from attnops.models.text_checks import describe_empty, is_empty_text
+from attnops.models.text_checks import Leakage, describe_empty, is_empty_text
 from attnops.models.text_files import DataError
 from attnops.spec import DataSpec
 from attnops.spec_generation import GenerationSpec
@@ -43,6 +44,9 @@ class GenerationData:
     data_sha256: str
     """Fingerprint of the splits' content as used (independent of file format)."""
     paths: dict[str, str]
+    leakage: tuple[Leakage, ...] = ()
+    """Inputs (context and source) shared across splits: a test input seen in training
+    scores the memory of its target, not the model."""
 
 
 def load_generation_data(spec: DataSpec, spec_path: str = "the spec") -> GenerationData:
@@ -53,8 +57,10 @@ def load_generation_data(spec: DataSpec, spec_path: str = "the spec") -> Generat
         spec_path: shown in error messages so the user knows which file to edit.
 
     Raises:
-        DataError: a file or column is missing, a file is malformed, a split is empty, or
-            rows have an empty source or target (named by line or row number).
+        DataError: a file or column is missing, a file is malformed, a split is empty,
+            rows have an empty source or target (named by line or row number), or more than
+            `data.max_leakage_share` of a split's inputs (context and source) also appear in
+            an earlier split.
     """
     # The prompt holds context and source: grounded data often repeats one instruction as
     # the source over many articles.
@@ -62,10 +68,15 @@ def load_generation_data(spec: DataSpec, spec_path: str = "the spec") -> Generat
         spec, lambda split: _read_split(spec, split, spec_path), key=(CONTEXT, SOURCE)
     )
     joined = "".join(f"{name}:{fingerprint(splits[name])};" for name in SPLITS)
+    inputs = {
+        name: [f"{c}\n{s}" for c, s in zip(frame[CONTEXT], frame[SOURCE], strict=True)]
+        for name, frame in splits.items()
+    }
     return GenerationData(
         splits=splits,
         data_sha256=hashlib.sha256(joined.encode()).hexdigest(),
         paths={name: split_source(spec, name) for name in SPLITS},
+        leakage=check_leakage(spec, inputs, spec_path),
     )
 
 

@@ -55,7 +55,11 @@ class GenerationFamily:
 
     def describe_data(self, data: GenerationData) -> str:
         counts = {name: len(frame) for name, frame in data.splits.items()}
-        return f"data: {counts} (source/context/target), sha256 {data.data_sha256[:12]}"
+        shared = ", ".join(f"{leak.later} in {leak.earlier} {leak.near}" for leak in data.leakage)
+        return (
+            f"data: {counts} (source/context/target), sha256 {data.data_sha256[:12]}\n"
+            f"inputs shared across splits (exact or near): {shared}"
+        )
 
     def fine_tune(
         self, spec: PipelineSpec, data: GenerationData, *, checkpoint_dir: Path, resume: bool
@@ -126,7 +130,10 @@ class GenerationFamily:
             },
             run_card={**result.run_card, "stopped_early": result.stopped_early},
             data_fingerprint={"data_sha256": data.data_sha256, **data.paths},
-            data_checks={"rows": {name: len(frame) for name, frame in data.splits.items()}},
+            data_checks={
+                "rows": {name: len(frame) for name, frame in data.splits.items()},
+                "leakage": [leak.as_dict() for leak in data.leakage],
+            },
         )
 
     def registration(

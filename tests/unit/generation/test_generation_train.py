@@ -68,6 +68,7 @@ def _spec(folder: Path, lora=None, checkpointing=False, **training) -> PipelineS
             "model": {"base": SMOLLM2_BASE, "config_overrides": TINY_LLAMA},
             "data": {
                 **_write(folder),
+                "max_leakage_share": 1.0,  # every split the same rows: these tests overfit
                 "source_column": "ticket",
                 "target_column": "reply",
                 "context_column": "article",
@@ -279,6 +280,21 @@ def test_without_a_validation_file_a_share_of_train_is_set_aside(tmp_path):
     assert not set(train["source"]) & set(validation["source"])
     assert data.paths["validation"].endswith("train.jsonl (validation: 0.2 of it set aside)")
     assert load_generation_data(spec).data_sha256 == data.data_sha256
+
+
+def test_a_test_split_that_repeats_train_inputs_stops_the_data_step(tmp_path):
+    """A test input seen in training scores the memory of its target, not the model."""
+    update = {"validation": None, "max_leakage_share": 0.2}
+    spec = _spec(tmp_path).data.model_copy(update=update)
+    rows = [{**ROWS[i % 8], "ticket": f"Where is order {i}? Still waiting."} for i in range(40)]
+    _write(tmp_path, rows)  # test holds the train rows
+    with pytest.raises(DataError, match=r"test\.jsonl: 36 of 40 test rows \(90\.0%\) also"):
+        load_generation_data(spec)
+    # The same source over different articles is no repeat: the prompt differs.
+    test = [{**row, "article": row["article"] + " Weekends excluded."} for row in rows]
+    Path(spec.test).write_text("".join(json.dumps(row) + "\n" for row in test))
+    test_in_train = load_generation_data(spec).leakage[1]
+    assert (test_in_train.later, test_in_train.earlier, test_in_train.near) == ("test", "train", 0)
 
 
 def test_one_instruction_over_many_articles_still_sets_validation_aside(tmp_path):
