@@ -160,5 +160,9 @@ def test_a_labelled_set_with_bad_labels_stops_training_before_it_starts(
     spec["generation"]["hallucination_set"] = str(bad)
     with pytest.raises(Exception, match=r"labelled.jsonl: column 'label' must be 0 .* or 1"):
         train(str(write_spec(spec)))
+    # Only faithful outputs: nothing to fit on, said before a fine-tune is spent on it.
+    rows[rows["label"] == 0].to_json(bad, orient="records", lines=True)
+    with pytest.raises(Exception, match=r"parts hold fit: \d+ faithful, 0 hallucinated"):
+        train(str(write_spec(spec)))
     client = registry.client_for(Settings.from_env())
     assert not client.search_model_versions("name = 'tiny-replies'")

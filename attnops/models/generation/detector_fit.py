@@ -17,7 +17,11 @@ import numpy as np
 import pandas as pd
 
 from attnops.models.generation.data import CONTEXT, SOURCE, TARGET, prompt_ids, read_pairs
-from attnops.models.generation.detector import HallucinationDetector, detector_features
+from attnops.models.generation.detector import (
+    MIN_PER_CLASS,
+    HallucinationDetector,
+    detector_features,
+)
 from attnops.models.generation.detector_report import auc_report, split_fit_holdout
 from attnops.models.generation.teacher_forcing import teacher_forced_batch
 from attnops.models.text_files import DataError
@@ -32,7 +36,8 @@ def load_labelled_outputs(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
     file has none).
 
     Raises:
-        DataError: the file is missing, or a label is not 0/1.
+        DataError: the file is missing, a label is not 0/1, or the detector's fitting or
+            held-out part would lack either label (checked here, before training).
     """
     path = str(spec.generation.hallucination_set)
     if not Path(path).is_file():
@@ -52,7 +57,28 @@ def load_labelled_outputs(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
             f"{int(bad.sum())} row(s) are not (first: {frame[LABEL][bad].iloc[0]!r})"
         )
     frame[LABEL] = labels.astype(int)
+    _check_parts(frame, spec, path)
     return frame
+
+
+def _check_parts(labelled: pd.DataFrame, spec: PipelineSpec, path: str) -> None:
+    """Before training: the fitting and the held-out part (split as `fit_detector` splits)
+    each hold `MIN_PER_CLASS` faithful and hallucinated outputs, or a DataError saying how
+    many each has."""
+    share, seed = spec.generation.detector_fit_share, spec.training.seed
+    labels = labelled[LABEL].to_numpy(int)
+    fit, held = split_fit_holdout(_inputs(labelled), share, seed)
+    counts = {"fit": np.bincount(labels[fit], minlength=2)}
+    counts["held out"] = np.bincount(labels[held], minlength=2)
+    if min(c.min() for c in counts.values()) >= MIN_PER_CLASS:
+        return
+    listed = "; ".join(f"{k}: {c[0]} faithful, {c[1]} hallucinated" for k, c in counts.items())
+    raise DataError(
+        f"{path}: split by whole inputs at generation.detector_fit_share {share:g}, the "
+        f"hallucination detector's parts hold {listed}; each needs at least {MIN_PER_CLASS} of "
+        "both labels (label 0 and label 1 rows of at least "
+        f"{2 * MIN_PER_CLASS} different inputs each): label more outputs"
+    )
 
 
 def fit_detector(
