@@ -1,7 +1,8 @@
 """Per-output quality of generated text against its reference: ROUGE-L, chrF, fact recall.
 
 Pure functions of strings, one score per (output, reference) pair, so the gate can run
-paired tests between two versions on the same inputs. All scores lie in [0, 1].
+paired tests between two versions on the same inputs. All scores lie in [0, 1] (fact
+recall is NaN where the reference states no fact).
 
 Example:
     >>> rouge_l(["the cat sat"], ["the cat ran"]).round(3).tolist()
@@ -63,7 +64,8 @@ def fact_recall(outputs: Sequence[str], references: Sequence[str]) -> np.ndarray
 
     Facts are found and matched as the groundedness check does (`fact_support`, with the
     output as the source): "$1,200" matches "1200", "two weeks ago" matches "2 weeks ago".
-    A reference without facts gives 1.0: there was nothing to miss.
+    A reference without facts has no fact recall (NaN): means skip it, so a blank output
+    where there was nothing to reproduce neither props the mean up nor drags it down.
 
     Raises:
         ValueError: When `outputs` and `references` differ in length.
@@ -72,7 +74,7 @@ def fact_recall(outputs: Sequence[str], references: Sequence[str]) -> np.ndarray
     recall = []
     for output, reference in zip(outputs, references, strict=True):
         facts, missed = fact_support(output or "", reference or "")
-        recall.append(1.0 - len(missed) / len(facts) if facts else 1.0)
+        recall.append(1.0 - len(missed) / len(facts) if facts else np.nan)
     return np.array(recall, dtype=np.float64)
 
 
