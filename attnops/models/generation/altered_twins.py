@@ -44,9 +44,12 @@ _WORD = re.compile(r"[^\W\d_]{4,}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def altered_twins(validation: pd.DataFrame, *, seed: int, fit_share: float) -> pd.DataFrame:
+def altered_twins(
+    validation: pd.DataFrame, *, seed: int, fit_share: float, split: str = "validation"
+) -> pd.DataFrame:
     """Source, context, target (the output), `label` and `kind` for up to `MAX_INPUTS` inputs
-    of `validation`: one target of each input and its altered twin.
+    of `validation`: one target of each input and its altered twin. `split` names the
+    validation split in errors (its file, or the train file it was set aside from).
 
     Raises:
         DataError: too few distinct inputs for the detector's fitting part and its held-out
@@ -68,12 +71,21 @@ def altered_twins(validation: pd.DataFrame, *, seed: int, fit_share: float) -> p
             ]
     n_inputs = len(out) // 2
     if n_inputs < 2 or min(map(len, split_fit_holdout(range(n_inputs), fit_share))) < MIN_PER_CLASS:
+        unaltered = len(rows) - n_inputs
+        why = (
+            f"; {unaltered} of its {len(rows)} targets could not be altered (no number, no "
+            "word of 4+ letters from the input, and no other target's sentence says something "
+            "the input does not, as with one-word answers): give a labelled set in "
+            "generation.hallucination_set"
+            if unaltered
+            else ": give a larger validation split (data.validation, or a larger "
+            "data.validation_share), or a labelled set in generation.hallucination_set"
+        )
         raise DataError(
-            f"validation has {n_inputs} distinct inputs with a twin (of {len(validation)} rows); "
-            f"split by generation.detector_fit_share {fit_share:g}, the hallucination detector "
-            f"needs at least {MIN_PER_CLASS} on each side to learn from when "
-            "generation.hallucination_set is not set: give a larger validation split, or a "
-            "labelled set in generation.hallucination_set"
+            f"{split} has {n_inputs} distinct inputs with an altered twin; split by "
+            f"generation.detector_fit_share {fit_share:g}, the hallucination detector needs at "
+            f"least {MIN_PER_CLASS} on each side to learn from without "
+            f"generation.hallucination_set{why}"
         )
     return pd.DataFrame(out)
 

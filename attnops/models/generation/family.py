@@ -49,6 +49,7 @@ class GenerationFamily:
                 data.splits["validation"],
                 seed=spec.training.seed,
                 fit_share=spec.generation.detector_fit_share,
+                split=data.paths["validation"],
             )
         )
         return dataclasses.replace(data, splits={**data.splits, "labelled": labelled})

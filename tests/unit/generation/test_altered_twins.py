@@ -101,3 +101,15 @@ def test_a_digit_run_too_long_for_a_number_is_left_alone():
     rows = ROWS.assign(**{TARGET: [f"{t} Ref {'9' * 5000}." for t in ROWS[TARGET]]})
     twins = altered_twins(rows, seed=0, fit_share=0.5)
     assert twins[twins[KIND] == "number_swap"][TARGET].str.contains("9" * 5000).all()
+
+
+def test_one_word_answers_get_no_twins_and_the_error_says_a_labelled_set_is_needed():
+    rows = pd.DataFrame(
+        {
+            SOURCE: [f"Is order {1000 + i} shipped?" for i in range(20)],
+            CONTEXT: [""] * 20,
+            TARGET: ["Yes", "No"] * 10,
+        }
+    )
+    with pytest.raises(DataError, match=r"20 of its 20 targets could not be altered.*one-word"):
+        altered_twins(rows, seed=0, fit_share=0.5, split="qa.csv (validation: 0.1 of it set aside)")
