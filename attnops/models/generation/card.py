@@ -71,6 +71,14 @@ def generation_card(
             f"{a['logprob']:.3f} |"
             for kind, a in per_kind.items()
         ]
+    if m.get("prompts_cut_share", 0) > 0:
+        lines += [
+            "",
+            f"**Prompts cut**: {m['prompts_cut_share']:.0%} of the test prompts exceed "
+            f"generation.max_prompt_tokens {gen.max_prompt_tokens}; their context (then source) "
+            "lost its end before the model read it, in training as here (the run card counts "
+            "the train split). Raise max_prompt_tokens if the answers depend on it.",
+        ]
     fit = report.get("fit") or {}
     if fit.get("still_learning"):
         lines += ["", f"**Underfit**: {fit.get('note', 'loss still falling at the end')}."]

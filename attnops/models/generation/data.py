@@ -187,6 +187,21 @@ def prompt_ids(tokenizer, spec: GenerationSpec, source: str, context: str = "") 
     return ids
 
 
+def cut_counts(tokenizer, spec: GenerationSpec, frame: pd.DataFrame) -> dict[str, int]:
+    """How many rows' prompts exceed `max_prompt_tokens` (their context, then their source,
+    loses its end: `prompt_ids`) and how many targets exceed `max_target_tokens`."""
+    prompts = [
+        len(_render(tokenizer, spec.instruction, source, context))
+        for source, context in zip(frame[SOURCE], frame[CONTEXT], strict=True)
+    ]
+    targets = tokenizer(frame[TARGET].tolist(), add_special_tokens=False)["input_ids"]
+    return {
+        "prompts_cut": sum(n > spec.max_prompt_tokens for n in prompts),
+        "targets_cut": sum(len(t) > spec.max_target_tokens for t in targets),
+        "rows": len(frame),
+    }
+
+
 def encode_examples(tokenizer, spec: GenerationSpec, frame: pd.DataFrame) -> list[dict]:
     """Training examples: prompt + target tokens, labels IGNORE_INDEX on the prompt.
 

@@ -17,7 +17,13 @@ import torch
 from attnops.models import report_json
 from attnops.models.evaluate import EVALUATION_JSON, Evaluation
 from attnops.models.generation.cost import THROUGHPUT_BATCH_SIZE, DecodeRun, decode_timed
-from attnops.models.generation.data import CONTEXT, SOURCE, GenerationData, prompt_ids
+from attnops.models.generation.data import (
+    CONTEXT,
+    SOURCE,
+    GenerationData,
+    cut_counts,
+    prompt_ids,
+)
 from attnops.models.generation.detector import DETECTORS, HallucinationDetector
 from attnops.models.generation.evaluate_steps import (
     PARTS,
@@ -81,6 +87,8 @@ def evaluate_generator(
     decoded = decode_eval_inputs(model, tokenizer, prompts, gen, device)
     table = per_input_table(frame, prompts, decoded.single, detector)
     metrics = _metrics(table, decoded)
+    cut = cut_counts(tokenizer, gen, frame)
+    metrics["prompts_cut_share"] = cut["prompts_cut"] / max(cut["rows"], 1)
     lookback = np.stack([d.lookback for d in decoded.single.outputs])
     heads = head_report(model, prompts[: spec.evaluation.probe_size], lookback, device=device)
     metrics |= heads.metrics()

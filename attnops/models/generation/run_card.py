@@ -53,8 +53,10 @@ def run_card(
     plan: Plan,
     device,
     resumed_at: int,
+    cut: dict[str, int],
 ) -> dict:
-    """The choices made before training starts, and why."""
+    """The choices made before training starts, and why; `cut`: `data.cut_counts` of the
+    train split."""
     cfg, gen = spec.training, spec.generation
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     target_tokens = sum(sum(t != IGNORE_INDEX for t in e["labels"]) for e in train)
@@ -70,10 +72,25 @@ def run_card(
     reasons = {k: v for k, v in plan.reasons.items() if k != "head_learning_rate"}
     # The shared recipe words early stopping for classification; here it watches the loss.
     reasons["epochs"] = reasons["epochs"].replace("validation macro-F1", "validation loss")
+    if cut["prompts_cut"]:
+        reasons["prompts_cut"] = (
+            f"{cut['prompts_cut']} of {cut['rows']} train prompts exceed "
+            f"generation.max_prompt_tokens {gen.max_prompt_tokens}: their context (then source) "
+            "loses its end, so the model never reads it; raise max_prompt_tokens if the answers "
+            "depend on it"
+        )
+    if cut["targets_cut"]:
+        reasons["targets_cut"] = (
+            f"{cut['targets_cut']} of {cut['rows']} train targets exceed "
+            f"generation.max_target_tokens {gen.max_target_tokens}: trained on their start, "
+            "without an end of text"
+        )
     return {
         "examples": len(train),
         "validation_examples": len(validation),
         "target_tokens": target_tokens,
+        "prompts_cut": cut["prompts_cut"],
+        "targets_cut": cut["targets_cut"],
         "tokens": sum(len(e["input_ids"]) for e in train),
         "method": method,
         "parameters": count_parameters(model),

@@ -25,7 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 from attnops.models import loop, recipe
 from attnops.models.checkpoints import load_best, prepare_checkpoint_dir, read_checkpoint, restore
 from attnops.models.generation.base import load_base_model
-from attnops.models.generation.data import GenerationData, encode_examples
+from attnops.models.generation.data import GenerationData, cut_counts, encode_examples
 from attnops.models.generation.run_card import assess_fit, run_card
 from attnops.models.generation.train_steps import (
     GenerationState,
@@ -118,6 +118,7 @@ def train_generator(
         device=device,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        cut=cut_counts(tokenizer, spec.generation, data.splits["train"]),
     )
     bar = tqdm(
         total=run.plan.total_steps, initial=run.state.step, disable=not progress, desc="fine-tune"
@@ -163,8 +164,10 @@ def _set_up(
     device: torch.device,
     checkpoint_dir: Path | None,
     resume: bool,
+    cut: dict[str, int],
 ) -> tuple[Run, dict[str, object]]:
-    """Optimizer, schedule and state (fresh or resumed), the run card (printed)."""
+    """Optimizer, schedule and state (fresh or resumed), the run card (printed; `cut`: the
+    train split's `cut_counts`)."""
     cfg, gen = spec.training, spec.generation
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -180,7 +183,7 @@ def _set_up(
     plan = recipe.plan_training(cfg, len(train))
     scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
     state, best_weights = _resume(model, optimizer, scheduler, checkpoint_dir, resume)
-    card = run_card(spec, model, train, validation, plan, device, state.step)
+    card = run_card(spec, model, train, validation, plan, device, state.step, cut)
     loop.print_run_card(card)
     core = model.get_base_model() if gen.lora is not None else model
     run = Run(

@@ -21,6 +21,7 @@ from attnops.models.generation.base import (
 )
 from attnops.models.generation.data import (
     IGNORE_INDEX,
+    cut_counts,
     encode_examples,
     load_generation_data,
     prompt_ids,
@@ -121,6 +122,20 @@ def test_long_prompts_lose_context_first(tokenizer):
     assert "Policy sentence number 59." not in text
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         prompt_ids(tokenizer, GenerationSpec(max_prompt_tokens=8), source, context)
+
+
+def test_cut_prompts_and_targets_are_counted_for_the_run_card(tokenizer):
+    """A long article cut to fit is said, not silent: the model never reads its end."""
+    gen = GenerationSpec(max_prompt_tokens=64, max_target_tokens=8)
+    frame = pd.DataFrame(
+        {
+            "source": ["Where is my parcel?"] * 3,
+            "context": ["", "Ships in 2 days.", " ".join(f"Policy {i}." for i in range(60))],
+            "target": ["Soon.", "In 2 days.", " ".join(["It ships within two days."] * 4)],
+        }
+    )
+    assert cut_counts(tokenizer, gen, frame) == {"prompts_cut": 1, "targets_cut": 1, "rows": 3}
+    assert len(prompt_ids(tokenizer, gen, "Where is my parcel?", frame["context"][2])) <= 64
 
 
 def test_overfits_one_batch(tmp_path, model_cache):
