@@ -20,6 +20,7 @@ from attnops.models.text_checks import (
     Leakage,
     describe_empty,
     is_empty_text,
+    label_name,
     leakage_counts,
     near_duplicate_key,
 )
@@ -287,7 +288,7 @@ def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
             f"{source}: {int(missing.sum())} row(s) without a '{spec.label_column}' label "
             f"({row_numbers(missing, lines)}); label or remove them"
         )
-    frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(_label_str)})
+    frame = pd.DataFrame({TEXT: text.astype(str), LABEL: labels.map(label_name)})
     for column in spec.slice_columns:
         frame[column] = raw[column].fillna("").astype(str).to_numpy()
     return frame
@@ -315,13 +316,6 @@ def require_columns(raw: pd.DataFrame, wanted: dict[str, str], source: str, spec
 def describe_columns(raw: pd.DataFrame) -> str:
     """The header for messages: names with spaces around them quoted, so the spaces show."""
     return ", ".join(repr(c) if c != c.strip() else c for c in map(str, raw.columns))
-
-
-def _label_str(value: object) -> str:
-    # Integer labels read back from CSV/Parquet as 1 or 1.0 must give the same class name.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
 
 
 def row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str:

@@ -125,3 +125,14 @@ def leakage_counts(
             Leakage(earlier, later, len(texts[later]), exact, len(leaking), tuple(leaking[:3]))
         )
     return out
+
+
+def label_name(value: object) -> str:
+    """The class name a label value stands for: 1, 1.0 and "1 " are "1"; True is "True".
+
+    Labels read from CSV, JSON or Parquet, and labels sent as JSON to `/feedback`, must name
+    the same class whatever type they arrived as.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()

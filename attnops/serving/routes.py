@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from attnops.models.aliases import CANARY, CHAMPION
+from attnops.models.text_checks import label_name
 from attnops.serving.batching import MicroBatcher
 from attnops.serving.engine import ServedVersions
 from attnops.serving.log_store import InferenceLog
@@ -41,8 +42,14 @@ class BatchRequest(BaseModel):
 
 
 class Feedback(BaseModel):
-    labels: dict[str, str] = Field(min_length=1)
-    """request_id -> true label."""
+    labels: dict[str, str | int | bool] = Field(min_length=1)
+    """request_id -> true label: a class name, or the number or boolean the data wrote it as
+    (1 and true name the classes "1" and "True", as the data step reads them)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _as_class_names(cls, labels: dict[str, str | int | bool]) -> dict[str, str]:
+        return {request_id: label_name(label) for request_id, label in labels.items()}
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 from attnops.flows.cli import main
 from attnops.models.data import DataError, load_labelled_data
 from attnops.serving.log_store import InferenceLog, LogRecord
+from attnops.serving.routes import Feedback
 from attnops.spec import DataSpec
 
 SPEC_DATA = "data: {train: a.csv, validation: b.csv, test: c.csv}\n"
@@ -394,3 +395,10 @@ def test_labels_command_records_a_valid_file(answered, attnops_cli, tmp_path):
     assert code == 0, err
     assert _feedback_rows(answered) == [("r2", "b")]
     assert not (tmp_path / ".attnops" / "mlflow.db").exists()  # no registry made on the way
+
+
+def test_feedback_labels_sent_as_json_numbers_or_booleans_name_the_classes_the_data_made():
+    """A sentiment set labelled 0/1 or true/false trains classes "0"/"1" or "True"/"False";
+    `/feedback` takes the labels as the data wrote them."""
+    sent = Feedback.model_validate({"labels": {"a": 1, "b": True, "c": "pos ", "d": 1.0}})
+    assert sent.labels == {"a": "1", "b": "True", "c": "pos", "d": "1"}
