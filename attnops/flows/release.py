@@ -56,7 +56,7 @@ def start_canary(spec: PipelineSpec, settings: Settings, version: str) -> float:
     client.set_registered_model_alias(spec.name, aliases.CANARY, version)
     started = time.time()
     try:
-        served = reload_server(spec.serving.url, spec.serving.admin_token_env)
+        served = reload_server(spec.serving.url, spec.serving.admin_token_env, spec.name)
     except ConnectionError:
         aliases.remove_canary(client, spec.name)
         raise

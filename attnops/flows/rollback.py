@@ -62,7 +62,7 @@ def write_release_record(
 def reload_if_serving(spec: PipelineSpec) -> None:
     """Tell the server to re-read the aliases; a server that is not running is only noted."""
     try:
-        served = reload_server(spec.serving.url, spec.serving.admin_token_env)
+        served = reload_server(spec.serving.url, spec.serving.admin_token_env, spec.name)
         print(f"server at {spec.serving.url} now serves {served}")
     except ConnectionError as exc:
         print(f"note: {exc}")

@@ -7,17 +7,22 @@ import os
 import httpx
 
 
-def reload_server(url: str, token_env: str, *, timeout_s: float = 300.0) -> dict[str, str | None]:
-    """Ask the server at `url` to re-read the aliases; returns what each route now serves.
+def reload_server(
+    url: str, token_env: str, model: str, *, timeout_s: float = 300.0
+) -> dict[str, str | None]:
+    """Ask the server of `model` at `url` to re-read the aliases; returns what each route now
+    serves.
 
     Raises:
         ConnectionError: nobody answers at `url`, or the server refused the reload (the
-            message says why: wrong token, tokenizer mismatch, no champion).
+            message says why: wrong token, another model's server, tokenizer mismatch, no
+            champion).
     """
     token = os.environ.get(token_env, "")
     try:
         response = httpx.post(
             f"{url}/admin/reload",
+            params={"model": model},
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
         )

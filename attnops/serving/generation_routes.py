@@ -28,7 +28,7 @@ from attnops.serving.generation_scheduler import Overloaded
 from attnops.serving.generation_scoring import GenerationScorer
 from attnops.serving.generation_versions import GenerationVersions, stop_engines
 from attnops.serving.routing import bucket, choose_route
-from attnops.serving.validation import ClientError, authorize, read_body
+from attnops.serving.validation import ClientError, authorize, check_model, read_body
 from attnops.spec import PipelineSpec
 
 
@@ -218,6 +218,7 @@ def add_admin_routes(app: FastAPI, service: GenerationService) -> None:
     @app.post("/admin/reload")
     async def admin_reload(request: Request) -> dict:
         authorize(request, service.spec.serving.admin_token_env)
+        check_model(request, service.spec.name)
         try:
             served = await reload(service)
         except (LookupError, ValueError) as exc:

@@ -24,6 +24,7 @@ from attnops.serving.validation import (
     ClientError,
     authorize,
     check_feedback,
+    check_model,
     check_texts,
     read_body,
 )
@@ -199,6 +200,7 @@ def add_admin_routes(
     async def reload(request: Request) -> dict:
         authorize(request, serving.admin_token_env)
         models = loaded.models
+        check_model(request, models.spec.name)
         async with loaded.reload:  # one reload at a time
             try:
                 served = await asyncio.to_thread(models.load)

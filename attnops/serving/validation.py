@@ -69,6 +69,23 @@ def authorize(request, token_env: str) -> None:
         raise ClientError(401, "unauthorized", f"send 'Authorization: Bearer ${token_env}'")
 
 
+def check_model(request, name: str) -> None:
+    """Refuse (409) an admin request whose `model` query parameter names another model: a
+    release of one model must not reload the server of another that listens on its port.
+
+    Raises:
+        ClientError: 409 naming both models.
+    """
+    wanted = request.query_params.get("model")
+    if wanted is not None and wanted != name:
+        raise ClientError(
+            409,
+            "wrong_model",
+            f"this server serves model '{name}', not '{wanted}': point serving.port (or "
+            f"serving.url) in {wanted}'s spec at its own server",
+        )
+
+
 def check_texts(texts: Sequence[str], *, batch: bool) -> None:
     """Refuse empty texts (422), naming `text` or the indexes of `texts` that are empty.
 

@@ -77,7 +77,11 @@ def running_server(spec_path: str):
         thread.join(timeout=60)
 
 
-def reload(url: str, token: str = ADMIN_TOKEN) -> httpx.Response:
+def reload(url: str, token: str = ADMIN_TOKEN, model: str | None = None) -> httpx.Response:
+    """`POST /admin/reload`; with `model`, as `attnops release` sends it (the server checks)."""
     return httpx.post(
-        f"{url}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120
+        f"{url}/admin/reload",
+        params={} if model is None else {"model": model},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
     )

@@ -137,6 +137,10 @@ def test_input_limits_get_clear_client_errors(spec_for):
 def test_reload_after_a_promotion_drops_no_request(spec_for):
     with running_server(spec_for()) as url:
         assert reload(url, token="wrong").status_code == 401
+        # Another model's release whose spec points at this port: refused, nothing reloaded.
+        other = reload(url, model="tiny-sentiment")
+        assert other.status_code == 409
+        assert "serves model 'tiny-tickets', not 'tiny-sentiment'" in other.json()["detail"]
         results: list[httpx.Response] = []
 
         async def traffic_while_promoting():
