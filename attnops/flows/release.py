@@ -38,10 +38,22 @@ def check_candidate(
     if mv is None:
         raise LookupError(f"no version of '{spec.name}' has the alias '{candidate}'")
     gate = mv.tags.get(f"{registry.TAG}gate")
+    if gate == "failed":
+        reasons = mv.tags.get(f"{registry.TAG}gate_reasons", "see its gate/ artifacts")
+        raise ValueError(
+            f"{spec.name} v{mv.version} failed the gate ({reasons}); only a version that "
+            "passed it is released: train another"
+        )
     if gate != "passed":
         raise ValueError(
-            f"{spec.name} v{mv.version} has not passed the gate (attnops.gate={gate or 'unset'}); "
-            f"run `attnops gate --version {mv.version}` first"
+            f"{spec.name} v{mv.version} has not been through the gate "
+            f"(attnops.gate={gate or 'unset'}); run `attnops gate --version {mv.version}` first"
+        )
+    if not candidate.isdigit() and mv.tags.get(f"{registry.TAG}{RELEASE}") == "rolled_back":
+        raise ValueError(
+            f"{spec.name} v{mv.version} ({candidate}) was rolled back: "
+            f"{mv.tags.get(f'{registry.TAG}release_reasons', 'see its release/ artifacts')}; "
+            f"to release it anyway, name it: `attnops release --version {mv.version}`"
         )
     champion = aliases.version_of(client, spec.name, aliases.CHAMPION)
     if champion == str(mv.version):

@@ -123,6 +123,9 @@ def test_failed_gate_exits_non_zero_and_tags_the_reason(attnops_home, demo_dir, 
         r"baseline 0\.\d{4}",
         tags["attnops.gate_reasons"],
     )
+    # Release says why it refuses: the gate ran and failed, with its reasons.
+    assert main(["release", "--spec", path]) == 1
+    assert "v1 failed the gate (quality_floor: macro-F1" in capsys.readouterr().err
 
 
 def test_narrower_candidate_is_blocked_naming_the_lost_classes(

@@ -69,7 +69,7 @@ def test_first_release_promotes_then_a_canary_is_promoted_on_live_evidence_and_r
 
     v2 = train(path).version
     with running_server(path) as url:
-        with pytest.raises(ValueError, match="has not passed the gate"):
+        with pytest.raises(ValueError, match="has not been through the gate"):
             release(path, candidate=v2)
         assert gate(path, candidate=v2).passed
         with CanaryTraffic(url, batch=40) as traffic:
@@ -104,6 +104,9 @@ def test_first_release_promotes_then_a_canary_is_promoted_on_live_evidence_and_r
         assert _tags("2")["attnops.release"] == "rolled_back"
         assert httpx.get(f"{url}/ready").json()["champion"] == "1"
     assert main(["rollback", "--spec", path]) == 1  # nothing left to roll back to
+    # v2 is still the challenger: a plain release must not bring it back unasked.
+    with pytest.raises(ValueError, match=r"v2 \(challenger\) was rolled back.*--version 2"):
+        release(path)
 
 
 def test_a_canary_whose_window_never_fills_is_rolled_back(home, demo_dir):
