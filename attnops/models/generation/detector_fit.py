@@ -43,8 +43,8 @@ def load_labelled_outputs(spec: PipelineSpec, spec_path: str) -> pd.DataFrame:
     if not Path(path).is_file():
         raise DataError(
             f"generation.hallucination_set {path} not found (cwd {Path.cwd()}); fix the path "
-            f"in {spec_path}, or run `attnops train --spec {spec_path}` on the demo spec, "
-            "which writes its data"
+            f"in {spec_path}, or leave it out to fit the detector on altered twins of the "
+            "validation targets (weaker; see the README)"
         )
     frame = read_pairs(
         spec.data, path, "hallucination_set", spec_path, extra=(LABEL,), optional=(KIND,)
