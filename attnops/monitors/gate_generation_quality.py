@@ -178,13 +178,16 @@ def _fewer_flags_check(frame: pd.DataFrame, confidence: float) -> GateCheck:
     )
     # A candidate that flags nothing cannot be lower still: it passes whatever the base does.
     passed = rate == 0 or (rate < base_rate and p_value < 1 - confidence)
-    reason = (
-        f"fewer hallucinations than the zero-shot base: {scores}"
-        if passed
-        else f"not significantly fewer hallucinations than the zero-shot base: {scores}; "
-        "fine-tuning did not make replies more grounded (set "
-        "generation_gate.require_beats_base: false to accept that)"
-    )
+    if rate == 0:
+        reason = f"no output flagged, so none to cut (whatever the base does): {scores}"
+    elif passed:
+        reason = f"significantly fewer hallucinations than the zero-shot base: {scores}"
+    else:
+        reason = (
+            f"not significantly fewer hallucinations than the zero-shot base: {scores}; "
+            "fine-tuning did not make replies more grounded (set "
+            "generation_gate.require_beats_base: false to accept that)"
+        )
     return GateCheck.of(
         "hallucination_vs_base", passed, reason, rate=rate, base_rate=base_rate, p_value=p_value
     )
