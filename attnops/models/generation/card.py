@@ -80,6 +80,8 @@ def generation_card(
             "the train split). Raise max_prompt_tokens if the answers depend on it.",
         ]
     fit = report.get("fit") or {}
+    if fit.get("not_learning"):
+        lines += ["", f"**Not learning**: {fit['note']}."]
     if fit.get("still_learning"):
         lines += ["", f"**Underfit**: {fit.get('note', 'loss still falling at the end')}."]
     lines += [

@@ -11,19 +11,31 @@ from attnops.models.precision import dtype_label
 from attnops.models.recipe import Plan
 from attnops.spec import PipelineSpec
 
+NOT_LEARNING_DROP = 0.01
+"""A run whose mean train loss never fell this far below its first value learnt nothing."""
+
 
 def assess_fit(history: list[dict[str, float]], stopped_early: bool) -> dict[str, object]:
     """Underfit = the budget ran out while still learning: the last evaluation set a new best
     validation loss and the mean train loss fell by more than STILL_FALLING over the last
     interval. Early stopping ends a run because validation stopped improving: never underfit.
+    Not learning = the mean train loss never fell `NOT_LEARNING_DROP` below its first value.
     """
     losses = [row["train_loss_mean"] for row in history]
     val = [row["val_loss"] for row in history]
     drop = (losses[-2] - losses[-1]) / losses[-2] if len(losses) >= 2 and losses[-2] else 0.0
     improved = len(val) >= 2 and val[-1] < min(val[:-1])
     still_learning = not stopped_early and improved and drop > STILL_FALLING
+    # Over the whole run, not the last interval: a loss that never moved learnt nothing.
+    not_learning = bool(history) and min(losses) > (1 - NOT_LEARNING_DROP) * losses[0]
     if not history:
         note = "fit: no evaluation ran"
+    elif not_learning:
+        note = (
+            f"fit: not learning (mean train loss {losses[0]:.3f} -> {losses[-1]:.3f}, never "
+            f"{NOT_LEARNING_DROP:.0%} below where it started); check training.learning_rate "
+            "and that targets follow from their inputs"
+        )
     elif still_learning:
         note = (
             f"fit: underfit: the budget ran out while still learning (mean train loss fell "
@@ -37,6 +49,7 @@ def assess_fit(history: list[dict[str, float]], stopped_early: bool) -> dict[str
         )
     return {
         "still_learning": still_learning,
+        "not_learning": not_learning,
         "train_loss_drop_last_interval": drop,
         "val_loss_last": val[-1] if val else math.nan,
         "val_loss_best": min(val) if val else math.nan,

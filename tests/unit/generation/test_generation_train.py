@@ -228,6 +228,14 @@ def test_underfit_is_a_budget_that_ran_out_while_still_learning():
     assert not assess_fit(falling, stopped_early=True)["still_learning"]
     flat = [{**falling[0], "train_loss_mean": 2.05}, falling[1]]
     assert not assess_fit(flat, stopped_early=False)["still_learning"]
+    # A loss that never moved (10.80 -> 10.80, chance for a 49k vocabulary) is not "ok".
+    stuck = [
+        {"train_loss_mean": 10.80, "val_loss": 10.81},
+        {"train_loss_mean": 10.79, "val_loss": 10.80},
+    ]
+    fit = assess_fit(stuck, stopped_early=False)
+    assert fit["not_learning"] and fit["note"].startswith("fit: not learning")
+    assert not assess_fit(falling, stopped_early=False)["not_learning"]
 
 
 def test_bad_data_is_named(tmp_path):
