@@ -234,15 +234,22 @@ def _classification_task(
 
     Evidently reads a side whose answers and labels hold two values as a binary task (and
     fails unless told which is positive: here the later one, "1" or "pos"), and cannot set
-    such a side beside one with fewer or more values. The report is evidence for a reviewer,
-    not the verdict: the candidate's side is kept and the title says why the champion's is not.
+    such a side beside one with other values, nor a multiclass side beside one with two. The
+    report is evidence for a reviewer, not the verdict: the candidate's side is kept and the
+    title says why the champion's is not.
     """
     present = {
         side: set(frame["label"].astype(str)) | set(frame["prediction"].astype(str))
         for side, frame in frames.items()
     }
     current = len(present["current"])
-    if "reference" in frames and len(present["reference"]) < (2 if current == 2 else 3):
+    # A binary side is only comparable with the same two classes (its rates are per class).
+    comparable = (
+        present.get("reference") == present["current"]
+        if current == 2
+        else len(present.get("reference", ())) >= 3
+    )
+    if "reference" in frames and not comparable:
         title += (
             f" (champion left out: its answers and labels hold {len(present['reference'])} "
             f"classes here, the candidate's {current})"

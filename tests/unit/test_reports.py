@@ -228,3 +228,19 @@ def test_a_champion_evidently_cannot_set_beside_the_candidate_is_left_out_and_sa
     assert "champion left out: its answers and labels hold 2 classes" in out.read_text(
         encoding="utf-8"
     )
+
+
+def test_a_two_class_candidate_beside_a_champion_answering_a_third_class(tmp_path):
+    """The champion knew 'neutral', the candidate does not: its binary rates are per class,
+    so the champion's side is left out, said in the title, rather than crashing the gate."""
+    rng = np.random.default_rng(7)
+    label = rng.choice(["neg", "pos"], 200)
+    candidate = pd.DataFrame({"label": label, "prediction": label})
+    champion = candidate.assign(prediction=np.where(rng.random(200) < 0.8, label, "neutral"))
+    out = tmp_path / "cls.html"
+    labels = ["neg", "neutral", "pos"]
+    summary = classification_report(champion, candidate, out, labels=labels, title="t", **MARGIN)
+    assert summary["accuracy_current"] == 1.0 and summary["accuracy_reference"] is None
+    assert "champion left out: its answers and labels hold 3 classes" in out.read_text(
+        encoding="utf-8"
+    )

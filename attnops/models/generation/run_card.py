@@ -27,7 +27,7 @@ def assess_fit(history: list[dict[str, float]], stopped_early: bool) -> dict[str
     improved = len(val) >= 2 and val[-1] < min(val[:-1])
     still_learning = not stopped_early and improved and drop > STILL_FALLING
     # Over the whole run, not the last interval: a loss that never moved learnt nothing.
-    not_learning = bool(history) and min(losses) > (1 - NOT_LEARNING_DROP) * losses[0]
+    not_learning = len(losses) >= 2 and min(losses) > (1 - NOT_LEARNING_DROP) * losses[0]
     if not history:
         note = "fit: no evaluation ran"
     elif not_learning:

@@ -236,6 +236,7 @@ def test_underfit_is_a_budget_that_ran_out_while_still_learning():
     fit = assess_fit(stuck, stopped_early=False)
     assert fit["not_learning"] and fit["note"].startswith("fit: not learning")
     assert not assess_fit(falling, stopped_early=False)["not_learning"]
+    assert not assess_fit(stuck[:1], stopped_early=False)["not_learning"]  # one epoch: unknown
 
 
 def test_bad_data_is_named(tmp_path):
