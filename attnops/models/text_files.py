@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -47,32 +46,30 @@ def read_csv(path: Path, delimiter: str = ",") -> tuple[pd.DataFrame, list[int]]
     Read with the csv module rather than pandas to know the file line of every row (a quoted
     text may span lines) and to stop at a ragged row instead of shifting or padding it.
 
-    Most TSV files (GLUE, Kaggle, IANA's definition) have no quoting: a `"` is a character
-    of the text, and reading it as a quote would join the lines after an unclosed one into
-    one text. A TSV is read so unless that leaves ragged rows or a cell wholly in quotes
-    with doubled quotes inside, the marks of a writer that quotes (pandas, Excel).
+    Many TSV files (GLUE, Kaggle, IANA's definition) have no quoting: a `"` is a character of
+    the text, and reading it as a quote would join the lines after an unclosed one into one
+    text. Others were written by a quoting writer (pandas, R, Excel). A TSV is read with
+    quoting held strictly (a closing quote must end its cell), which such a file passes and a
+    stray quote in a text almost never does; then without quoting.
     """
     text = read_utf8(path)
-    if delimiter == "\t":
+    if delimiter != "\t":
+        return _read_delimited(path, text, delimiter, csv.QUOTE_MINIMAL)
+    try:
+        return _read_delimited(path, text, delimiter, csv.QUOTE_MINIMAL, strict=True)
+    except DataError as quoted:
         try:
-            frame, lines = _read_delimited(path, text, delimiter, csv.QUOTE_NONE)
+            return _read_delimited(path, text, delimiter, csv.QUOTE_NONE)
         except DataError:
-            pass  # ragged: a quoting writer's tab or line break inside a quoted cell
-        else:
-            if not frame.map(lambda cell: bool(_QUOTED_CELL.fullmatch(cell))).any().any():
-                return frame, lines
-    return _read_delimited(path, text, delimiter, csv.QUOTE_MINIMAL)
-
-
-# How a quoting writer writes a cell holding a quote: `he said "hi"` becomes
-# `"he said ""hi"""`. A cell merely wrapped in quotes (`" the pianist "`) is the text itself.
-_QUOTED_CELL = re.compile(r'"(?:[^"]|"")*""(?:[^"]|"")*"')
+            raise quoted from None
 
 
 def _read_delimited(
-    path: Path, text: str, delimiter: str, quoting: int
+    path: Path, text: str, delimiter: str, quoting: int, strict: bool = False
 ) -> tuple[pd.DataFrame, list[int]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=strict
+    )
     try:
         header = next(reader, [])
         rows, lines = [], []

@@ -1,5 +1,6 @@
 """Data loading: the formats users have, and errors that say what to fix."""
 
+import csv
 import json
 
 import pandas as pd
@@ -272,11 +273,16 @@ def test_tsv_quotes_are_text_unless_the_file_was_written_quoted(tmp_path):
     literal.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in texts))
     frame, lines = read_csv(literal, delimiter="\t")
     assert frame["sentence"].tolist() == texts and lines == [2, 3, 4, 5]
-    written = pd.DataFrame({"text": ['he said "wow"', "tab\there", "two\nlines", '"quoted"']})
+    written = pd.DataFrame({"text": ['he said "wow"', "a\tb\nc", "two\nlines", '"quoted"']})
     written["label"] = list("abcd")
     written.to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
     frame, _ = read_csv(tmp_path / "pandas.tsv", delimiter="\t")
     assert frame["text"].tolist() == written["text"].tolist()
+    # Every cell quoted (R's write.table, csv.QUOTE_ALL), no quote inside any text.
+    plain = pd.DataFrame({"text": ["where is my card", "refund please"], "label": ["a", "b"]})
+    plain.to_csv(tmp_path / "all.tsv", sep="\t", index=False, quoting=csv.QUOTE_ALL)
+    frame, _ = read_csv(tmp_path / "all.tsv", delimiter="\t")
+    assert frame.equals(plain.astype(object))
 
 
 def test_bad_rows_of_tsv_and_json_arrays_are_named(tmp_path):
