@@ -266,7 +266,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 def _read_split(spec: DataSpec, split: str, spec_path: str) -> pd.DataFrame:
     source = getattr(spec, split)
-    raw, lines = read_table(source, spec.format, split, spec_path)
+    raw, lines = read_table(source, spec.format, split, spec_path, class_names=spec.label_column)
     if raw.empty:
         raise DataError(f"{source} ({split} split) has no rows")
     wanted = {"data.text_column": spec.text_column, "data.label_column": spec.label_column}
@@ -329,9 +329,13 @@ def row_numbers(mask: pd.Series, lines: list[int] | None, limit: int = 5) -> str
 
 
 def read_table(
-    source: str, fmt: str, split: str, spec_path: str
+    source: str, fmt: str, split: str, spec_path: str, class_names: str | None = None
 ) -> tuple[pd.DataFrame, list[int] | None]:
-    """The split as read, and for CSV/JSONL the file line where each row starts."""
+    """The split as read, and for CSV/JSONL the file line where each row starts.
+
+    `class_names`: the label column, whose integer codes a Hugging Face parquet export maps
+    back to its class names (see `_with_class_names`); no other column is touched.
+    """
     if fmt == "hf":
         return _read_hf(source, split, spec_path), None
     path = Path(source)
@@ -353,7 +357,8 @@ def read_table(
     if fmt == "jsonl":
         return read_jsonl(path)
     try:
-        return _with_class_names(pd.read_parquet(path), path), None
+        frame = pd.read_parquet(path)
+        return (_with_class_names(frame, path, class_names) if class_names else frame), None
     except (ValueError, OSError) as exc:
         raise DataError(
             f"cannot read {source} as parquet: {exc}; set data.format in {spec_path} if it is "
@@ -361,7 +366,7 @@ def read_table(
         ) from exc
 
 
-def _with_class_names(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def _with_class_names(frame: pd.DataFrame, path: Path, column: str) -> pd.DataFrame:
     """A Hugging Face export (`Dataset.to_parquet`, the Hub's parquet files) keeps a
     ClassLabel column as integer codes and its names in the file's metadata: the names are
     the classes, as `format: hf` reads them (a code outside the names stays as it is)."""
@@ -369,14 +374,14 @@ def _with_class_names(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     if b"huggingface" not in metadata:
         return frame
     features = json.loads(metadata[b"huggingface"]).get("info", {}).get("features", {})
-    for column, feature in features.items():
-        if not isinstance(feature, dict) or feature.get("_type") != "ClassLabel":
-            continue
-        if (names := feature.get("names")) and column in frame.columns:
-            frame[column] = [
-                names[code] if isinstance(code, int) and 0 <= code < len(names) else code
-                for code in frame[column].tolist()
-            ]
+    feature = features.get(column)
+    if not isinstance(feature, dict) or feature.get("_type") != "ClassLabel":
+        return frame
+    if (names := feature.get("names")) and column in frame.columns:
+        frame[column] = [
+            names[code] if isinstance(code, int) and 0 <= code < len(names) else code
+            for code in frame[column].tolist()
+        ]
     return frame
 
 
