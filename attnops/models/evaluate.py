@@ -219,6 +219,8 @@ def _write_profile(
             "out_of_scope_label": data.out_of_scope_label,
             "out_of_scope": detector.summary(),
             "max_length": spec.model.max_length,
+            # The precision its records were scored in: the gate scores the version so again.
+            "bf16_on_cpu": spec.serving.bf16,
             "attention_entropy": attention.entropy.tolist(),
             "attention_importance": attention.importance.tolist(),
             "test_sha256": data.sha256["test"],

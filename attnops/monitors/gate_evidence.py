@@ -75,7 +75,8 @@ def score_inputs(
         attention_share=spec.monitoring.attention_sample_share,
         seed=spec.training.seed,
         out_of_scope=load_detector(loaded.folder / REFERENCE_FOLDER),
-        bf16_on_cpu=spec.serving.bf16,  # as served, and as the reference was scored
+        # As its reference was scored (fp32 for versions evaluated before that was recorded).
+        bf16_on_cpu=bool(summary.get("bf16_on_cpu", False)),
     )
     detector = UnsupportedAssertionDetector.from_summary(
         loaded.reference_records(), summary, spec.monitoring.unsupported_distance_quantile

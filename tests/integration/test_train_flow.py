@@ -82,6 +82,10 @@ def test_train_registers_model_with_tokenizer_and_evidence(
     assert [c["splits"] for c in checks["leakage"]] == [
         "validation in train", "test in train", "test in validation",
     ]  # fmt: skip
+    summary = mlflow.artifacts.load_dict(
+        f"runs:/{version.run_id}/reference_profile/reference_profile.json"
+    )
+    assert summary["bf16_on_cpu"] is True  # serving.bf16: the gate re-scores it so
     profile_path = "reference_profile/reference_profile.parquet"
     profile = pd.read_parquet(
         mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=profile_path)
