@@ -32,6 +32,14 @@ def model_card(
         "tokens_per_input_p95", "truncation_rate", "attention_collapsed_heads",
     )  # fmt: skip
     lines += [f"| {key} | {m[key]:.4g} |" for key in shown if key in m]
+    if m.get("unknown_only_share", 0) > 0:
+        lines += [
+            "",
+            f"**Unreadable inputs**: {m['unknown_only_share']:.1%} of the test texts are "
+            "nothing but unknown tokens to this tokenizer (emoji, a script outside its "
+            "vocabulary): the model sees them all as the same input. Map them to words, or "
+            "choose a base model whose vocabulary covers them.",
+        ]
     lines += _fit_section(report.get("fit"))
     worst = sorted(report["slices"], key=lambda row: row["macro_f1"])[:5]
     lines += [

@@ -83,6 +83,8 @@ def evaluate_classifier(
     attention, probe_size = attention_probe(ctx)
 
     metrics = _metrics(test, hallucination, tokens, performance, baseline, attention)
+    # Texts the tokenizer reads as unknown tokens only (emoji, an unseen script): one input.
+    metrics["unknown_only_share"] = float((reference["unk_rate"] >= 1.0).mean())
     report = _report(metrics, test, out_of_scope, attention, probe_size, data.label_names)
     files = _write_plots(out_dir, test, attention, data.label_names)
     if fit:

@@ -128,7 +128,11 @@ def test_data_as_published_trains_without_a_validation_file_or_out_of_scope_rows
     is set aside from train, and evaluation has no out-of-scope rows to score."""
     for split in ("train", "test"):
         frame = pd.read_csv(demo_dir / f"{split}.csv")
-        frame[frame["intent"] != "out_of_scope"].to_csv(tmp_path / f"{split}.csv", index=False)
+        frame = frame[frame["intent"] != "out_of_scope"]
+        if split == "test":  # reactions the tokenizer has no word for: said in the card
+            emoji = frame.head(4).assign(text=["😂😂", "😡", "🙏🙏🙏", "👍"])
+            frame = pd.concat([frame, emoji], ignore_index=True)
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
     spec = tiny_spec_dict(tmp_path, epochs=1)
     for field in ("validation", "out_of_scope_label"):
         del spec["data"][field]
@@ -150,6 +154,10 @@ def test_data_as_published_trains_without_a_validation_file_or_out_of_scope_rows
     assert (leak["rows"], leak["near_duplicates"]) == (len(carved), 0)
     assert evaluation["out_of_scope"]["test"] == {}
     assert "validation has 0 out-of-scope inputs" in evaluation["out_of_scope"]["reason"]
+    n_test = len(load_labelled_data(load_spec(spec_path).data).splits["test"])
+    assert evaluation["metrics"]["unknown_only_share"] == pytest.approx(4 / n_test)
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert "**Unreadable inputs**: " in card
 
 
 def test_second_run_becomes_the_new_challenger(attnops_home, demo_dir, write_spec):
