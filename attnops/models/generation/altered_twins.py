@@ -99,6 +99,12 @@ class _Targets:
         self.sentences = [[s for s in _SENTENCE.split(t.strip()) if s] for t in texts]
         # In how many targets each word (any case) occurs.
         self.frequency = Counter(w.lower() for words in self.words for w in set(words))
+        # Every sentence with its words (any case) and numbers, for what an input lacks.
+        self.claims = [
+            (s, {w.lower() for w in _WORD.findall(s)}, _numbers(s))
+            for ss in self.sentences
+            for s in ss
+        ]
 
 
 def _twin(
@@ -134,13 +140,8 @@ def _twin(
     # A target's own sentences are in it, so they drop out here.
     sentences = [
         s
-        for ss in targets.sentences
-        for s in ss
-        if s not in target
-        and (
-            any(w.lower() not in words for w in _WORD.findall(s))
-            or any(n not in values for n in _numbers(s))
-        )
+        for s, claimed_words, claimed_numbers in targets.claims
+        if s not in target and (claimed_words - words or claimed_numbers - values)
     ]
     if not sentences:
         return None
